@@ -1,0 +1,66 @@
+"""The ``dmr`` command. Thin: parse, build a config, call one driver.
+
+Each concern registers its own subcommands (``register(sub)``) in a module of this package;
+handlers import their heavy dependencies lazily so ``dmr --help`` stays fast.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+# (module, function) pairs, in help order. A module's register() adds parsers to ``sub``.
+REGISTRARS = [
+    "dmr_rl.cli.env_cmds",     # games, env eval, env play
+    "dmr_rl.cli.model_cmds",   # models, quantize, train agent
+    "dmr_rl.cli.router_cmds",  # collect, label, train sft, train grpo
+    "dmr_rl.cli.eval_cmds",    # eval, report, run
+    "dmr_rl.cli.config_cmds",  # config
+]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="dmr", description="Dynamic Mixed-Precision Routing for LLM agents.")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+    train = sub.add_parser("train", help="train the agent LM (agent), the router stage 1 (sft) or stage 2 (grpo)")
+    train_sub = train.add_subparsers(dest="train_command", metavar="WHAT")
+    train_sub.required = True
+    groups = {"train": train_sub}
+    for name in REGISTRARS:
+        try:
+            module = importlib.import_module(name)
+        except ModuleNotFoundError as e:
+            if e.name == name:  # a concern not written yet
+                continue
+            raise
+        module.register(sub, groups)
+    return parser
+
+
+def add_config_args(p: argparse.ArgumentParser) -> None:
+    """The two flags every config-driven command shares."""
+    p.add_argument("--config", default=None, help="YAML preset (experiments/*.yaml); defaults when omitted")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.FIELD=VALUE",
+                   help="override one config value (repeatable), e.g. --set grpo.iterations=4")
+
+
+def main(argv=None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    except Exception as e:  # every user-facing error ends here with its message, not a traceback
+        from dmr_rl.errors import USER_ERRORS
+
+        if isinstance(e, USER_ERRORS):
+            print(f"dmr: error: {e}", file=sys.stderr)
+            return 2
+        raise
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,321 @@
+"""Typed configuration: one dataclass per component, composed into :class:`DMRConfig`.
+
+Every field carries its documentation as ``metadata["help"]``; that text is the only place a
+setting is described (``dmr config --help-fields`` prints it). YAML presets live in
+``experiments/`` and hold any subset of the fields; ``load_config`` fills the rest with defaults,
+applies ``section.field=value`` overrides from the command line, and validates the result.
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A configuration value is unknown, of the wrong type, or out of range."""
+
+
+def doc(default: Any, help: str, **kw):  # noqa: A002 - "help" reads best at the call sites
+    """A dataclass field with a default and its documentation."""
+    if isinstance(default, (list, dict)):
+        return field(default_factory=lambda d=default: type(d)(d), metadata={"help": help, **kw})
+    return field(default=default, metadata={"help": help, **kw})
+
+
+# ---------------------------------------------------------------------------------------------
+# Components
+# ---------------------------------------------------------------------------------------------
+@dataclass
+class EnvConfig:
+    name: str = doc("alfworld", "Task family: a key of environments.ENVIRONMENTS (alfworld, webshop).")
+    data_dir: str = doc("", "Data root. Empty: generated games under <run_dir>/data (ALFWORLD_DATA is honoured for alfworld).")
+    train_split: str = doc("train", "Split used for trajectory collection and training.")
+    eval_split: str = doc("valid_unseen", "Split used for evaluation.")
+    max_steps: int = doc(0, "Episode cap; 0 means the family's default (50 ALFWorld, 15 WebShop).")
+    generate_n: int = doc(60, "When data_dir is empty: number of games/instructions to generate.")
+    generate_seed: int = doc(0, "When data_dir is empty: generator seed.")
+
+
+@dataclass
+class TierConfig:
+    model_path: str = doc("", "Local checkpoint directory (transformers layout). Empty: the project's agent for this env.")
+    backend: str = doc("transformers", "Backend key in dmr_rl.models.BACKENDS (transformers, compressed, quanto, autoawq, vllm).")
+    dtype: str = doc("float32", "Compute dtype: float32, bfloat16, float16.")
+    quant_method: str = doc("none", "Quantization applied when the checkpoint is produced: none, awq, rtn.")
+    bits: int = doc(16, "Weight bits for quant_method (2, 3, 4, 8; 16 means unquantized).")
+    group_size: int = doc(64, "Quantization group size (must divide the hidden size).")
+    device: str = doc("cpu", "torch device for this tier's server: cpu, cuda.")
+    num_replicas: int = doc(1, "Model-server replicas for this tier (requests are load-balanced).")
+    num_gpus: float = doc(0.0, "GPUs per replica (fractional allowed).")
+    resources: dict = doc({}, "Extra Ray custom resources per replica, e.g. {hp_model: 1}.")
+    max_batch_size: int = doc(64, "Largest batch a server forms from queued requests.")
+    max_wait_ms: float = doc(2.0, "How long a server waits to fill a batch.")
+
+
+@dataclass
+class AgentConfig:
+    action_mode: str = doc("score", "score: rank admissible actions by log-likelihood; generate: free text matched to an admissible action.")
+    history_window: int = doc(4, "Recent (observation, action) pairs kept in the prompt.")
+    temperature: float = doc(0.0, "0: argmax/greedy; >0: sample with this temperature.")
+    max_new_tokens: int = doc(24, "Generation cap in generate mode.")
+    train_games: int = doc(0, "dmr train agent: games used for behaviour cloning (0: all of train).")
+    train_minutes: float = doc(12.0, "dmr train agent: wall-clock budget for training.")
+
+
+@dataclass
+class RouterConfig:
+    kind: str = doc("transformer", "Router key in dmr_rl.router.ROUTERS (transformer, or a baseline name).")
+    d_model: int = doc(64, "Router width.")
+    n_layers: int = doc(2, "Transformer encoder layers (the paper uses 2).")
+    n_heads: int = doc(4, "Attention heads.")
+    max_tokens: int = doc(256, "Context tokens the router reads (task, observation, recent actions).")
+    features: str = doc("tokens", "Feature extractor: tokens, or lp_hidden (the LP model's last hidden state).")
+    threshold: float = doc(0.5, "Route to HP when P(HP) >= threshold (deterministic evaluation).")
+
+
+@dataclass
+class CollectConfig:
+    policy: str = doc("hp", "Who acts while collecting: hp, lp, or mixed (random tier per step).")
+    episodes: int = doc(40, "Episodes to collect.")
+    num_workers: int = doc(2, "Rollout-worker actors.")
+    envs_per_worker: int = doc(4, "Environments hosted per rollout worker.")
+    seed: int = doc(0, "Seed for task order and sampling.")
+
+
+@dataclass
+class LabelConfig:
+    mode: str = doc("budget", "budget: the top rho of steps by KL are positive; threshold: KL >= kl_threshold.")
+    rho: float = doc(0.25, "Share of steps labelled precision-sensitive in budget mode.")
+    kl_threshold: float = doc(0.1, "KL threshold in threshold mode (nats).")
+    kl_space: str = doc("actions", "actions: KL over the admissible-action distribution; tokens: teacher-forced over the action tokens.")
+
+
+@dataclass
+class SFTConfig:
+    epochs: int = doc(30, "Passes over the labelled steps.")
+    lr: float = doc(3e-4, "Adam learning rate.")
+    batch_size: int = doc(64, "Minibatch size.")
+    soft_targets: bool = doc(False, "Train on KL-derived soft targets instead of hard labels.")
+    holdout: float = doc(0.2, "Share of episodes held out for precision/recall/AUROC.")
+    num_learners: int = doc(0, "RLlib learners (0: in the driver process).")
+
+
+@dataclass
+class GRPOConfig:
+    iterations: int = doc(8, "GRPO iterations.")
+    tasks_per_iter: int = doc(8, "Tasks per iteration.")
+    group_size: int = doc(4, "Rollouts per task (G).")
+    lr: float = doc(1e-4, "Adam learning rate.")
+    clip_eps: float = doc(0.2, "PPO-style ratio clip.")
+    kl_coef: float = doc(0.05, "Weight of the KL penalty to the stage-1 router.")
+    hp_cost: float = doc(0.3, "lambda: reward = success - hp_cost * HP share of steps.")
+    hp_budget: float = doc(-1.0, "If >= 0, hinge variant: penalise only the HP share above this budget.")
+    epochs_per_iter: int = doc(2, "Update epochs over each iteration's batch.")
+    checkpoint_every: int = doc(2, "Checkpoint every K iterations.")
+    num_learners: int = doc(0, "RLlib learners (0: in the driver process).")
+
+
+@dataclass
+class EvalConfig:
+    episodes: int = doc(30, "Episodes per method per seed.")
+    seeds: list = doc([0, 1, 2], "Seeds (at least 3 for mean +- std).")
+    baselines: list = doc(["hp_only", "lp_only", "random", "first_k", "cascade", "kl_oracle"], "Baselines evaluated beside the router.")
+    thresholds: list = doc([0.2, 0.35, 0.5, 0.65, 0.8], "Router thresholds for the Pareto sweep.")
+    bootstrap: int = doc(2000, "Bootstrap resamples for 95% confidence intervals.")
+
+
+@dataclass
+class RayConfig:
+    address: str = doc("", "Ray address: empty starts a local Ray; 'auto' joins a running cluster.")
+    num_cpus: int = doc(0, "CPUs for a local Ray (0: all).")
+    num_gpus: int = doc(0, "GPUs for a local Ray.")
+
+
+@dataclass
+class DMRConfig:
+    name: str = doc("default", "Experiment name.")
+    run_dir: str = doc("runs/default", "Where every artefact of the run goes (data, models, shards, checkpoints, report).")
+    seed: int = doc(0, "Global seed.")
+    env: EnvConfig = field(default_factory=EnvConfig, metadata={"help": "Environment."})
+    hp: TierConfig = field(default_factory=TierConfig, metadata={"help": "High-precision tier."})
+    lp: TierConfig = field(default_factory=lambda: TierConfig(quant_method="awq", bits=2),
+                           metadata={"help": "Low-precision tier."})
+    agent: AgentConfig = field(default_factory=AgentConfig, metadata={"help": "Agent prompting and acting."})
+    router: RouterConfig = field(default_factory=RouterConfig, metadata={"help": "Router policy."})
+    collect: CollectConfig = field(default_factory=CollectConfig, metadata={"help": "Trajectory collection."})
+    label: LabelConfig = field(default_factory=LabelConfig, metadata={"help": "KL labelling."})
+    sft: SFTConfig = field(default_factory=SFTConfig, metadata={"help": "Stage 1."})
+    grpo: GRPOConfig = field(default_factory=GRPOConfig, metadata={"help": "Stage 2."})
+    eval: EvalConfig = field(default_factory=EvalConfig, metadata={"help": "Evaluation."})
+    ray: RayConfig = field(default_factory=RayConfig, metadata={"help": "Ray cluster."})
+
+    @property
+    def path(self) -> Path:
+        return Path(self.run_dir)
+
+
+# Value checks: (section, field) -> (predicate, message). Kept beside the fields they check.
+CHOICES = {
+    ("env", "name"): ("alfworld", "webshop"),
+    ("agent", "action_mode"): ("score", "generate"),
+    ("label", "mode"): ("budget", "threshold"),
+    ("label", "kl_space"): ("actions", "tokens"),
+    ("collect", "policy"): ("hp", "lp", "mixed"),
+    ("hp", "dtype"): ("float32", "bfloat16", "float16"),
+    ("lp", "dtype"): ("float32", "bfloat16", "float16"),
+    ("hp", "quant_method"): ("none", "awq", "rtn"),
+    ("lp", "quant_method"): ("none", "awq", "rtn"),
+}
+RANGES = {
+    ("label", "rho"): (0.0, 1.0),
+    ("sft", "holdout"): (0.0, 0.9),
+    ("grpo", "clip_eps"): (0.0, 1.0),
+    ("router", "threshold"): (0.0, 1.0),
+}
+POSITIVE = {("collect", "episodes"), ("collect", "num_workers"), ("collect", "envs_per_worker"),
+            ("grpo", "iterations"), ("grpo", "group_size"), ("grpo", "tasks_per_iter"),
+            ("eval", "episodes"), ("sft", "epochs"), ("sft", "batch_size"), ("router", "n_layers")}
+
+
+def validate(cfg: DMRConfig) -> DMRConfig:
+    """Raise ConfigError naming the first bad value; return cfg unchanged otherwise."""
+    for (sec, name), allowed in CHOICES.items():
+        value = getattr(getattr(cfg, sec), name)
+        if value not in allowed:
+            raise ConfigError(f"{sec}.{name}={value!r} is not one of {list(allowed)}")
+    for (sec, name), (lo, hi) in RANGES.items():
+        value = getattr(getattr(cfg, sec), name)
+        if not lo <= value <= hi:
+            raise ConfigError(f"{sec}.{name}={value} is outside [{lo}, {hi}]")
+    for sec, name in POSITIVE:
+        if getattr(getattr(cfg, sec), name) <= 0:
+            raise ConfigError(f"{sec}.{name} must be positive")
+    for tier in ("hp", "lp"):
+        t = getattr(cfg, tier)
+        if t.bits not in (2, 3, 4, 8, 16):
+            raise ConfigError(f"{tier}.bits={t.bits} is not a supported bit width (2, 3, 4, 8, 16)")
+        if t.quant_method != "none" and t.bits == 16:
+            raise ConfigError(f"{tier}.quant_method={t.quant_method!r} needs bits < 16")
+    if len(cfg.eval.seeds) < 1:
+        raise ConfigError("eval.seeds must list at least one seed")
+    return cfg
+
+
+# ---------------------------------------------------------------------------------------------
+# Loading
+# ---------------------------------------------------------------------------------------------
+def _coerce(value: Any, tp: Any, where: str) -> Any:
+    origin = typing.get_origin(tp)
+    if tp is bool:
+        if isinstance(value, str) and value.lower() in ("true", "false", "1", "0", "yes", "no"):
+            return value.lower() in ("true", "1", "yes")
+        if isinstance(value, bool):
+            return value
+        raise ConfigError(f"{where} expects a boolean, got {value!r}")
+    if tp in (int, float):
+        if isinstance(value, bool):
+            raise ConfigError(f"{where} expects {tp.__name__}, got {value!r}")
+        try:
+            out = tp(value)
+        except (TypeError, ValueError):
+            raise ConfigError(f"{where} expects {tp.__name__}, got {value!r}") from None
+        if tp is int and isinstance(value, float) and value != out:
+            raise ConfigError(f"{where} expects an integer, got {value!r}")
+        return out
+    if tp is str:
+        if isinstance(value, (dict, list)):
+            raise ConfigError(f"{where} expects a string, got {value!r}")
+        return str(value)
+    if tp in (list, dict) or origin in (list, dict):
+        want = list if (tp is list or origin is list) else dict
+        if isinstance(value, str):
+            value = yaml.safe_load(value)
+        if not isinstance(value, want):
+            raise ConfigError(f"{where} expects a {want.__name__}, got {value!r}")
+        return value
+    return value
+
+
+def _build(cls, data: dict, where: str):
+    if not isinstance(data, dict):
+        raise ConfigError(f"{where or 'config'} must be a mapping, got {type(data).__name__}")
+    hints = typing.get_type_hints(cls)
+    known = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = set(data) - set(known)
+    if unknown:
+        raise ConfigError(f"unknown key(s) {sorted(unknown)} in {where or 'config'}; known: {sorted(known)}")
+    kwargs = {}
+    for name, value in data.items():
+        tp = hints[name]
+        key = f"{where}.{name}" if where else name
+        kwargs[name] = _build(tp, value, key) if dataclasses.is_dataclass(tp) else _coerce(value, tp, key)
+    obj = cls()
+    for name, value in kwargs.items():
+        if dataclasses.is_dataclass(value):
+            merged = dataclasses.replace(getattr(obj, name), **{f.name: getattr(value, f.name)
+                                                                   for f in dataclasses.fields(value)
+                                                                   if f.name in data[name]})
+            setattr(obj, name, merged)
+        else:
+            setattr(obj, name, value)
+    return obj
+
+
+def _set_path(data: dict, dotted: str, value: Any) -> None:
+    parts = dotted.split(".")
+    node = data
+    for p in parts[:-1]:
+        node = node.setdefault(p, {})
+        if not isinstance(node, dict):
+            raise ConfigError(f"override {dotted!r}: {p!r} is not a section")
+    node[parts[-1]] = value
+
+
+def load_config(path: Optional[str] = None, overrides: Optional[list[str]] = None) -> DMRConfig:
+    """Read a YAML preset (or defaults when ``path`` is None), apply ``a.b=value`` overrides, validate."""
+    data: dict = {}
+    if path:
+        p = Path(path)
+        if not p.is_file():
+            raise ConfigError(f"config file not found: {p}")
+        try:
+            data = yaml.safe_load(p.read_text()) or {}
+        except yaml.YAMLError as e:
+            raise ConfigError(f"config file {p} is not valid YAML: {e}") from None
+    for item in overrides or []:
+        if "=" not in item:
+            raise ConfigError(f"override {item!r} must look like section.field=value")
+        key, raw = item.split("=", 1)
+        _set_path(data, key.strip(), yaml.safe_load(raw) if raw.strip() else "")
+    cfg = _build(DMRConfig, data, "")
+    if not cfg.env.data_dir and cfg.env.name == "alfworld" and os.environ.get("ALFWORLD_DATA"):
+        cfg.env.data_dir = os.environ["ALFWORLD_DATA"]
+    return validate(cfg)
+
+
+def to_dict(cfg) -> dict:
+    return dataclasses.asdict(cfg)
+
+
+def save_config(cfg: DMRConfig, path) -> None:
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    Path(path).write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
+
+
+def field_help(cls=DMRConfig, prefix: str = "") -> list[tuple[str, str, Any]]:
+    """(dotted name, help, default) for every field, for ``dmr config``."""
+    rows = []
+    inst = cls()
+    for f in dataclasses.fields(cls):
+        value = getattr(inst, f.name)
+        if dataclasses.is_dataclass(value):
+            rows += field_help(type(value), f"{prefix}{f.name}.")
+        else:
+            rows.append((prefix + f.name, f.metadata.get("help", ""), value))
+    return rows
