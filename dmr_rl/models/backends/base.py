@@ -1,0 +1,134 @@
+"""The backend interface: one precision tier of one LLM (model + tokenizer + precision spec).
+
+Every backend (transformers fp32/bf16, a decompressed llm-compressor AWQ checkpoint, quanto,
+AutoAWQ on GPU, vLLM) implements these three batched calls and keeps a :class:`CostMeter`.
+The agent, the KL labeller and the model-server actor only ever talk to this interface.
+"""
+from __future__ import annotations
+
+import abc
+import time
+from dataclasses import dataclass, field
+from typing import Optional
+
+import numpy as np
+
+
+@dataclass
+class SamplingParams:
+    max_new_tokens: int = 24
+    temperature: float = 0.0  # 0: greedy
+    top_p: float = 1.0
+    stop: tuple = ("\n",)
+    seed: Optional[int] = None
+
+
+@dataclass
+class Generation:
+    text: str
+    token_ids: list
+    logprobs: list  # per generated token, log-prob under the sampling distribution's model
+
+
+@dataclass
+class ActionScores:
+    """Log-likelihood of each candidate continuation given one prompt.
+
+    ``sum_logprobs[j]`` = sum over candidate j's tokens of log p(token | prompt, previous tokens);
+    ``num_tokens[j]`` its token count. The action distribution is softmax(sum_logprobs).
+    """
+
+    sum_logprobs: np.ndarray  # [num_candidates] float
+    num_tokens: np.ndarray  # [num_candidates] int
+
+
+@dataclass
+class TokenDistributions:
+    """Teacher-forced next-token distributions over one continuation's tokens.
+
+    ``logprobs`` is [T, K+1]: log-probs of the top-K token ids in ``token_ids`` ([T, K]) and a last
+    column with log of the remaining (tail) mass; with K = vocab size the tail is -inf.
+    ``target_logprobs`` [T] is log p of the continuation's actual tokens.
+    """
+
+    token_ids: np.ndarray
+    logprobs: np.ndarray
+    target_logprobs: np.ndarray
+
+
+@dataclass
+class CostMeter:
+    """Accumulated cost of a backend's calls."""
+
+    calls: int = 0
+    prompt_tokens: int = 0
+    generated_tokens: int = 0
+    weight_bytes_read: float = 0.0  # modelled: weight bytes x forward passes
+    wall_time_s: float = 0.0
+    by_call: dict = field(default_factory=dict)
+
+    def add(self, kind: str, prompt_tokens: int, generated_tokens: int, forwards: int,
+            weight_bytes: float, seconds: float) -> None:
+        self.calls += 1
+        self.prompt_tokens += prompt_tokens
+        self.generated_tokens += generated_tokens
+        self.weight_bytes_read += forwards * weight_bytes
+        self.wall_time_s += seconds
+        self.by_call[kind] = self.by_call.get(kind, 0) + 1
+
+    def snapshot(self) -> dict:
+        return {"calls": self.calls, "prompt_tokens": self.prompt_tokens,
+                "generated_tokens": self.generated_tokens, "weight_bytes_read": self.weight_bytes_read,
+                "wall_time_s": self.wall_time_s, "by_call": dict(self.by_call)}
+
+
+class Backend(abc.ABC):
+    """One precision tier. Subclasses register in ``dmr_rl.models.BACKENDS``."""
+
+    name: str = "base"
+
+    def __init__(self) -> None:
+        self.cost = CostMeter()
+
+    @property
+    @abc.abstractmethod
+    def weight_bytes(self) -> float:
+        """Bytes of weights one forward pass reads (packed size for quantized tiers)."""
+
+    @abc.abstractmethod
+    def generate(self, prompts: list, sampling: SamplingParams) -> list:
+        """Batched generation: one :class:`Generation` per prompt."""
+
+    @abc.abstractmethod
+    def score_actions(self, prompts: list, candidates: list) -> list:
+        """Batched action scoring: ``candidates[i]`` is a list of strings continuing ``prompts[i]``;
+        returns one :class:`ActionScores` per prompt."""
+
+    @abc.abstractmethod
+    def token_distributions(self, prompts: list, continuations: list, top_k: int = 0) -> list:
+        """Batched teacher-forced distributions over each continuation's tokens (top_k=0: full vocab);
+        one :class:`TokenDistributions` per (prompt, continuation)."""
+
+    def timed(self, kind: str):
+        """Context manager helper: ``with self.timed('score') as t: ...; t.record(...)``."""
+        return _Timer(self, kind)
+
+
+class _Timer:
+    def __init__(self, backend: Backend, kind: str):
+        self.backend, self.kind = backend, kind
+        self.prompt_tokens = self.generated_tokens = self.forwards = 0
+
+    def __enter__(self):
+        self.t0 = time.perf_counter()
+        return self
+
+    def record(self, prompt_tokens: int = 0, generated_tokens: int = 0, forwards: int = 1) -> None:
+        self.prompt_tokens += prompt_tokens
+        self.generated_tokens += generated_tokens
+        self.forwards += forwards
+
+    def __exit__(self, *exc):
+        self.backend.cost.add(self.kind, self.prompt_tokens, self.generated_tokens, self.forwards,
+                              self.backend.weight_bytes, time.perf_counter() - self.t0)
+        return False

@@ -1,0 +1,41 @@
+"""The router interface: given a batch of step contexts, choose HP (1) or LP (0) for each.
+
+Learned routers and baselines (HP-only, LP-only, random, first-k, LP-confidence cascade,
+KL oracle) all implement :class:`Router`, registered by name in ``dmr_rl.router.ROUTERS``, so a
+rollout or an evaluation takes any of them in place of another.
+"""
+from __future__ import annotations
+
+import abc
+from dataclasses import dataclass
+from typing import Optional
+
+import numpy as np
+
+
+@dataclass
+class RouteDecision:
+    """Per context: chosen tier (HP=1/LP=0), P(HP), and log-prob of the chosen tier."""
+
+    tiers: np.ndarray  # [B] int
+    p_hp: np.ndarray  # [B] float
+    logprobs: np.ndarray  # [B] float
+
+
+class Router(abc.ABC):
+    name: str = "router"
+    #: True for routers that must see the LP model's action distribution first (the cascade):
+    #: the rollout then calls ``route(contexts, lp_action_probs=...)`` after an LP pass.
+    needs_lp_first: bool = False
+
+    @abc.abstractmethod
+    def route(self, contexts: list, rng: np.random.Generator, sample: bool = False,
+              lp_action_probs: Optional[list] = None) -> RouteDecision:
+        """Decide for each StepContext. ``sample``: draw from P(HP) (GRPO) instead of thresholding."""
+
+    def get_weights(self) -> Optional[dict]:
+        """Learned routers: a state dict to ship to rollout workers; baselines: None."""
+        return None
+
+    def set_weights(self, weights: Optional[dict]) -> None:
+        pass
