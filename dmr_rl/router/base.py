@@ -27,11 +27,19 @@ class Router(abc.ABC):
     #: True for routers that must see the LP model's action distribution first (the cascade):
     #: the rollout then calls ``route(contexts, lp_action_probs=...)`` after an LP pass.
     needs_lp_first: bool = False
+    #: True for references that need both tiers' action distributions at every step (KL oracle):
+    #: the rollout computes both and passes them; the cost of both is charged.
+    needs_both: bool = False
 
     @abc.abstractmethod
     def route(self, contexts: list, rng: np.random.Generator, sample: bool = False,
-              lp_action_probs: Optional[list] = None) -> RouteDecision:
-        """Decide for each StepContext. ``sample``: draw from P(HP) (GRPO) instead of thresholding."""
+              lp_action_probs: Optional[list] = None,
+              hp_action_probs: Optional[list] = None) -> RouteDecision:
+        """Decide for each StepContext. ``sample``: draw from P(HP) (GRPO) instead of thresholding.
+
+        ``lp_action_probs``/``hp_action_probs``: per context, the tier's probability vector over
+        ``context.admissible`` (given only to routers that declare they need them).
+        """
 
     def get_weights(self) -> Optional[dict]:
         """Learned routers: a state dict to ship to rollout workers; baselines: None."""
