@@ -1,0 +1,68 @@
+"""Precision tiers of one LLM: backends, quantization, checkpoints.
+
+``BACKENDS`` maps a backend name to the class implementing it ("module:Class", imported on first
+use so that importing this package stays light). ``load_backend`` builds one tier from a
+:class:`~dmr_rl.config.TierConfig` or the same fields as keyword arguments.
+
+What works where:
+
+============  ==========================================  =====================================
+name          CPU (this machine)                          GPU
+============  ==========================================  =====================================
+transformers  fp32 / bf16 / fp16 (bf16, fp16 slow on CPU)  fp32 / bf16 / fp16
+compressed    llm-compressor pack-quantized checkpoints,   same path (decompressed); vLLM
+              decompressed at load (quant error baked in)  serves the checkpoint natively
+quanto        optimum-quanto int8 / int4 weights           same (quanto has CUDA kernels)
+autoawq       not available (needs CUDA kernels)           AutoAWQ/AWQ checkpoints via
+                                                           transformers with the [gpu] extra
+============  ==========================================  =====================================
+"""
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+from dmr_rl.errors import ModelError
+
+BACKENDS: dict[str, str] = {
+    "transformers": "dmr_rl.models.backends.transformers_backend:TransformersBackend",
+    "compressed": "dmr_rl.models.backends.compressed_backend:CompressedBackend",
+    "quanto": "dmr_rl.models.backends.quanto_backend:QuantoBackend",
+    "autoawq": "dmr_rl.models.backends.autoawq_backend:AutoAWQBackend",
+}
+
+_TIER_FIELDS = ("model_path", "backend", "dtype", "device", "bits", "group_size", "quant_method")
+
+
+def backend_class(name: str):
+    """The Backend subclass registered under ``name``."""
+    if name not in BACKENDS:
+        raise ModelError(f"unknown backend {name!r}; known: {sorted(BACKENDS)}")
+    module, cls = BACKENDS[name].split(":")
+    return getattr(importlib.import_module(module), cls)
+
+
+def load_backend(tier: Any = None, **kwargs):
+    """Build a backend from a TierConfig (or a dict / keyword arguments with its field names).
+
+    Fields used: ``model_path``, ``backend``, ``dtype``, ``device``, and for ``quanto`` ``bits``.
+    A ``transformers`` tier whose checkpoint is a compressed-tensors checkpoint (what
+    ``dmr quantize`` writes) is loaded by the ``compressed`` backend, so that its weight bytes are
+    the packed size.
+    """
+    fields: dict = {}
+    if tier is not None:
+        if isinstance(tier, dict):
+            fields.update(tier)
+        else:
+            fields.update({f: getattr(tier, f) for f in _TIER_FIELDS if hasattr(tier, f)})
+    fields.update(kwargs)
+    name = fields.pop("backend", "transformers") or "transformers"
+    path = fields.pop("model_path", "")
+    if name == "transformers":
+        from dmr_rl.models.checkpoints import quantization_format
+
+        if quantization_format(path) == "compressed-tensors":
+            name = "compressed"
+    cls = backend_class(name)
+    return cls.from_dir(path, **{k: v for k, v in fields.items() if k in _TIER_FIELDS})

@@ -1,0 +1,280 @@
+"""The transformers backend: any local causal-LM checkpoint in fp32, bf16 or fp16, on CPU or GPU.
+
+It is also the engine of the quantized CPU tiers (``compressed``, ``quanto``): they load or
+transform a model differently and inherit the three batched calls from here.
+
+Tokenisation contract (the agent relies on it): a candidate/continuation is tokenised on its own
+(``add_special_tokens=False``) and appended to the prompt's ids, so put the separating space or
+newline where it belongs (in the prompt's tail or the candidate's head) and keep it consistent.
+
+``score_actions`` is the hot path of every rollout step. It runs two batched forwards: all
+prompts once (left-padded, KV cache kept), then every candidate of every prompt as one batch of
+right-padded rows that reuse their prompt's cache (``batch_select_indices``), so a prompt of L
+tokens with C candidates costs L + C*len(candidate) token positions, not C*(L + len).
+"""
+from __future__ import annotations
+
+import copy
+from typing import Callable, Optional
+
+import numpy as np
+
+from dmr_rl.models.backends.base import (ActionScores, Backend, Generation, SamplingParams,
+                                         TokenDistributions)
+
+#: Largest number of logit elements (rows x tokens x vocab) materialised at once while scoring.
+MAX_LOGIT_ELEMENTS = 48_000_000
+
+
+class TransformersBackend(Backend):
+    """A causal LM + tokenizer already in memory, or loaded with :meth:`from_dir`."""
+
+    name = "transformers"
+
+    def __init__(self, model, tokenizer, device: str = "cpu", weight_bytes: Optional[float] = None,
+                 label: str = "") -> None:
+        super().__init__()
+        from dmr_rl.models.checkpoints import param_bytes
+
+        self.model = model.eval()
+        self.tokenizer = tokenizer
+        if tokenizer.pad_token_id is None:
+            tokenizer.pad_token = tokenizer.eos_token
+        self.device = device
+        self._weight_bytes = float(weight_bytes if weight_bytes is not None else param_bytes(model))
+        self.label = label or self.name
+
+    @classmethod
+    def from_dir(cls, model_path: str, dtype: str = "float32", device: str = "cpu", **_):
+        from dmr_rl.models.checkpoints import load_causal_lm, load_tokenizer
+
+        tok = load_tokenizer(model_path)
+        model = load_causal_lm(model_path, dtype, device)
+        return cls(model, tok, device=device, label=f"{cls.name}:{dtype}")
+
+    @property
+    def weight_bytes(self) -> float:
+        return self._weight_bytes
+
+    # ------------------------------------------------------------------------------------------
+    # tokenisation helpers
+    # ------------------------------------------------------------------------------------------
+    def _prompt_ids(self, prompts: list) -> list:
+        ids = [self.tokenizer(p, add_special_tokens=True)["input_ids"] for p in prompts]
+        for i, row in enumerate(ids):
+            if not row:  # an empty prompt still needs one position to predict from
+                ids[i] = [self.tokenizer.eos_token_id]
+        return ids
+
+    def _cont_ids(self, text: str) -> list:
+        return self.tokenizer(text, add_special_tokens=False)["input_ids"] if text else []
+
+    # ------------------------------------------------------------------------------------------
+    # the shared scoring engine
+    # ------------------------------------------------------------------------------------------
+    def _suffix_logprobs(self, prompt_ids: list, suffixes: list, consume: Callable) -> int:
+        """Teacher-force every suffix after its prompt and hand its next-token log-probs on.
+
+        prompt_ids: P lists of ids; suffixes: list of (prompt_index, ids). For each suffix j,
+        ``consume(j, logprobs)`` gets a float32 tensor [len(ids_j), V]: row t is log p(. | prompt,
+        ids_j[:t]). Returns the number of forward passes run.
+        """
+        import torch
+
+        pad = self.tokenizer.pad_token_id
+        dev = self.device
+        P = len(prompt_ids)
+        lp_max = max(len(r) for r in prompt_ids)
+        p_ids = torch.full((P, lp_max), pad, dtype=torch.long)
+        p_mask = torch.zeros((P, lp_max), dtype=torch.long)
+        for i, r in enumerate(prompt_ids):  # left padding
+            p_ids[i, lp_max - len(r):] = torch.tensor(r)
+            p_mask[i, lp_max - len(r):] = 1
+        p_pos = (p_mask.cumsum(-1) - 1).clamp(min=0)
+        p_len = p_mask.sum(-1)
+        forwards = 1
+        with torch.inference_mode():
+            out = self.model(input_ids=p_ids.to(dev), attention_mask=p_mask.to(dev),
+                             position_ids=p_pos.to(dev), use_cache=True, logits_to_keep=1)
+            last = out.logits[:, -1, :].float()  # [P, V]
+            cache = out.past_key_values
+            V = last.shape[-1]
+            order = [j for j in range(len(suffixes)) if len(suffixes[j][1]) > 0]
+            for j in range(len(suffixes)):
+                if not suffixes[j][1]:
+                    consume(j, last.new_zeros((0, V)))
+            order.sort(key=lambda j: len(suffixes[j][1]))  # similar lengths share a chunk
+            k = 0
+            while k < len(order):
+                lc = len(suffixes[order[k]][1])
+                n = 1
+                while k + n < len(order):  # grow the chunk while its logits fit the budget
+                    lc_next = len(suffixes[order[k + n]][1])
+                    if (n + 1) * lc_next * V > MAX_LOGIT_ELEMENTS:
+                        break
+                    n += 1
+                    lc = lc_next
+                chunk = order[k:k + n]
+                k += n
+                idx = torch.tensor([suffixes[j][0] for j in chunk], dtype=torch.long)
+                s_ids = torch.full((len(chunk), lc), pad, dtype=torch.long)
+                s_mask = torch.zeros((len(chunk), lc), dtype=torch.long)
+                for r, j in enumerate(chunk):  # right padding: pads only follow real tokens
+                    ids = suffixes[j][1]
+                    s_ids[r, :len(ids)] = torch.tensor(ids)
+                    s_mask[r, :len(ids)] = 1
+                if lc > 1:
+                    c = copy.deepcopy(cache)
+                    c.batch_select_indices(idx.to(dev))
+                    mask = torch.cat([p_mask[idx], s_mask[:, :-1]], dim=1)
+                    pos = p_len[idx, None] + torch.arange(lc - 1)[None, :]
+                    o = self.model(input_ids=s_ids[:, :-1].to(dev), attention_mask=mask.to(dev),
+                                   position_ids=pos.to(dev), past_key_values=c, use_cache=True)
+                    forwards += 1
+                    logits = torch.cat([last[idx.to(dev)][:, None, :], o.logits.float()], dim=1)
+                    del c, o
+                else:
+                    logits = last[idx.to(dev)][:, None, :]
+                logp = torch.log_softmax(logits, dim=-1)
+                for r, j in enumerate(chunk):
+                    consume(j, logp[r, :len(suffixes[j][1])])
+        return forwards
+
+    # ------------------------------------------------------------------------------------------
+    # the Backend interface
+    # ------------------------------------------------------------------------------------------
+    def score_actions(self, prompts: list, candidates: list) -> list:
+        import torch
+
+        if len(prompts) != len(candidates):
+            raise ValueError(f"score_actions: {len(prompts)} prompts but {len(candidates)} candidate lists")
+        if not prompts:
+            return []
+        with self.timed("score") as t:
+            p_ids = self._prompt_ids(prompts)
+            suffixes = [(i, self._cont_ids(c)) for i, cands in enumerate(candidates) for c in cands]
+            sums = np.zeros(len(suffixes), dtype=np.float64)
+
+            def consume(j, logp):
+                ids = torch.tensor(suffixes[j][1], dtype=torch.long, device=logp.device)
+                if len(ids):
+                    sums[j] = float(logp.gather(-1, ids[:, None]).sum())
+
+            fw = self._suffix_logprobs(p_ids, suffixes, consume)
+            t.record(prompt_tokens=sum(map(len, p_ids)) + sum(len(s) for _, s in suffixes), forwards=fw)
+        out, k = [], 0
+        for cands in candidates:
+            n = len(cands)
+            out.append(ActionScores(sum_logprobs=sums[k:k + n].copy(),
+                                    num_tokens=np.array([len(suffixes[k + m][1]) for m in range(n)], dtype=np.int64)))
+            k += n
+        return out
+
+    def token_distributions(self, prompts: list, continuations: list, top_k: int = 0) -> list:
+        import torch
+
+        if len(prompts) != len(continuations):
+            raise ValueError(f"token_distributions: {len(prompts)} prompts but {len(continuations)} continuations")
+        if not prompts:
+            return []
+        with self.timed("distributions") as t:
+            p_ids = self._prompt_ids(prompts)
+            suffixes = [(i, self._cont_ids(c)) for i, c in enumerate(continuations)]
+            results: list = [None] * len(suffixes)
+
+            def consume(j, logp):
+                ids = torch.tensor(suffixes[j][1], dtype=torch.long, device=logp.device)
+                V = logp.shape[-1]
+                k = V if top_k <= 0 or top_k >= V else top_k
+                target = logp.gather(-1, ids[:, None])[:, 0] if len(ids) else logp.new_zeros(0)
+                if k == V:
+                    tok = torch.arange(V, device=logp.device).expand(logp.shape[0], V)
+                    top = logp
+                    tail = torch.full((logp.shape[0], 1), float("-inf"), device=logp.device)
+                else:
+                    top, tok = logp.topk(k, dim=-1)
+                    rest = logp.scatter(-1, tok, float("-inf"))
+                    tail = torch.logsumexp(rest, dim=-1, keepdim=True)
+                results[j] = TokenDistributions(token_ids=tok.cpu().numpy().astype(np.int64),
+                                                logprobs=torch.cat([top, tail], -1).cpu().numpy(),
+                                                target_logprobs=target.cpu().numpy())
+
+            fw = self._suffix_logprobs(p_ids, suffixes, consume)
+            t.record(prompt_tokens=sum(map(len, p_ids)) + sum(len(s) for _, s in suffixes), forwards=fw)
+        return results
+
+    def generate(self, prompts: list, sampling: SamplingParams) -> list:
+        import torch
+        from transformers import StoppingCriteriaList
+
+        if not prompts:
+            return []
+        tok = self.tokenizer
+        with self.timed("generate") as t:
+            p_ids = self._prompt_ids(prompts)
+            L = max(map(len, p_ids))
+            ids = torch.full((len(p_ids), L), tok.pad_token_id, dtype=torch.long)
+            mask = torch.zeros_like(ids)
+            for i, r in enumerate(p_ids):
+                ids[i, L - len(r):] = torch.tensor(r)
+                mask[i, L - len(r):] = 1
+            greedy = sampling.temperature <= 0
+            if sampling.seed is not None:
+                torch.manual_seed(sampling.seed)
+            kw = dict(do_sample=False) if greedy else dict(do_sample=True, temperature=sampling.temperature,
+                                                             top_p=sampling.top_p, top_k=0)
+            stop = _stop_on_strings(tok, list(sampling.stop), L) if any(sampling.stop) else None
+            with torch.inference_mode():
+                out = self.model.generate(
+                    input_ids=ids.to(self.device), attention_mask=mask.to(self.device),
+                    max_new_tokens=sampling.max_new_tokens, pad_token_id=tok.pad_token_id,
+                    eos_token_id=tok.eos_token_id, return_dict_in_generate=True, output_logits=True,
+                    stopping_criteria=StoppingCriteriaList([stop]) if stop else None, **kw)
+            new = out.sequences[:, L:].cpu()
+            logps = torch.log_softmax(torch.stack(out.logits, dim=1).float(), dim=-1).cpu() if out.logits else None
+            gens = []
+            n_gen = 0
+            for i in range(len(p_ids)):
+                row = new[i].tolist()
+                text, keep = _cut(tok, row, list(sampling.stop), tok.eos_token_id, tok.pad_token_id)
+                row = row[:keep]
+                lp = [float(logps[i, s, tid]) for s, tid in enumerate(row)] if logps is not None else []
+                n_gen += len(row)
+                gens.append(Generation(text=text, token_ids=row, logprobs=lp))
+            t.record(prompt_tokens=sum(map(len, p_ids)), generated_tokens=n_gen, forwards=new.shape[1])
+        return gens
+
+
+def _cut(tok, row: list, stops: list, eos: int, pad: int):
+    """Text up to the first stop string / eos and the number of tokens that produced it."""
+    keep = len(row)
+    for s, tid in enumerate(row):
+        if tid == eos:
+            keep = s
+            break
+    row = row[:keep]
+    text = tok.decode(row, skip_special_tokens=True)
+    cut_at = min([text.find(s) for s in stops if s and s in text], default=-1)
+    if cut_at < 0:
+        return text, keep
+    text = text[:cut_at]
+    for n in range(1, len(row) + 1):  # the shortest prefix whose text reaches the stop string
+        if any(s in tok.decode(row[:n], skip_special_tokens=True) for s in stops if s):
+            return text, n
+    return text, keep
+
+
+def _stop_on_strings(tok, stops: list, prompt_len: int):
+    """Per-row stopping criterion: a row is done once its new text contains a stop string."""
+    import torch
+    from transformers import StoppingCriteria
+
+    stops = [s for s in stops if s]
+
+    class StopOnStrings(StoppingCriteria):
+        def __call__(self, input_ids, scores, **kwargs):
+            texts = tok.batch_decode(input_ids[:, prompt_len:], skip_special_tokens=True)
+            return torch.tensor([any(s in t for s in stops) for t in texts], dtype=torch.bool,
+                                device=input_ids.device)
+
+    return StopOnStrings()
