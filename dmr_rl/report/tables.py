@@ -1,0 +1,194 @@
+"""The numbers of a run (``results.json``) and their Markdown tables (``report.md``).
+
+:func:`summarise` computes everything from the episode shards of one run directory; nothing
+comes from elsewhere. :func:`markdown` renders that dict.
+"""
+from __future__ import annotations
+
+import math
+from typing import Optional
+
+import numpy as np
+
+from dmr_rl.report import layout
+from dmr_rl.report import metrics as M
+
+WEAK, STRONG = "lp_only", "hp_only"
+CPT_LEVELS = (50, 80)
+
+
+def _point_summary(entry: dict, n_boot: int, boot_seed: int) -> dict:
+    agg = M.aggregate_seeds(entry["by_seed"], n_boot=n_boot, boot_seed=boot_seed)
+    return {
+        "params": entry["params"], "default": entry["default"], "seeds": agg["seeds"],
+        "episodes": agg["episodes"],
+        "success_mean": agg["success_rate_mean"], "success_std": agg["success_rate_std"],
+        "success_ci": agg["success_ci"],
+        "score_mean": agg["mean_score_mean"], "score_std": agg["mean_score_std"], "score_ci": agg["score_ci"],
+        "hp_ratio": agg["hp_ratio_mean"], "hp_ratio_std": agg["hp_ratio_std"], "hp_ratio_ci": agg["hp_ratio_ci"],
+        "cost": agg["cost_per_episode_mean"], "cost_std": agg["cost_per_episode_std"],
+        "mean_length": agg["mean_length_mean"], "tokens_per_episode": agg["tokens_per_episode_mean"],
+        "latency_hp_s": agg["latency_hp_s_mean"], "latency_lp_s": agg["latency_lp_s_mean"],
+        "per_seed": agg["per_seed"],
+    }
+
+
+def _reference(methods: dict, name: str) -> Optional[dict]:
+    points = methods.get(name)
+    if not points:
+        return None
+    p = next(iter(points.values()))  # baselines without a knob have one point
+    return {"method": name, "success": p["success_mean"], "score": p["score_mean"], "cost": p["cost"],
+            "hp_ratio": p["hp_ratio"]}
+
+
+def _tradeoff(points: dict, weak: dict, strong: dict) -> dict:
+    """APGR and CPT of one method's operating points, on the HP-ratio axis and the cost axis."""
+    names = list(points)
+    hp = [points[n]["hp_ratio"] for n in names]
+    cost = [M.normalised_cost(points[n]["cost"], weak["cost"], strong["cost"]) for n in names]
+    out: dict = {"points": names}
+    for quality in ("success", "score"):
+        q = [points[n][f"{quality}_mean"] for n in names]
+        suffix = "" if quality == "success" else "_score"
+        for axis, xs in (("hp", hp), ("cost", cost)):
+            tag = suffix + ("" if axis == "hp" else "_cost")
+            ok = [i for i, x in enumerate(xs) if not math.isnan(x)]
+            xs_ok, q_ok = [xs[i] for i in ok], [q[i] for i in ok]
+            out[f"apgr{tag}"] = M.apgr(xs_ok, q_ok, weak[quality], strong[quality])
+            for level in CPT_LEVELS:
+                out[f"cpt{level}{tag}"] = M.cpt(xs_ok, q_ok, weak[quality], strong[quality], level)
+        out["front" + suffix] = [names[i] for i in M.pareto_front(hp, q)]
+    return out
+
+
+def _causal(causal: Optional[dict], n_boot: int, boot_seed: int) -> Optional[dict]:
+    if causal is None:
+        return None
+    out: dict = {"params": causal["params"], "arms": {}}
+    won = {}
+    for arm, by_seed in causal["arms"].items():
+        agg = M.aggregate_seeds(by_seed, n_boot=n_boot, boot_seed=boot_seed)
+        eps = [e for s in sorted(by_seed) for e in by_seed[s]]
+        forced = [len(e.extra.get("forced_lp_steps", [])) for e in eps]
+        won[arm] = M.per_episode_arrays(eps)["won"]
+        out["arms"][arm] = {"success_mean": agg["success_rate_mean"], "success_std": agg["success_rate_std"],
+                            "success_ci": agg["success_ci"], "score_mean": agg["mean_score_mean"],
+                            "hp_ratio": agg["hp_ratio_mean"], "episodes": agg["episodes"],
+                            "seeds": agg["seeds"], "forced_lp_per_episode": float(np.mean(forced))}
+    if "flagged" in won and "unflagged" in won:
+        diff = float(won["unflagged"].mean() - won["flagged"].mean())
+        lo, hi = M.bootstrap_diff_ci(won["unflagged"], won["flagged"], n_boot, boot_seed)
+        out["unflagged_minus_flagged"] = {"success_diff": diff, "ci": [lo, hi],
+                                          "kl_predicts_harm": bool(lo > 0)}
+    return out
+
+
+def _kl_summary(values: list) -> Optional[dict]:
+    if not values:
+        return None
+    kl = np.sort(np.asarray(values, dtype=float))[::-1]
+    top = max(1, int(math.ceil(0.05 * kl.size)))
+    total = kl.sum()
+    return {"steps": int(kl.size), "mean": float(kl.mean()), "p50": float(np.quantile(kl, 0.5)),
+            "p90": float(np.quantile(kl, 0.9)), "p99": float(np.quantile(kl, 0.99)),
+            "top5_share": float(kl[:top].sum() / total) if total > 0 else float("nan")}
+
+
+def summarise(run_dir, n_boot: int = 2000, boot_seed: int = 0) -> dict:
+    """All numbers of a run from the files in ``run_dir`` (see :mod:`dmr_rl.report.layout`)."""
+    loaded = layout.load_eval(run_dir)
+    methods = {m: {p: _point_summary(e, n_boot, boot_seed) for p, e in pts.items()} for m, pts in loaded.items()}
+    weak, strong = _reference(methods, WEAK), _reference(methods, STRONG)
+    if weak and strong:
+        for pts in methods.values():
+            for p in pts.values():
+                p["cost_norm"] = M.normalised_cost(p["cost"], weak["cost"], strong["cost"])
+    tradeoff = {}
+    if weak and strong:
+        for m, pts in methods.items():
+            if m not in (WEAK, STRONG):
+                tradeoff[m] = _tradeoff(pts, weak, strong)
+    kl_dirs = [layout.point_dir(run_dir, "kl_oracle", p) for p in loaded.get("kl_oracle", {})]
+    return {
+        "run_dir": str(run_dir),
+        "reference": {"weak": weak, "strong": strong},
+        "methods": methods,
+        "tradeoff": tradeoff,
+        "causal": _causal(layout.load_causal(run_dir), n_boot, boot_seed),
+        "kl": _kl_summary(layout.load_kl_values(run_dir, kl_dirs)),
+        "bootstrap": {"resamples": n_boot, "seed": boot_seed, "level": 0.95},
+    }
+
+
+# ---------------------------------------------------------------------------------------------
+# Markdown
+# ---------------------------------------------------------------------------------------------
+def _f(x, fmt="{:.3f}") -> str:
+    if x is None or (isinstance(x, float) and math.isnan(x)):
+        return "-"
+    return fmt.format(x)
+
+
+def _ci(ci) -> str:
+    return f"[{_f(ci[0])}, {_f(ci[1])}]"
+
+
+def _bytes(x) -> str:
+    if x is None or (isinstance(x, float) and math.isnan(x)):
+        return "-"
+    return f"{x / 1e9:.2f} GB" if x >= 1e8 else f"{x / 1e6:.2f} MB"
+
+
+def markdown(results: dict, plots: Optional[list] = None) -> str:
+    lines = [f"# DMR evaluation report: `{results['run_dir']}`", "",
+             "All numbers are computed from the episode shards in this run directory. Success and "
+             "score: mean +- std over seeds, 95% bootstrap CI over episodes (resampled within "
+             "seeds). HP ratio: share of steps acted by the high-precision model. Cost: modelled "
+             "weight bytes read per episode; cost (norm.): 0 = LP-only, 1 = HP-only.", "",
+             "## Methods and operating points", "",
+             "| method | point | success | 95% CI | score | HP ratio | cost/episode | cost (norm.) | steps | seeds | episodes |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for m, pts in results["methods"].items():
+        for name, p in sorted(pts.items(), key=lambda kv: kv[1]["hp_ratio"]):
+            mark = " *" if p.get("default") else ""
+            lines.append(
+                f"| {m} | {name}{mark} | {_f(p['success_mean'])} +- {_f(p['success_std'])} | {_ci(p['success_ci'])} "
+                f"| {_f(p['score_mean'])} | {_f(p['hp_ratio'])} | {_bytes(p['cost'])} | {_f(p.get('cost_norm'))} "
+                f"| {_f(p['mean_length'], '{:.1f}')} | {len(p['seeds'])} | {p['episodes']} |")
+    lines += ["", "`*` marks a router's default threshold."]
+    if results["tradeoff"]:
+        lines += ["", "## Trade-off (RouteLLM metrics adapted to episodes)", "",
+                  "x = HP ratio of steps (or normalised cost); quality = success rate; weak = LP-only, "
+                  "strong = HP-only; curve = Pareto front of the operating points, linearly "
+                  "interpolated. CPT(p%): the x where p% of the LP->HP success gap is recovered.", "",
+                  "| method | APGR | CPT(50%) | CPT(80%) | APGR (cost) | CPT(50%) (cost) | CPT(80%) (cost) | APGR (score) |",
+                  "|---|---|---|---|---|---|---|---|"]
+        for m, t in results["tradeoff"].items():
+            lines.append(f"| {m} | {_f(t['apgr'])} | {_f(t['cpt50'])} | {_f(t['cpt80'])} | {_f(t['apgr_cost'])} "
+                         f"| {_f(t['cpt50_cost'])} | {_f(t['cpt80_cost'])} | {_f(t['apgr_score'])} |")
+    else:
+        lines += ["", "Trade-off metrics need both `hp_only` and `lp_only` runs; at least one is missing."]
+    c = results.get("causal")
+    if c:
+        lines += ["", "## Causal check: does per-step KL predict what matters?", "",
+                  "Each episode is replayed with HP everywhere except a forced set of steps run on LP: "
+                  "the steps the router flags (highest P(HP)) versus the same number of unflagged steps.", "",
+                  "| arm | success | 95% CI | HP ratio | forced LP steps/episode | episodes |", "|---|---|---|---|---|---|"]
+        for arm, a in c["arms"].items():
+            lines.append(f"| {arm} | {_f(a['success_mean'])} +- {_f(a['success_std'])} | {_ci(a['success_ci'])} "
+                         f"| {_f(a['hp_ratio'])} | {_f(a['forced_lp_per_episode'], '{:.2f}')} | {a['episodes']} |")
+        d = c.get("unflagged_minus_flagged")
+        if d:
+            verdict = ("forcing LP on flagged steps hurts more than on unflagged ones (CI excludes 0)"
+                       if d["kl_predicts_harm"] else "no significant difference (CI includes 0 or is negative)")
+            lines += ["", f"Success(unflagged) - success(flagged) = {_f(d['success_diff'])}, 95% CI "
+                          f"{_ci(d['ci'])}: {verdict}."]
+    k = results.get("kl")
+    if k:
+        lines += ["", "## Per-step KL(HP || LP)", "",
+                  f"{k['steps']} steps: mean {_f(k['mean'])}, p50 {_f(k['p50'])}, p90 {_f(k['p90'])}, "
+                  f"p99 {_f(k['p99'])}; the top 5% of steps hold {_f(100 * k['top5_share'], '{:.1f}')}% of the total KL."]
+    if plots:
+        lines += ["", "## Plots", ""] + [f"![{p}](plots/{p})" for p in plots]
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,117 @@
+"""`dmr report` on a synthetic run directory: files exist and numbers match the inputs."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from dmr_rl.report import layout, write
+from dmr_rl.rollout.records import HP, LP, EpisodeRecord, StepRecord, TrajectoryStore
+
+TYPES = ["pick_and_place_simple", "pick_heat_then_place_in_recep"]
+
+
+def _episode(rng, p_win, p_hp, seed, i, forced=None, kl=False):
+    n = int(rng.integers(3, 8))
+    tiers = (rng.random(n) < p_hp).astype(int)
+    steps = [StepRecord(step=k, obs="o", action="a", tier=int(t), prompt_tokens=10, gen_tokens=2,
+                        weight_bytes=4e8 if t == HP else 1e8, latency_s=0.05 if t == HP else 0.03,
+                        kl=float(rng.exponential(0.2)) if kl else None)
+             for k, t in enumerate(tiers)]
+    won = bool(rng.random() < p_win)
+    extra = {"forced_lp_steps": forced} if forced is not None else {}
+    return EpisodeRecord(episode_id=f"{seed}-{i}", task_index=i, task_id=f"t{i}", task_type=TYPES[i % 2],
+                         task="", seed=seed, won=won, score=float(won), steps=steps, extra=extra)
+
+
+POINTS = {  # method -> point -> (p_win, p_hp, params)
+    "hp_only": {"default": (0.8, 1.0, {})},
+    "lp_only": {"default": (0.3, 0.0, {})},
+    "router": {"t0.30": (0.75, 0.5, {"threshold": 0.3}), "t0.70": (0.6, 0.2, {"threshold": 0.7})},
+    "random": {"ratio0.20": (0.4, 0.2, {"hp_ratio": 0.2}), "ratio0.50": (0.55, 0.5, {"hp_ratio": 0.5})},
+}
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory):
+    root = tmp_path_factory.mktemp("run")
+    rng = np.random.default_rng(0)
+    written = {}
+    for m, pts in POINTS.items():
+        for p, (pw, ph, params) in pts.items():
+            layout.write_point_meta(root, m, p, params, default=(p == "t0.70"))
+            for seed in (0, 1, 2):
+                eps = [_episode(rng, pw, ph, seed, i) for i in range(20)]
+                TrajectoryStore(layout.seed_dir(layout.point_dir(root, m, p), seed), "w0").append(eps)
+                written[(m, p, seed)] = eps
+    for arm, pw in (("flagged", 0.3), ("unflagged", 0.75)):
+        for seed in (0, 1, 2):
+            eps = [_episode(rng, pw, 0.7, seed, i, forced=[0, 1]) for i in range(20)]
+            TrajectoryStore(layout.seed_dir(layout.causal_dir(root) / arm, seed), "w0").append(eps)
+    TrajectoryStore(root / "labels", "w0").append([_episode(rng, 1, 1, 0, i, kl=True) for i in range(10)])
+    return root, written
+
+
+def test_report_files_and_numbers(run_dir):
+    root, written = run_dir
+    md = write(root, n_boot=300, tensorboard=False)
+    out = root / "report"
+    assert md == out / "report.md" and md.is_file()
+    for png in ("pareto_hp_ratio.png", "pareto_cost.png", "kl_distribution.png", "hp_by_step.png",
+                "hp_by_task_type.png"):
+        assert (out / "plots" / png).stat().st_size > 5000, png
+    res = json.loads((out / "results.json").read_text())
+    for m, pts in POINTS.items():
+        for p in pts:
+            got = res["methods"][m][p]
+            per_seed = [np.mean([e.won for e in written[(m, p, s)]]) for s in (0, 1, 2)]
+            assert got["success_mean"] == pytest.approx(np.mean(per_seed))
+            assert got["success_std"] == pytest.approx(np.std(per_seed, ddof=1))
+            lo, hi = got["success_ci"]
+            assert lo <= got["success_mean"] <= hi
+            eps = [e for s in (0, 1, 2) for e in written[(m, p, s)]]
+            steps = [st for e in eps for st in e.steps]
+            hp_each = [sum(st.tier == HP for e in written[(m, p, s)] for st in e.steps)
+                       / sum(len(e.steps) for e in written[(m, p, s)]) for s in (0, 1, 2)]
+            assert got["hp_ratio"] == pytest.approx(np.mean(hp_each))
+            cost_each = [sum(st.weight_bytes for e in written[(m, p, s)] for st in e.steps) / 20 for s in (0, 1, 2)]
+            assert got["cost"] == pytest.approx(np.mean(cost_each))
+            assert got["seeds"] == [0, 1, 2] and got["episodes"] == 60 and steps
+    assert res["methods"]["router"]["t0.70"]["params"] == {"threshold": 0.7}
+    # APGR/CPT exist for the sweeps and agree with the metric functions on the summarised points
+    from dmr_rl.report import metrics as M
+    r = res["methods"]["router"]
+    weak, strong = res["methods"]["lp_only"]["default"], res["methods"]["hp_only"]["default"]
+    xs = [r[p]["hp_ratio"] for p in ("t0.30", "t0.70")]
+    qs = [r[p]["success_mean"] for p in ("t0.30", "t0.70")]
+    assert res["tradeoff"]["router"]["apgr"] == pytest.approx(
+        M.apgr(xs, qs, weak["success_mean"], strong["success_mean"]))
+    assert 0.0 < res["tradeoff"]["router"]["apgr"] <= 1.0
+    assert "cpt50" in res["tradeoff"]["random"] and "cpt80_cost" in res["tradeoff"]["router"]
+    # causal arms and the KL summary come from their directories
+    c = res["causal"]
+    assert c["arms"]["flagged"]["episodes"] == 60 and c["arms"]["flagged"]["forced_lp_per_episode"] == 2.0
+    assert c["unflagged_minus_flagged"]["success_diff"] == pytest.approx(
+        c["arms"]["unflagged"]["success_mean"] - c["arms"]["flagged"]["success_mean"])
+    assert res["kl"]["steps"] == sum(len(e.steps) for e in TrajectoryStore.read(root / "labels"))
+    text = md.read_text()
+    assert f"{r['t0.70']['success_mean']:.3f}" in text and "APGR" in text and "Causal check" in text
+
+
+def test_report_tensorboard(run_dir, tmp_path):
+    pytest.importorskip("torch")
+    root, _ = run_dir
+    write(root, n_boot=50, tensorboard=True)
+    assert list((root / "report" / "tb").glob("events.out.tfevents.*"))
+
+
+def test_report_errors(tmp_path):
+    with pytest.raises(FileNotFoundError, match="run directory not found"):
+        write(tmp_path / "nope")
+    with pytest.raises(FileNotFoundError, match="dmr eval"):
+        write(tmp_path)
+    (tmp_path / "eval" / "router" / "t0.5" / "seed_0").mkdir(parents=True)
+    from environments.errors import DataError
+    with pytest.raises(DataError, match="no episode shards"):
+        write(tmp_path)
