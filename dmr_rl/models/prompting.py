@@ -1,0 +1,133 @@
+"""A compact ReAct-style prompt for text agents: task, memory, a window of recent steps, actions.
+
+The prompt length dominates the cost of a step on a CPU, so the prompt is short and plain:
+
+    Task: put a clean apple in fridge.
+    Visited: countertop 1, cabinet 2
+    Holding: apple 1
+    > go to sinkbasin 1
+    On the sinkbasin 1, you see nothing.
+    Actions: clean apple 1 with sinkbasin 1 | go to fridge 1 | ...
+    >
+
+* ``Task`` is the goal text.
+* ``Visited`` (memory) lists the places the agent went to, compactly and in order, so an agent
+  that sees only a short window of steps can still avoid revisiting; ``Holding`` is what the
+  last take/put actions leave in hand; ``Done`` lists the other state-changing actions
+  (open, clean, heat, cool, use, slice, ...) taken so far. These are read off the action
+  history alone (ALFWorld-style commands; for other families they are simply empty), no
+  privileged state.
+* The window holds the last ``history_window`` (action, observation) pairs; with an empty
+  history the first observation is shown instead. Observations are cut at ``max_obs_chars``.
+* ``Actions`` lists the admissible commands (optional: in score mode the candidates are scored
+  anyway, so ``show_admissible=False`` saves many tokens).
+* The prompt ends with ``"\\n>"``: an action is scored or generated as its continuation (no
+  leading space), and the same text in the window starts with ``"> "``.
+
+:class:`PromptConfig` bundles these options; a trained agent stores its own in
+``agent_config.json`` beside its weights so it is always prompted the way it was trained.
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import asdict, dataclass, fields
+
+from dmr_rl.rollout.records import StepContext
+
+ACTION_PREFIX = ">"
+_MOVE = re.compile(r"^go to (.+)$")
+_TAKE = re.compile(r"^take (.+?) from (.+)$")
+_PUT = re.compile(r"^(?:put|move) (.+?) (?:in|on|in/on|to) (.+)$")
+_PASSIVE = ("look", "inventory", "help")
+
+
+@dataclass
+class PromptConfig:
+    """How an agent is prompted (stored with a trained agent)."""
+
+    history_window: int = 2
+    show_admissible: bool = True
+    show_memory: bool = True
+    max_obs_chars: int = 400
+    max_listed_actions: int = 60
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "PromptConfig":
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in (d or {}).items() if k in known})
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def _clip(text: str, limit: int) -> str:
+    text = " ".join(str(text).split())
+    return text if len(text) <= limit else text[: limit - 3].rstrip() + "..."
+
+
+def memory_lines(history: list) -> list[str]:
+    """Compact memory of the whole action history: places visited, what is held, other actions.
+
+    ``history`` is [(action, observation)], oldest first. Returns the lines to show (possibly none).
+    """
+    visited: list[str] = []
+    holding: list[str] = []
+    done: list[str] = []
+    for action, obs in history:
+        a = " ".join(str(action).lower().split())
+        obs_l = str(obs).lower()
+        if obs_l.startswith("nothing happens"):
+            continue
+        if m := _MOVE.match(a):
+            place = m.group(1)
+            if place in visited:
+                visited.remove(place)
+            visited.append(place)
+        elif m := _TAKE.match(a):
+            holding.append(m.group(1))
+        elif m := _PUT.match(a):
+            if m.group(1) in holding:
+                holding.remove(m.group(1))
+            done.append(a)
+        elif a and not a.startswith(_PASSIVE) and not a.startswith("examine"):
+            done.append(a)
+    lines = []
+    if visited:
+        lines.append("Visited: " + ", ".join(visited))
+    if holding:
+        lines.append("Holding: " + ", ".join(holding))
+    if done:
+        lines.append("Done: " + "; ".join(done[-6:]))
+    return lines
+
+
+def build_prompt(ctx: StepContext, history_window: int = 2, config: PromptConfig | None = None) -> str:
+    """The prompt for one decision step (ends with ``"\\n>"``; the action is its continuation).
+
+    ``history_window`` = number of recent (action, observation) pairs shown; ``config`` overrides
+    it and sets the other options (see :class:`PromptConfig`).
+    """
+    cfg = config or PromptConfig(history_window=history_window)
+    if cfg.history_window < 0:
+        raise ValueError(f"history_window must be >= 0, got {cfg.history_window}")
+    lines = [f"Task: {_clip(ctx.task, 300)}"]
+    history = list(ctx.history or [])
+    if cfg.show_memory:
+        lines.extend(memory_lines(history))
+    window = history[-cfg.history_window:] if cfg.history_window > 0 else []
+    for action, obs in window:
+        lines.append(f"{ACTION_PREFIX} {action}")
+        lines.append(_clip(obs, cfg.max_obs_chars))
+    if not window or str(window[-1][1]) != str(ctx.obs):
+        # the current observation, unless the window's last step already shows it
+        lines.append(_clip(ctx.obs, cfg.max_obs_chars))
+    if cfg.show_admissible and ctx.admissible:
+        listed = list(ctx.admissible)[: cfg.max_listed_actions]
+        lines.append("Actions: " + " | ".join(listed))
+    return "\n".join(lines) + "\n" + ACTION_PREFIX
+
+
+def context_after(ctx: StepContext, action: str, obs: str, admissible: list) -> StepContext:
+    """The next step's context: ``action`` taken in ``ctx`` led to ``obs`` with ``admissible``."""
+    return StepContext(task=ctx.task, obs=obs, history=list(ctx.history) + [(action, obs)],
+                       admissible=list(admissible), step=ctx.step + 1, task_type=ctx.task_type)
