@@ -1,0 +1,186 @@
+"""The default learned router: a small transformer encoder over the step context giving P(HP).
+
+* :class:`RouterNet` - plain ``torch.nn.Module``: (tokens, segments, step[, hidden]) -> HP logit.
+  Rollout workers use it directly for inference (no Ray needed).
+* :class:`TransformerRouter` - the :class:`~dmr_rl.router.base.Router` around it: features,
+  threshold or sampled decisions, weights to ship and load, save/load of a checkpoint dir.
+* ``dmr_rl.router.rl_module.RouterRLModule`` - the same network as an RLlib ``TorchRLModule``
+  (the learners train that; its ``net`` state dict is what ``get_weights`` carries).
+
+Net config (a plain dict, json-serialisable; :func:`net_config` builds it from ``RouterConfig``):
+vocab_size, d_model, n_layers, n_heads, max_tokens, max_step, features, hidden_dim,
+recent_actions, dropout, pool.
+
+Cost: attention over every word piece was ~13 ms per batch of 8 contexts on this CPU (L~100,
+d=64), far above the budget (5% of an LP step). So token embeddings (+ segment + position) are
+mean-pooled in windows of ``pool`` consecutive tokens first, and the encoder attends over the
+CLS slot plus ceil(L / pool) window vectors.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+import torch
+from torch import nn
+
+from dmr_rl.router.base import RouteDecision, Router
+from dmr_rl.router.features import N_SEGMENTS, PAD, make_extractor
+
+DEFAULT_NET = {"vocab_size": 4096, "d_model": 64, "n_layers": 2, "n_heads": 4, "max_tokens": 256,
+               "max_step": 64, "features": "tokens", "hidden_dim": 0, "recent_actions": 4,
+               "dropout": 0.0, "pool": 8}
+
+
+def net_config(router_cfg=None, **overrides) -> dict:
+    """A full net config from a ``RouterConfig`` (or dict, or None) plus overrides."""
+    cfg = dict(DEFAULT_NET)
+    if router_cfg is not None:
+        src = router_cfg if isinstance(router_cfg, dict) else vars(router_cfg)
+        cfg.update({k: v for k, v in src.items() if k in DEFAULT_NET})
+    cfg.update(overrides)
+    unknown = set(cfg) - set(DEFAULT_NET)
+    if unknown:
+        raise ValueError(f"unknown router net config key(s): {sorted(unknown)}")
+    if cfg["d_model"] % cfg["n_heads"]:
+        raise ValueError(f"router d_model={cfg['d_model']} is not divisible by n_heads={cfg['n_heads']}")
+    return cfg
+
+
+class RouterNet(nn.Module):
+    """Embeddings (token + segment + position) mean-pooled in windows of ``pool`` tokens, a CLS
+    slot (step embedding, optional hidden projection), ``n_layers`` pre-norm transformer encoder
+    layers over [CLS, windows], the CLS output -> one logit of P(HP)."""
+
+    def __init__(self, config: Optional[dict] = None):
+        super().__init__()
+        self.config = c = net_config(config)
+        d = c["d_model"]
+        self.tok = nn.Embedding(c["vocab_size"], d, padding_idx=PAD)
+        self.seg = nn.Embedding(N_SEGMENTS, d)
+        self.pos = nn.Embedding(c["max_tokens"], d)
+        self.win_pos = nn.Embedding(-(-c["max_tokens"] // c["pool"]) + 1, d)
+        self.step_emb = nn.Embedding(c["max_step"], d)
+        self.hidden_proj = nn.Linear(c["hidden_dim"], d) if c["hidden_dim"] > 0 else None
+        layer = nn.TransformerEncoderLayer(d, c["n_heads"], dim_feedforward=2 * d,
+                                           dropout=c["dropout"], batch_first=True, norm_first=True)
+        self.encoder = nn.TransformerEncoder(layer, c["n_layers"], enable_nested_tensor=False)
+        self.norm = nn.LayerNorm(d)
+        self.head = nn.Linear(d, 1)
+
+    def forward(self, tokens, segments, step, hidden=None):
+        """tokens, segments [B, L] int64; step [B] int64; hidden [B, H] -> logits [B]."""
+        B, L = tokens.shape
+        P = self.config["pool"]
+        if L > self.config["max_tokens"]:
+            raise ValueError(f"router input has {L} tokens, more than max_tokens={self.config['max_tokens']}")
+        real = tokens.ne(PAD)
+        x = (self.tok(tokens) + self.seg(segments)
+             + self.pos(torch.arange(L, device=tokens.device))[None]) * real[..., None]
+        W = -(-L // P)
+        if W * P != L:
+            x = nn.functional.pad(x, (0, 0, 0, W * P - L))
+            real = nn.functional.pad(real, (0, W * P - L))
+        counts = real.view(B, W, P).sum(-1)
+        win = x.view(B, W, P, -1).sum(2) / counts.clamp_min(1)[..., None]
+        cls = self.step_emb(step.clamp(0, self.config["max_step"] - 1))
+        if self.hidden_proj is not None:
+            if hidden is None:
+                raise ValueError("this router was built with hidden_dim > 0 and needs 'hidden' inputs")
+            cls = cls + self.hidden_proj(hidden.float())
+        h = torch.cat([cls[:, None], win], dim=1) + self.win_pos.weight[None, :W + 1]
+        pad = torch.cat([torch.zeros(B, 1, dtype=torch.bool, device=tokens.device), counts.eq(0)], 1)
+        h = self.encoder(h, src_key_padding_mask=pad if bool(pad.any()) else None)
+        return self.head(self.norm(h[:, 0])).squeeze(-1)
+
+    def forward_batch(self, batch: dict):
+        """A feature batch dict (numpy or torch values) -> logits [B]."""
+        t = lambda k, dt: torch.as_tensor(batch[k], dtype=dt)  # noqa: E731
+        hidden = t("hidden", torch.float32) if "hidden" in batch else None
+        return self(t("tokens", torch.long), t("segments", torch.long), t("step", torch.long), hidden)
+
+
+def _strip_prefix(weights: dict) -> dict:
+    """Accept a RouterNet state dict or an RLModule one (keys prefixed ``net.``)."""
+    if weights and all(k.startswith("net.") for k in weights):
+        return {k[4:]: v for k, v in weights.items()}
+    return weights
+
+
+class TransformerRouter(Router):
+    """The learned router. ``route(contexts, rng, sample=False, lp_hidden=None)``."""
+
+    name = "transformer"
+
+    def __init__(self, config=None, threshold: Optional[float] = None, weights: Optional[dict] = None,
+                 seed: int = 0, num_threads: Optional[int] = None, **net_overrides):
+        self.config = net_config(config, **net_overrides)
+        if threshold is None:
+            threshold = config.get("threshold") if isinstance(config, dict) else getattr(config, "threshold", None)
+        self.threshold = 0.5 if threshold is None else float(threshold)
+        with torch.random.fork_rng():
+            torch.manual_seed(seed)
+            self.net = RouterNet(self.config).eval()
+        self.features = make_extractor(self.config["features"], **self.config)
+        self.num_threads = num_threads
+        if weights is not None:
+            self.set_weights(weights)
+
+    # -- inference ------------------------------------------------------------------------
+    def logits(self, contexts: list, lp_hidden: Optional[list] = None) -> np.ndarray:
+        """[B] HP logits for a list of StepContexts."""
+        batch = self.features(contexts, lp_hidden=lp_hidden)
+        prev = torch.get_num_threads()
+        if self.num_threads:
+            torch.set_num_threads(self.num_threads)
+        try:
+            with torch.inference_mode():
+                return self.net.forward_batch(batch).double().numpy()
+        finally:
+            if self.num_threads:
+                torch.set_num_threads(prev)
+
+    def route(self, contexts: list, rng: np.random.Generator, sample: bool = False,
+              lp_action_probs: Optional[list] = None, hp_action_probs: Optional[list] = None,
+              lp_hidden: Optional[list] = None) -> RouteDecision:
+        z = self.logits(contexts, lp_hidden=lp_hidden)
+        p = 1.0 / (1.0 + np.exp(-z))
+        tiers = (rng.random(len(z)) < p) if sample else (p >= self.threshold)
+        tiers = tiers.astype(np.int64)
+        # log sigmoid(+-z), stable
+        logp = np.where(tiers == 1, -np.logaddexp(0.0, -z), -np.logaddexp(0.0, z))
+        return RouteDecision(tiers=tiers, p_hp=p, logprobs=logp)
+
+    # -- weights --------------------------------------------------------------------------
+    def get_weights(self) -> dict:
+        return {k: v.detach().cpu().numpy().copy() for k, v in self.net.state_dict().items()}
+
+    def set_weights(self, weights: Optional[dict]) -> None:
+        if weights is None:
+            return
+        sd = {k: torch.as_tensor(np.asarray(v)) for k, v in _strip_prefix(dict(weights)).items()}
+        missing, unexpected = self.net.load_state_dict(sd, strict=False)
+        if missing or unexpected:
+            raise ValueError(f"router weights do not fit the network: missing {missing[:4]}, "
+                             f"unexpected {unexpected[:4]}")
+        self.net.eval()
+
+    def save(self, directory) -> Path:
+        """Write ``router.pt`` (state dict) and ``router.json`` (net config + threshold)."""
+        d = Path(directory)
+        d.mkdir(parents=True, exist_ok=True)
+        torch.save(self.net.state_dict(), d / "router.pt")
+        (d / "router.json").write_text(json.dumps({"config": self.config, "threshold": self.threshold}, indent=1))
+        return d
+
+    @classmethod
+    def load(cls, directory, threshold: Optional[float] = None, **kw) -> "TransformerRouter":
+        d = Path(directory)
+        if not (d / "router.json").is_file() or not (d / "router.pt").is_file():
+            raise FileNotFoundError(f"no router checkpoint (router.json + router.pt) in {d}")
+        meta = json.loads((d / "router.json").read_text())
+        state = torch.load(d / "router.pt", map_location="cpu", weights_only=True)
+        return cls(meta["config"], threshold=meta["threshold"] if threshold is None else threshold,
+                   weights=state, **kw)
