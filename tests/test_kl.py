@@ -5,7 +5,8 @@ import numpy as np
 import pytest
 
 from dmr_rl.models.backends.base import ActionScores, TokenDistributions
-from dmr_rl.models.kl import (action_kl, action_kl_batch, categorical_kl, token_kl, token_kl_batch)
+from dmr_rl.algos.kl_labels import kl_categorical as categorical_kl
+from dmr_rl.models.kl import action_kl, action_kl_batch, token_kl, token_kl_batch
 
 LN2 = math.log(2.0)
 
@@ -49,11 +50,17 @@ def test_token_kl_top_k_with_tail_bucket():
     lp = topk([[1, 0]], [[0.6, 0.3]], [0.1])
     # partition {0, 1, rest}: 0.6 ln 2 + 0.3 ln 0.5 + 0.1 ln 1 = 0.3 ln 2 (the full KL, as the tails agree)
     assert np.allclose(token_kl(hp, lp), [0.3 * LN2])
-    # HP's token 0 is not in LP's top-2 (LP: id1 .6, id2 .2, tail .2): estimated q0 = min(.2, .2/2) = .1,
-    # rest = 1 - .1 - .6 = .3 -> .6 ln 6 + .3 ln .5 + .1 ln(1/3) = 0.757250...
+    # HP's id 0 is not in LP's top-2. True distributions over 4 ids with uniform tails:
+    # HP (.6, .3, .05, .05), LP (.1, .6, .2, .1); top-2: HP {0: .6, 1: .3, tail .1}, LP {1: .6, 2: .2, tail .2}.
+    # Knowing the vocabulary size, each tail spreads uniformly, so the estimate is the exact KL:
+    # .6 ln 6 + .3 ln .5 + .05 ln .25 + .05 ln .5 = 0.763139...
     lp2 = topk([[1, 2]], [[0.6, 0.2]], [0.2])
-    expected = 0.6 * math.log(6) + 0.3 * math.log(0.5) + 0.1 * math.log(1 / 3)
-    assert np.allclose(token_kl(hp, lp2), [expected]) and math.isclose(expected, 0.7572502, rel_tol=1e-6)
+    expected = 0.6 * math.log(6) + 0.3 * math.log(0.5) + 0.05 * math.log(0.25) + 0.05 * math.log(0.5)
+    assert math.isclose(expected, 0.7631394, rel_tol=1e-6)
+    assert np.allclose(token_kl(hp, lp2, vocab_size=4), [expected], atol=1e-9)
+    assert np.allclose(token_kl(full([[0.6, 0.3, 0.05, 0.05]]), full([[0.1, 0.6, 0.2, 0.1]])), [expected])
+    mean, total = token_kl_batch([hp], [lp2], vocab_size=4)
+    assert np.allclose(mean, [expected]) and np.allclose(total, [expected])
 
 
 def test_token_kl_zero_between_identical_tiers_and_errors():
