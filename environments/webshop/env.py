@@ -37,6 +37,11 @@ ACTION_RE = re.compile(r"^(search|click)\[(.*)\]$", re.DOTALL)
 PRICE_CLAUSE_RE = re.compile(r",? and price lower than [\d.]+ dollars$")
 
 
+def instruction_query(goal: Goal) -> str:
+    """The goal's instruction without its price clause: the oracle's first search query."""
+    return PRICE_CLAUSE_RE.sub("", goal.instruction_text).strip()
+
+
 def backend_for(data: WebShopData, name: str) -> SearchBackend:
     """The search backend of ``data``, built once per data directory and backend name."""
     if name not in data.search_cache:
@@ -228,7 +233,7 @@ class WebShopEnv(TextEnv):
         """What the oracle types: the instruction without its price clause (the title as fallback)."""
         if self._expert_by_title:
             return self.data.product(self.goal.asin).title
-        return PRICE_CLAUSE_RE.sub("", self.goal.instruction_text).strip()
+        return instruction_query(self.goal)
 
     def expert_options(self) -> dict[str, str]:
         """{option name: value} of the target that best match each goal option (fuzzy, colour-normalised)."""
