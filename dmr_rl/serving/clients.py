@@ -1,0 +1,225 @@
+"""Clients of one precision tier: the same calls over Ray server replicas or an in-process Backend.
+
+Both clients offer, for each Backend call, three forms:
+
+- ``score_actions(prompts, candidates)`` -> results (what the Backend returns);
+- ``score_actions_costed(...)`` -> (results, row_costs) (see ``model_server.apportion_cost``);
+- ``score_actions_ref(...)`` -> an ObjectRef of (results, row_costs) (Ray client only), to be
+  resolved with ``client.get(ref)`` so that a dead replica becomes a clear ``ActorError``.
+
+and likewise ``token_distributions`` and ``generate``. ``TierClient`` balances requests over the
+replicas: it sends each request to the replica with the fewest of *this client's* requests still
+in flight (ties broken round-robin from a per-client offset, so many workers spread out).
+"""
+from __future__ import annotations
+
+import itertools
+import time
+from typing import Optional
+
+from dmr_rl.errors import ActorError
+from dmr_rl.serving.model_server import apportion_cost, make_backend
+
+CALLS = ("score_actions", "token_distributions", "generate")
+
+
+class LocalTierClient:
+    """A tier served in this process: a direct, unbatched call into a Backend."""
+
+    def __init__(self, tier: str, backend):
+        self.tier = tier
+        self.backend = backend if hasattr(backend, "score_actions") else make_backend(backend)
+
+    @property
+    def num_replicas(self) -> int:
+        return 1
+
+    @property
+    def weight_bytes(self) -> float:
+        return float(self.backend.weight_bytes)
+
+    def score_actions_costed(self, prompts, candidates):
+        weights = [len(p) + sum(len(c) for c in cs) for p, cs in zip(prompts, candidates)]
+        return self._costed("score_actions", weights, prompts, candidates)
+
+    def token_distributions_costed(self, prompts, continuations, top_k: int = 0):
+        weights = [len(p) + len(c) for p, c in zip(prompts, continuations)]
+        return self._costed("token_distributions", weights, prompts, continuations, top_k=top_k)
+
+    def generate_costed(self, prompts, sampling=None):
+        if sampling is None:
+            from dmr_rl.models.backends.base import SamplingParams
+
+            sampling = SamplingParams()
+        return self._costed("generate", [len(p) for p in prompts], prompts, sampling)
+
+    def _costed(self, kind, weights, *args, **kw):
+        if not weights:
+            return [], []
+        before = self.backend.cost.snapshot()
+        t0 = time.perf_counter()
+        results = list(getattr(self.backend, kind)(*args, **kw))
+        seconds = time.perf_counter() - t0
+        return results, apportion_cost(before, self.backend.cost.snapshot(), weights, seconds, results, kind)
+
+    def score_actions(self, prompts, candidates):
+        return self.score_actions_costed(prompts, candidates)[0]
+
+    def token_distributions(self, prompts, continuations, top_k: int = 0):
+        return self.token_distributions_costed(prompts, continuations, top_k)[0]
+
+    def generate(self, prompts, sampling=None):
+        return self.generate_costed(prompts, sampling)[0]
+
+    def cost(self) -> dict:
+        snap = self.backend.cost.snapshot()
+        snap.update(tier=self.tier, replica=0)
+        return snap
+
+    def ready(self, timeout_s: float = 0.0) -> list:
+        return [{"tier": self.tier, "replica": 0, "backend": getattr(self.backend, "name", ""),
+                 "weight_bytes": self.weight_bytes}]
+
+    def shutdown(self) -> None:
+        pass
+
+
+class TierClient:
+    """Load-balanced calls to the Ray model-server replicas of one tier."""
+
+    def __init__(self, tier: str, handles: list, weight_bytes: float = 0.0, offset: int = 0):
+        if not handles:
+            raise ActorError(f"tier {tier!r} has no model-server replicas")
+        self.tier = tier
+        self.handles = list(handles)
+        self._weight_bytes = float(weight_bytes)
+        self._offset = int(offset)
+        self._rr = itertools.count(self._offset)
+        self._inflight: dict[int, list] = {i: [] for i in range(len(self.handles))}
+        self._owner: dict = {}
+        self.sent = [0] * len(self.handles)
+
+    def __getstate__(self):  # in-flight bookkeeping is per process
+        return {"tier": self.tier, "handles": self.handles, "weight_bytes": self._weight_bytes,
+                "offset": self._offset}
+
+    def __setstate__(self, state):
+        self.__init__(state["tier"], state["handles"], state["weight_bytes"], state["offset"])
+
+    def with_offset(self, offset: int) -> "TierClient":
+        """A copy that starts its round-robin at ``offset`` (give each rollout worker its own)."""
+        return TierClient(self.tier, self.handles, self._weight_bytes, offset)
+
+    @property
+    def num_replicas(self) -> int:
+        return len(self.handles)
+
+    @property
+    def weight_bytes(self) -> float:
+        return self._weight_bytes
+
+    # ---- balancing -----------------------------------------------------------------------
+    def _pick(self) -> int:
+        import ray
+
+        for i, refs in self._inflight.items():
+            if refs:
+                done, pending = ray.wait(refs, num_returns=len(refs), timeout=0)
+                self._inflight[i] = pending
+                for r in done:
+                    self._owner.pop(r, None)
+        start = next(self._rr)
+        n = len(self.handles)
+        order = [(start + k) % n for k in range(n)]
+        return min(order, key=lambda i: len(self._inflight[i]))
+
+    def _send(self, kind: str, *args):
+        i = self._pick()
+        ref = getattr(self.handles[i], kind).remote(*args)
+        self._inflight[i].append(ref)
+        self._owner[ref] = i
+        self.sent[i] += 1
+        return ref
+
+    def get(self, ref, timeout_s: Optional[float] = None):
+        """Resolve a ``*_ref`` result; a dead or unreachable replica raises ActorError."""
+        import ray
+        from ray.exceptions import GetTimeoutError, RayActorError
+
+        i = self._owner.get(ref, -1)
+        try:
+            return ray.get(ref, timeout=timeout_s)
+        except RayActorError as e:
+            raise ActorError(f"model server of tier {self.tier!r} replica {i} died or is unreachable "
+                             f"({type(e).__name__}); restart the run or lower the load on it") from e
+        except GetTimeoutError as e:
+            raise ActorError(f"model server of tier {self.tier!r} replica {i} did not answer "
+                             f"within {timeout_s} s") from e
+        finally:
+            self._owner.pop(ref, None)
+            if i >= 0 and ref in self._inflight.get(i, []):
+                self._inflight[i].remove(ref)
+
+    # ---- calls ---------------------------------------------------------------------------
+    def score_actions_ref(self, prompts, candidates):
+        return self._send("score_actions", list(prompts), [list(c) for c in candidates])
+
+    def token_distributions_ref(self, prompts, continuations, top_k: int = 0):
+        return self._send("token_distributions", list(prompts), list(continuations), int(top_k))
+
+    def generate_ref(self, prompts, sampling=None):
+        return self._send("generate", list(prompts), sampling)
+
+    def score_actions_costed(self, prompts, candidates):
+        return self.get(self.score_actions_ref(prompts, candidates)) if prompts else ([], [])
+
+    def token_distributions_costed(self, prompts, continuations, top_k: int = 0):
+        return self.get(self.token_distributions_ref(prompts, continuations, top_k)) if prompts else ([], [])
+
+    def generate_costed(self, prompts, sampling=None):
+        return self.get(self.generate_ref(prompts, sampling)) if prompts else ([], [])
+
+    def score_actions(self, prompts, candidates):
+        return self.score_actions_costed(prompts, candidates)[0]
+
+    def token_distributions(self, prompts, continuations, top_k: int = 0):
+        return self.token_distributions_costed(prompts, continuations, top_k)[0]
+
+    def generate(self, prompts, sampling=None):
+        return self.generate_costed(prompts, sampling)[0]
+
+    # ---- management ----------------------------------------------------------------------
+    def _all(self, method: str, timeout_s: Optional[float]) -> list:
+        out = []
+        for i, h in enumerate(self.handles):
+            ref = getattr(h, method).remote()
+            self._owner[ref] = i
+            out.append(self.get(ref, timeout_s))
+        return out
+
+    def ready(self, timeout_s: Optional[float] = 300.0) -> list:
+        """Block until every replica answers (model loaded); one identity dict per replica."""
+        return self._all("ready", timeout_s)
+
+    def cost(self) -> dict:
+        """The tier's cost summed over replicas, with the per-replica snapshots under ``replicas``."""
+        snaps = self._all("cost", 60.0)
+        keys = ("calls", "prompt_tokens", "generated_tokens", "weight_bytes_read", "wall_time_s",
+                "batches", "rows", "requests")
+        total = {k: sum(s.get(k, 0) for s in snaps) for k in keys}
+        total.update(tier=self.tier, replicas=snaps)
+        return total
+
+    def shutdown(self) -> None:
+        """Drain and kill every replica (errors from already-dead ones are ignored)."""
+        import ray
+
+        for h in self.handles:
+            try:
+                ray.get(h.shutdown.remote(), timeout=10)
+            except Exception:
+                pass
+            try:
+                ray.kill(h)
+            except Exception:
+                pass
