@@ -179,3 +179,41 @@ def test_step_is_fast_over_1000_products(tmp_path):
             times.append(time.perf_counter() - t0)
             done = term or trunc
     assert statistics.mean(times) < 0.005, f"mean step {1000 * statistics.mean(times):.2f} ms"
+
+
+def test_options_persist_through_subpages_and_reach_the_reward(env):
+    for index in range(env.num_tasks):
+        env.reset(options={"task_index": index})
+        if env.goal.goal_options:
+            break
+    env.step(f"search[{env.expert_query()}]")
+    while not env.expert_action().startswith(f"click[{env.goal.asin.lower()}"):
+        env.step(env.expert_action())
+    env.step(env.expert_action())
+    wanted = env.expert_options()
+    for value in wanted.values():
+        env.step(f"click[{value}]")
+    env.step("click[reviews]")
+    env.step("click[< prev]")
+    _, reward, term, _, info = env.step("click[buy now]")
+    assert term and info["purchased_options"] == wanted and info["won"] and reward == 1.0
+
+
+def test_envs_sharing_data_keep_their_own_pages(webshop_data):
+    a = make_env("webshop", webshop_data, "train")
+    b = make_env("webshop", webshop_data, "train")
+    assert a.data is b.data and a.search is b.search  # loaded and indexed once per data dir
+    a.reset(options={"task_index": 0})
+    b.reset(options={"task_index": 1})
+    a.step("search[shirt]")
+    _, _, _, _, info_b = b.step("click[back to search]")
+    assert info_b["invalid"] and info_b["page"] == "search" and a.page == "results"
+
+
+def test_synthetic_goals_from_items_ins_v2(webshop_data):
+    data = cached_data(webshop_data, human_goals_only=False)
+    with_options = [g for g in data.goals if g.goal_options]
+    assert with_options and " with " in with_options[0].instruction_text
+    env = make_env("webshop", webshop_data, "test", human_goals=False)
+    summary = evaluate_policy(env, ExpertPolicy(), 20)
+    assert summary["success_rate"] >= 0.9

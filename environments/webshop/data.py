@@ -23,6 +23,11 @@ Deviation (documented): WebShop draws each product's price inside a range and ea
 ``random.Random(price_seed)`` (default 233) in catalog order, so a data directory always yields the
 same goals.
 
+Goals: human goals (``items_human_ins.json``) by default, as WebShop's text environment uses;
+``human_goals_only=False`` builds WebShop's synthetic goals from ``items_ins_v2`` instead (one per
+option combination; ``goal_options`` is kept as the list of values, which is all the reward reads;
+WebShop's per-category goal weights are not reproduced: every goal has weight 1).
+
 Splits (WebShop's convention over the shuffled goals): ``test`` = goals[:500], ``eval`` =
 goals[500:1500], ``train`` = the rest. With fewer than 3,000 goals (generated data) the boundaries are
 scaled to quarters: test = first 25 %, eval = next 25 %, train = the remaining 50 %.

@@ -18,6 +18,13 @@ reward of 1. Any other command (unknown element, search without a search bar, ma
 ``Invalid action! ...`` followed by the current page, counts as a step and leaves the page unchanged;
 ``info["invalid"]`` says so. ``admissible_commands`` lists ``search[<query>]`` on the search page (any
 query is accepted there) and one ``click[...]`` per clickable.
+
+Products, prices, goals and the search index are loaded once per data directory and shared by all
+envs built over it (``data.cached_data``, ``backend_for``); each env keeps only its own page state, so
+a rollout worker can host many. The oracle (``expert_action``) reads the goal's target asin and
+options: it searches the instruction (without the price clause), pages to the target, falls back to
+searching the target's title when the target is not among the 50 results, clicks the goal's option
+values and buys.
 """
 from __future__ import annotations
 
