@@ -115,3 +115,12 @@ def test_report_errors(tmp_path):
     from environments.errors import DataError
     with pytest.raises(DataError, match="no episode shards"):
         write(tmp_path)
+
+
+def test_kl_values_from_labelled_rows_and_episodes(tmp_path):
+    (tmp_path / "labels").mkdir()
+    (tmp_path / "labels" / "steps.jsonl").write_text(
+        '{"episode_id": "a", "step": 0, "kl": 0.5, "label": 1}\n{"episode_id": "a", "step": 1, "kl": 0.25}\n{"torn')
+    ep = EpisodeRecord("e", 0, "t", "x", "", steps=[StepRecord(0, "", "a", HP, kl=2.0), StepRecord(1, "", "a", LP)])
+    TrajectoryStore(tmp_path / "other", "w").append(ep)
+    assert sorted(layout.load_kl_values(tmp_path, [tmp_path / "other"])) == [0.25, 0.5, 2.0]

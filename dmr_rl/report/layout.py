@@ -5,7 +5,8 @@
     <run_dir>/eval/results.json                          written by `dmr eval`
     <run_dir>/causal/<arm>/seed_<s>/*.jsonl              the causal check (arms: flagged, unflagged)
     <run_dir>/causal/causal.json                         its parameters
-    <run_dir>/labels/**.jsonl                            KL-labelled steps (StepRecord.kl), if any
+    <run_dir>/labels*  (.jsonl files or directories)     KL-labelled steps, if any (`dmr label`)
+    <run_dir>/eval/_*/                                   ignored (e.g. rollout workers' own shards)
     <run_dir>/report/{report.md,results.json,plots/,tb/} written by `dmr report`
 
 A *method* is a router or a baseline (``hp_only``, ``router``...); an *operating point* one
@@ -83,7 +84,7 @@ def load_eval(run_dir) -> dict:
     if not root.is_dir():
         raise FileNotFoundError(f"no evaluation results at {root} (run `dmr eval` first)")
     out: dict = {}
-    for mdir in sorted(p for p in root.iterdir() if p.is_dir()):
+    for mdir in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("_")):
         for pdir in sorted(p for p in mdir.iterdir() if p.is_dir()):
             by_seed = read_seeds(pdir)
             if not by_seed:
@@ -114,18 +115,33 @@ def load_causal(run_dir) -> Optional[dict]:
     return {"params": _read_json(meta) if meta.is_file() else {}, "arms": arms}
 
 
+def _kl_from_line(obj) -> list[float]:
+    if isinstance(obj, dict) and isinstance(obj.get("steps"), list):  # an EpisodeRecord
+        return [float(s["kl"]) for s in obj["steps"] if isinstance(s, dict) and s.get("kl") is not None]
+    if isinstance(obj, dict) and obj.get("kl") is not None:  # a labelled-steps row (dmr label)
+        return [float(obj["kl"])]
+    return []
+
+
 def load_kl_values(run_dir, extra_dirs=()) -> list[float]:
-    """Per-step KL values recorded in ``<run_dir>/labels`` (any depth) and ``extra_dirs``."""
+    """Per-step KL values from ``<run_dir>/labels*`` (files or directories, any depth) and
+    ``extra_dirs``: EpisodeRecord lines (StepRecord.kl) and labelled-steps rows (``kl``)."""
+    run_dir = Path(run_dir)
+    files: list[Path] = []
+    for base in [*sorted(run_dir.glob("labels*")), *map(Path, extra_dirs)]:
+        if base.is_file() and base.suffix == ".jsonl":
+            files.append(base)
+        elif base.is_dir():
+            files += sorted(base.rglob("*.jsonl"))
     values: list[float] = []
-    dirs = [Path(run_dir) / "labels", *map(Path, extra_dirs)]
-    seen = set()
-    for base in dirs:
-        if not base.is_dir():
-            continue
-        for shard_dir in sorted({p.parent for p in base.rglob("*.jsonl")}):
-            if shard_dir in seen:
-                continue
-            seen.add(shard_dir)
-            for ep in TrajectoryStore.iter(shard_dir):
-                values += [float(s.kl) for s in ep.steps if s.kl is not None]
+    for path in dict.fromkeys(files):
+        with open(path, encoding="utf-8") as f:
+            for line in f:
+                line = line.strip()
+                if not line:
+                    continue
+                try:
+                    values += _kl_from_line(json.loads(line))
+                except (json.JSONDecodeError, TypeError, ValueError):
+                    continue  # a torn last line
     return values
