@@ -128,6 +128,8 @@ class EvalConfig:
     baselines: list = doc(["hp_only", "lp_only", "random", "first_k", "cascade", "kl_oracle"], "Baselines evaluated beside the router.")
     thresholds: list = doc([0.2, 0.35, 0.5, 0.65, 0.8], "Router thresholds for the Pareto sweep.")
     bootstrap: int = doc(2000, "Bootstrap resamples for 95% confidence intervals.")
+    baseline_sweeps: dict = doc({}, "Knob values per baseline for the Pareto sweep, e.g. {random: [0.1, 0.3], first_k: [1, 3]}; missing baselines use dmr_rl.pipeline.evaluate.BASELINE_SWEEPS.")
+    causal_episodes: int = doc(0, "Causal check: episodes per seed (0: skip the check).")
 
 
 @dataclass
