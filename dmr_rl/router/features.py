@@ -144,3 +144,31 @@ def pad_batch(rows: list) -> dict:
     if all("hidden" in r for r in rows):
         out["hidden"] = np.concatenate([np.atleast_2d(r["hidden"]) for r in rows]).astype(np.float32)
     return out
+
+
+def contexts_from_episode(episode) -> list:
+    """The StepContext the router saw at each recorded step of an ``EpisodeRecord``.
+
+    history at step t = [(action_i, obs_{i+1}) for i < t] (each action with the observation it
+    led to), as the agent builds it.
+    """
+    from dmr_rl.rollout.records import StepContext
+
+    steps = episode.steps
+    out = []
+    for t, s in enumerate(steps):
+        history = [(steps[i].action, steps[i + 1].obs) for i in range(t)]
+        out.append(StepContext(task=episode.task, obs=s.obs, history=history,
+                               admissible=list(s.admissible), step=int(s.step),
+                               task_type=episode.task_type))
+    return out
+
+
+def features_in_chunks(extractor, contexts: list, lp_hidden: Optional[list] = None,
+                       chunk: int = 512) -> dict:
+    """Extract features of many contexts (chunked), padded to one common length."""
+    rows = []
+    for i in range(0, len(contexts), chunk):
+        hid = None if lp_hidden is None else lp_hidden[i:i + chunk]
+        rows.append(extractor(contexts[i:i + chunk], lp_hidden=hid))
+    return pad_batch(rows)

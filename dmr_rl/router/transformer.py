@@ -142,6 +142,19 @@ class TransformerRouter(Router):
             if self.num_threads:
                 torch.set_num_threads(prev)
 
+    def logits_from_features(self, batch: dict, chunk: int = 256) -> np.ndarray:
+        """[N] HP logits for a feature batch dict (as from ``features``), in chunks."""
+        n = len(batch["step"])
+        out = []
+        with torch.inference_mode():
+            for i in range(0, n, chunk):
+                part = {k: v[i:i + chunk] for k, v in batch.items()}
+                real = np.asarray(part["tokens"]) != PAD
+                keep = max(1, int(np.flatnonzero(real.any(0)).max()) + 1) if real.any() else 1
+                part["tokens"], part["segments"] = part["tokens"][:, :keep], part["segments"][:, :keep]
+                out.append(self.net.forward_batch(part).double().numpy())
+        return np.concatenate(out) if out else np.zeros(0)
+
     def route(self, contexts: list, rng: np.random.Generator, sample: bool = False,
               lp_action_probs: Optional[list] = None, hp_action_probs: Optional[list] = None,
               lp_hidden: Optional[list] = None) -> RouteDecision:

@@ -1,0 +1,154 @@
+"""RLlib ``TorchLearner`` subclasses for the router and the ``LearnerGroup`` that runs them.
+
+The losses are the pure functions of :mod:`dmr_rl.algos`; these classes only move a batch
+through the :class:`~dmr_rl.router.rl_module.RouterRLModule` and log the metrics.
+
+Batch columns (numpy arrays; one row = one routing decision = one step):
+
+* features, both stages: ``tokens`` [B, L] int64, ``segments`` [B, L] int64, ``step`` [B] int64,
+  ``hidden`` [B, H] float32 (lp_hidden features only). See :mod:`dmr_rl.router.features`.
+* stage ``sft``: ``targets`` [B] float32 (labels or soft targets), ``weights`` [B] float32.
+* stage ``grpo``: ``actions`` [B] int64 (tier taken), ``old_logp`` [B] float32 (log-prob of that
+  tier under the sampling router), ``ref_logits`` [B] float32 (reference router's HP logit),
+  ``advantages`` [B] float32, ``weights`` [B] float32 (mask).
+
+Build one with :func:`build_learner_group`; feed it with :func:`make_batch`;
+``lg.update(batch=..., num_epochs=..., minibatch_size=...)``; read the metrics with
+:func:`update_metrics`.
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+import numpy as np
+from ray.rllib.algorithms.algorithm_config import AlgorithmConfig
+from ray.rllib.core import DEFAULT_MODULE_ID
+from ray.rllib.core.learner.torch.torch_learner import TorchLearner
+
+from dmr_rl.algos.grpo import grpo_loss
+from dmr_rl.algos.router_losses import bce_loss
+from dmr_rl.router.rl_module import LOGITS, module_spec
+
+STAGES = ("sft", "grpo")
+
+
+class RouterSFTLearner(TorchLearner):
+    """Stage 1: BCE of the router's HP logit against per-step (soft) labels."""
+
+    def compute_loss_for_module(self, *, module_id, config, batch, fwd_out):
+        lc = config.learner_config_dict
+        loss, metrics = bce_loss(fwd_out[LOGITS], batch["targets"], mask=batch.get("weights"),
+                                 pos_weight=lc.get("pos_weight"))
+        self.metrics.log_dict(metrics, key=module_id, reduce="mean")
+        return loss
+
+
+class RouterGRPOLearner(TorchLearner):
+    """Stage 2: clipped-ratio GRPO over the per-step decisions + KL to the stage-1 router."""
+
+    def compute_loss_for_module(self, *, module_id, config, batch, fwd_out):
+        lc = config.learner_config_dict
+        loss, metrics = grpo_loss(
+            fwd_out[LOGITS], batch["actions"], batch["old_logp"], batch["advantages"],
+            ref_logits=batch.get("ref_logits"), mask=batch.get("weights"),
+            clip_eps=lc.get("clip_eps", 0.2), kl_coef=lc.get("kl_coef", 0.05),
+            kl_kind=lc.get("kl_kind", "exact"), entropy_coef=lc.get("entropy_coef", 0.0))
+        self.metrics.log_dict(metrics, key=module_id, reduce="mean")
+        return loss
+
+
+LEARNERS = {"sft": RouterSFTLearner, "grpo": RouterGRPOLearner}
+
+
+class RouterTrainingConfig(AlgorithmConfig):
+    """Just enough of an AlgorithmConfig to build the router's LearnerGroup (no EnvRunners:
+    RLlib's runners don't handle text observations; the pipeline builds the batches)."""
+
+    def __init__(self, algo_class=None):
+        super().__init__(algo_class=algo_class)
+        self.router_model_config: dict = {}
+
+    def get_default_rl_module_spec(self):
+        return module_spec(self.router_model_config)
+
+    def get_default_learner_class(self):
+        stage = self.learner_config_dict.get("stage")
+        if stage not in LEARNERS:
+            raise ValueError(f"router learner stage must be one of {STAGES}, got {stage!r}")
+        return LEARNERS[stage]
+
+
+def build_learner_group(router_cfg, stage: str, num_learners: int = 0, lr: float = 3e-4,
+                        grad_clip: Optional[float] = 1.0, seed: int = 0, **loss_kwargs):
+    """A LearnerGroup training the router for ``stage`` ("sft" or "grpo").
+
+    router_cfg: ``RouterConfig``, a net-config dict, or None (defaults). loss_kwargs go to the
+    learner's loss: sft: pos_weight; grpo: clip_eps, kl_coef, kl_kind, entropy_coef.
+    ``num_learners=0``: one learner in this process; N: N learner actors (DDP over gloo on CPU).
+    Returns the ``LearnerGroup``.
+    """
+    from dmr_rl.router.transformer import net_config
+
+    if stage not in STAGES:
+        raise ValueError(f"router learner stage must be one of {STAGES}, got {stage!r}")
+    if num_learners < 0:
+        raise ValueError(f"num_learners must be >= 0, got {num_learners}")
+    from dmr_rl.router.rl_module import spaces
+
+    config = RouterTrainingConfig()
+    config.router_model_config = net_config(router_cfg)
+    obs_space, act_space = spaces()
+    config.environment(observation_space=obs_space, action_space=act_space)
+    config.training(lr=lr, grad_clip=grad_clip, grad_clip_by="global_norm")
+    config.learners(num_learners=num_learners, num_cpus_per_learner=1 if num_learners else "auto",
+                    learner_config_dict={"stage": stage, **loss_kwargs})
+    config.debugging(seed=seed)
+    import torch
+
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        return config.build_learner_group()
+
+
+def make_batch(columns: dict):
+    """A ``MultiAgentBatch`` for the router module from equal-length numpy columns."""
+    from ray.rllib.policy.sample_batch import MultiAgentBatch, SampleBatch
+
+    sizes = {k: len(v) for k, v in columns.items()}
+    if len(set(sizes.values())) != 1:
+        raise ValueError(f"batch columns differ in length: {sizes}")
+    n = next(iter(sizes.values()))
+    return MultiAgentBatch({DEFAULT_MODULE_ID: SampleBatch({k: np.asarray(v) for k, v in columns.items()})},
+                           env_steps=n)
+
+
+def update_metrics(results) -> dict:
+    """Flatten one ``LearnerGroup.update`` result into {metric: float} for the router module."""
+    from ray.rllib.utils.metrics.metrics_logger import MetricsLogger
+
+    if isinstance(results, list):
+        results = results[-1] if results else {}
+    res = MetricsLogger.peek_results(results)
+    out = {}
+    for k, v in (res.get(DEFAULT_MODULE_ID) or {}).items():
+        try:
+            out[k] = float(v)
+        except (TypeError, ValueError):
+            pass
+    return out
+
+
+def router_weights(learner_group) -> dict:
+    """The router net's state dict (numpy arrays, keys without ``net.``) from the learners."""
+    w = learner_group.get_weights()
+    w = w.get(DEFAULT_MODULE_ID, w)
+    return {(k[4:] if k.startswith("net.") else k): np.asarray(v.detach().cpu() if hasattr(v, "detach") else v)
+            for k, v in w.items()}
+
+
+def set_router_weights(learner_group, weights: dict) -> None:
+    """Load a router net state dict (keys with or without ``net.``) into the learners' module."""
+    import torch
+
+    sd = {(k if k.startswith("net.") else "net." + k): torch.as_tensor(np.asarray(v)) for k, v in weights.items()}
+    learner_group.set_weights({DEFAULT_MODULE_ID: sd})
