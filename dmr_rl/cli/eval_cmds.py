@@ -1,0 +1,64 @@
+"""``dmr eval`` (routers and baselines, Pareto sweeps, causal check), ``dmr report RUN_DIR``,
+and (added by the main job) ``dmr run``."""
+from __future__ import annotations
+
+
+def register(sub, groups) -> None:
+    from dmr_rl.cli import add_config_args
+
+    e = sub.add_parser("eval", help="evaluate a router and the baselines over the eval split (every seed, Pareto sweeps)")
+    add_config_args(e)
+    e.add_argument("--router-ckpt", nargs="*", default=[], metavar="[NAME=]DIR",
+                   help="router checkpoint dir(s); several under one NAME form one curve (e.g. GRPO lambdas)")
+    e.add_argument("--methods", nargs="*", default=None,
+                   help="restrict to these methods (baseline names and/or router NAMEs); default: all")
+    e.add_argument("--causal", action="store_true",
+                   help="also run the causal check (needs one --router-ckpt; episodes: eval.causal_episodes)")
+    e.add_argument("--report", action="store_true", help="write the report afterwards (dmr report)")
+    e.add_argument("--no-progress", action="store_true")
+    e.set_defaults(func=_eval)
+
+    r = sub.add_parser("report", help="report.md, results.json, plots and TensorBoard from a run directory")
+    r.add_argument("run_dir", help="the run directory (holds eval/ and optionally causal/, labels*)")
+    r.add_argument("--bootstrap", type=int, default=2000, help="bootstrap resamples for the 95%% CIs")
+    r.add_argument("--no-tensorboard", action="store_true")
+    r.set_defaults(func=_report)
+
+    # ---- `dmr run` (the main job) is registered below this line by its own function ---------
+    _register_run(sub)
+
+
+def _register_run(sub) -> None:
+    """Placeholder for the main job's ``dmr run``; it is written in this file by its owner."""
+
+
+def _eval(args) -> int:
+    from dmr_rl.config import load_config, save_config
+    from dmr_rl.pipeline import evaluate
+
+    cfg = load_config(args.config, args.overrides)
+    save_config(cfg, f"{cfg.run_dir}/eval/config.yaml")
+    ckpts = evaluate.parse_router_ckpts(args.router_ckpt)
+    path = evaluate.run(cfg, ckpts, methods=args.methods, progress=not args.no_progress)
+    print(f"results: {path}")
+    if args.causal:
+        from dmr_rl.pipeline import causal
+
+        dirs = [d for ds in ckpts.values() for d in ds]
+        if len(dirs) != 1:
+            raise FileNotFoundError("--causal needs exactly one --router-ckpt")
+        print(f"causal check: {causal.run(cfg, dirs[0], progress=not args.no_progress)}")
+    if args.report:
+        from dmr_rl.report import write
+
+        print(f"report: {write(cfg.run_dir, n_boot=cfg.eval.bootstrap)}")
+    return 0
+
+
+def _report(args) -> int:
+    from dmr_rl.report import write
+
+    path = write(args.run_dir, n_boot=args.bootstrap, tensorboard=not args.no_tensorboard)
+    print(f"report: {path}")
+    print(f"results: {path.parent / 'results.json'}   plots: {path.parent / 'plots'}")
+    return 0
