@@ -1,0 +1,454 @@
+"""Rollout workers: N environments stepped together, routed per step between two tiers.
+
+:class:`RolloutWorker` is a plain class (used in-process, or as a Ray actor made by
+``dmr_rl.serving.launcher``). Each step of its active environments:
+
+1. build one :class:`StepContext` and prompt per environment;
+2. ask the router for all of them at once (a learned router, or a baseline by name);
+3. send each environment's request to the chosen tier's client, one batched call per tier
+   (cascade routers: LP for all first, then HP for the flagged ones, both paid;
+   KL-oracle routers, or ``record_kl=True``: both tiers for all);
+4. choose the actions (score mode: from the admissible-action distribution; generate mode:
+   free text matched to an admissible action), step the environments, record.
+
+Finished episodes are appended to the worker's own :class:`TrajectoryStore` shard at once
+(``worker-<i>.jsonl``, fsync'd), so a worker that dies loses no finished episode.
+
+:class:`RolloutGroup` spreads task lists over workers and exposes ``rollout_fn`` for GRPO.
+"""
+from __future__ import annotations
+
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Optional
+
+import numpy as np
+
+from dmr_rl.errors import ActorError
+from dmr_rl.rollout.records import HP, LP, TIER_NAMES, EpisodeRecord, StepContext, StepRecord, TrajectoryStore
+
+METHOD_ALIASES = {"hp": ("hp_only", {}), "lp": ("lp_only", {}), "mixed": ("random", {"hp_ratio": 0.5})}
+
+
+@dataclass
+class ActingSpec:
+    """How the agent turns a tier's output into an action (see ``dmr_rl.models.acting``)."""
+
+    action_mode: str = "score"
+    temperature: float = 0.0
+    max_new_tokens: int = 24
+    length_normalised: bool = False
+    prompt: dict = field(default_factory=dict)  # PromptConfig fields (the agent's own, when trained)
+
+
+@dataclass
+class _TierOut:
+    index: int
+    probs: np.ndarray
+    raw: object  # ActionScores or Generation
+    cost: dict
+
+
+class RolloutWorker:
+    """Hosts ``num_envs`` environments and two tier clients; runs episodes over task indices."""
+
+    def __init__(self, worker_index: int, clients: dict, env_spec, num_envs: int, shard_dir: str,
+                 acting: Optional[ActingSpec] = None, router=None, record_kl: bool = False,
+                 shard_prefix: str = "worker"):
+        from environments.base import BatchTextEnv
+
+        self.worker_index = int(worker_index)
+        self.clients = clients
+        self.envs = BatchTextEnv([env_spec.make() for _ in range(int(num_envs))])
+        self.store = TrajectoryStore(shard_dir, f"{shard_prefix}-{self.worker_index}")
+        self.acting = acting or ActingSpec()
+        from dmr_rl.models.prompting import PromptConfig
+
+        self.prompt_config = PromptConfig.from_dict(self.acting.prompt)
+        self.record_kl = bool(record_kl)
+        self._router_spec = router
+        self._router = router if hasattr(router, "route") else None
+        self._baselines: dict = {}
+        self._runs = 0
+
+    # ---- management ----------------------------------------------------------------------
+    def ready(self) -> dict:
+        return {"worker": self.worker_index, "num_envs": len(self.envs), "shard": str(self.store.path),
+                "num_tasks": self.envs.envs[0].num_tasks}
+
+    def set_router(self, router) -> None:
+        """A Router instance, or a spec ``{"name": ..., "kwargs": {...}}`` built on first use."""
+        self._router_spec = router
+        self._router = router if hasattr(router, "route") else None
+
+    def set_router_weights(self, weights) -> None:
+        """New weights for the learned router (GRPO pushes them every iteration)."""
+        self.router.set_weights(weights)
+
+    @property
+    def router(self):
+        if self._router is None:
+            spec = self._router_spec
+            if spec is None:
+                raise ValueError("this worker has no learned router: pass router= or call set_router()")
+            from dmr_rl.router import make_router
+
+            self._router = make_router(spec["name"], **spec.get("kwargs", {}))
+        return self._router
+
+    def _router_for(self, method: str):
+        if method == "router":
+            return self.router
+        name, kwargs = METHOD_ALIASES.get(method, (method, {}))
+        if name not in self._baselines:
+            from dmr_rl.router import make_router
+
+            self._baselines[name] = make_router(name, **kwargs)
+        return self._baselines[name]
+
+    def shutdown(self) -> bool:
+        for env in self.envs.envs:
+            try:
+                env.close()
+            except Exception:
+                pass
+        return True
+
+    # ---- episodes ------------------------------------------------------------------------
+    def run_episodes(self, task_indices, method: str = "router", seed: int = 0, sample: bool = False,
+                     return_episodes: bool = False, positions=None) -> dict:
+        """Play one episode per entry of ``task_indices`` (repeats allowed: a GRPO group) on the
+        worker's environments, ``method`` routing ("router", a baseline name, or hp/lp/mixed).
+        ``positions``: an id per entry (default 0..n-1), kept in ``extra["position"]``.
+        Returns a summary (sums, so summaries merge); the EpisodeRecords under ``episode_records``
+        with ``return_episodes``."""
+        router = self._router_for(method)
+        self._runs += 1
+        rng = np.random.default_rng([int(seed), self.worker_index, self._runs])
+        tasks = [int(t) for t in task_indices]
+        positions = list(range(len(tasks))) if positions is None else [int(p) for p in positions]
+        queue = deque(zip(positions, tasks))
+        n_env = len(self.envs)
+        slot: list = [None] * n_env  # per env: (position, EpisodeRecord, StepContext)
+        finished: list = []
+        t0 = time.perf_counter()
+        while queue or any(s is not None for s in slot):
+            for i in range(n_env):
+                if slot[i] is None and queue:
+                    slot[i] = self._start(i, *queue.popleft(), method, seed)
+            active = [i for i in range(n_env) if slot[i] is not None]
+            self._step(active, slot, router, rng, sample)
+            for i in active:
+                ep = slot[i][1]
+                if self.envs.done[i]:
+                    info = self.envs.last_info[i]
+                    ep.won, ep.score = bool(info.get("won", False)), float(info.get("score", 0.0))
+                    self.store.append(ep)  # durable before anything else happens
+                    finished.append(ep)
+                    slot[i] = None
+        summary = summarise_episodes(finished, time.perf_counter() - t0)
+        summary.update(worker=self.worker_index, shard=str(self.store.path), method=method)
+        if return_episodes:
+            summary["episode_records"] = finished
+        return summary
+
+    def _start(self, i: int, position: int, task_index: int, method: str, seed: int):
+        obs, info = self.envs.envs[i].reset(options={"task_index": task_index})
+        self.envs.done[i], self.envs.last_obs[i], self.envs.last_info[i] = False, obs, info
+        ep = EpisodeRecord(episode_id=f"{method}-s{seed}-w{self.worker_index}-r{self._runs}-{position}",
+                           task_index=task_index, task_id=str(info.get("task_id", "")),
+                           task_type=str(info.get("task_type", "")), task=str(info.get("task", "")),
+                           method=method, seed=int(seed), extra={"worker": self.worker_index, "position": position})
+        ctx = StepContext(task=ep.task, obs=obs, history=[], admissible=list(info.get("admissible_commands") or []),
+                          step=0, task_type=ep.task_type)
+        return [position, ep, ctx]
+
+    def _step(self, active: list, slot: list, router, rng, sample: bool) -> None:
+        from dmr_rl.models.prompting import build_prompt
+
+        ctxs = [slot[i][2] for i in active]
+        for c in ctxs:
+            if not c.admissible:
+                c.admissible = ["look"]
+        prompts = [build_prompt(c, self.prompt_config.history_window, self.prompt_config) for c in ctxs]
+        everyone = list(range(len(active)))
+        outs = {HP: {}, LP: {}}
+        paid = [set() for _ in active]
+        if router.needs_both or self.record_kl:
+            outs[HP] = self._act("hp", everyone, ctxs, prompts, rng)
+            outs[LP] = self._act("lp", everyone, ctxs, prompts, rng)
+            dec = router.route(ctxs, rng, sample, lp_action_probs=[outs[LP][k].probs for k in everyone],
+                               hp_action_probs=[outs[HP][k].probs for k in everyone])
+            for k in everyone:
+                paid[k] = {HP, LP} if router.needs_both else {int(dec.tiers[k])}
+        elif router.needs_lp_first:
+            outs[LP] = self._act("lp", everyone, ctxs, prompts, rng)
+            dec = router.route(ctxs, rng, sample, lp_action_probs=[outs[LP][k].probs for k in everyone])
+            flagged = [k for k in everyone if int(dec.tiers[k]) == HP]
+            outs[HP] = self._act("hp", flagged, ctxs, prompts, rng)
+            for k in everyone:
+                paid[k] = {LP, HP} if k in outs[HP] else {LP}
+        else:
+            dec = router.route(ctxs, rng, sample)
+            for tier in (HP, LP):
+                chosen = [k for k in everyone if int(dec.tiers[k]) == tier]
+                outs[tier] = self._act(TIER_NAMES[tier], chosen, ctxs, prompts, rng)
+            for k in everyone:
+                paid[k] = {int(dec.tiers[k])}
+        kls = self._kl(everyone, outs, ctxs, prompts)
+        actions = {}
+        for k, i in enumerate(active):
+            tier = int(dec.tiers[k])
+            actions[i] = ctxs[k].admissible[outs[tier][k].index]
+        results = self.envs.step(actions)
+        from dmr_rl.models.prompting import context_after
+
+        for k, i in enumerate(active):
+            tier = int(dec.tiers[k])
+            obs, reward, _, _, info = results[i]
+            costs = [outs[t][k].cost for t in paid[k]]
+            gen = sum(c.get("generated_tokens", 0) for c in costs)
+            wbytes = sum(self.clients[TIER_NAMES[t]].weight_bytes * (1 + outs[t][k].cost.get("generated_tokens", 0))
+                         for t in paid[k])
+            ctx = ctxs[k]
+            rec = StepRecord(step=ctx.step, obs=ctx.obs, action=actions[i], tier=tier,
+                             admissible=list(ctx.admissible), prompt=prompts[k],
+                             router_prob=float(dec.p_hp[k]), router_logprob=float(dec.logprobs[k]),
+                             reward=float(reward), prompt_tokens=int(round(sum(c["prompt_tokens"] for c in costs))),
+                             gen_tokens=int(gen), weight_bytes=float(wbytes),
+                             latency_s=float(sum(c["latency_s"] for c in costs)),
+                             kl=None if kls[k] is None else float(kls[k]),
+                             extra={"paid": sorted(TIER_NAMES[t] for t in paid[k]),
+                                    "invalid": bool(info.get("invalid", False)),
+                                    "action_prob": float(outs[tier][k].probs[outs[tier][k].index])})
+            slot[i][1].steps.append(rec)
+            slot[i][2] = context_after(ctx, actions[i], obs, list(info.get("admissible_commands") or []))
+
+    def _act(self, tier: str, which: list, ctxs: list, prompts: list, rng) -> dict:
+        """One batched call to ``tier`` for the contexts in ``which`` -> {k: _TierOut}."""
+        if not which:
+            return {}
+        from dmr_rl.models.acting import choose_action, match_action, one_hot
+
+        client = self.clients[tier]
+        a = self.acting
+        sub_prompts = [prompts[k] for k in which]
+        if a.action_mode == "score":
+            scores, costs = client.score_actions_costed(sub_prompts, [list(ctxs[k].admissible) for k in which])
+            out = {}
+            for k, s, c in zip(which, scores, costs):
+                idx, probs = choose_action(s, ctxs[k].admissible, a.temperature, rng, a.length_normalised)
+                out[k] = _TierOut(idx, probs, s, c)
+            return out
+        from dmr_rl.models.backends.base import SamplingParams
+
+        sampling = SamplingParams(max_new_tokens=a.max_new_tokens, temperature=a.temperature,
+                                  seed=int(rng.integers(2**31)))
+        gens, costs = client.generate_costed(sub_prompts, sampling)
+        out = {}
+        for k, g, c in zip(which, gens, costs):
+            adm = list(ctxs[k].admissible)
+            idx = adm.index(match_action(g.text, adm))
+            out[k] = _TierOut(idx, one_hot(idx, len(adm)), g, c)
+        return out
+
+    def _kl(self, everyone: list, outs: dict, ctxs: list, prompts: list) -> list:
+        """Per context: KL(HP || LP) where both tiers ran on it (score mode: free, over the
+        admissible actions; generate mode: teacher-forced on the HP action, only with
+        ``record_kl``), else None."""
+        both = [k for k in everyone if k in outs[HP] and k in outs[LP]]
+        kls = [None] * len(everyone)
+        if not both:
+            return kls
+        if self.acting.action_mode == "score":
+            from dmr_rl.models.kl import action_kl
+
+            for k in both:
+                kls[k] = action_kl(outs[HP][k].raw, outs[LP][k].raw, self.acting.length_normalised)
+            return kls
+        if not self.record_kl:
+            return kls
+        from dmr_rl.models.kl import token_kl_batch
+
+        acts = [ctxs[k].admissible[outs[HP][k].index] for k in both]
+        hp = self.clients["hp"].token_distributions([prompts[k] for k in both], acts)
+        lp = self.clients["lp"].token_distributions([prompts[k] for k in both], acts)
+        for k, v in zip(both, token_kl_batch(hp, lp)[0]):
+            kls[k] = float(v)
+        return kls
+
+
+def summarise_episodes(episodes: list, seconds: float = 0.0) -> dict:
+    """Sums over episodes (mergeable) plus the rates they give."""
+    steps = sum(e.length for e in episodes)
+    s = {"episodes": len(episodes), "won": sum(e.won for e in episodes),
+         "score_sum": float(sum(e.score for e in episodes)), "steps": steps,
+         "hp_steps": sum(st.tier == HP for e in episodes for st in e.steps),
+         "weight_bytes": float(sum(st.weight_bytes for e in episodes for st in e.steps)),
+         "prompt_tokens": int(sum(st.prompt_tokens for e in episodes for st in e.steps)),
+         "seconds": float(seconds)}
+    return with_rates(s)
+
+
+def with_rates(s: dict) -> dict:
+    n, steps = max(1, s["episodes"]), max(1, s["steps"])
+    s.update(success_rate=s["won"] / n, mean_score=s["score_sum"] / n, hp_ratio=s["hp_steps"] / steps,
+             mean_steps=s["steps"] / n, seconds_per_step=s["seconds"] / steps)
+    return s
+
+
+def merge_summaries(parts: list) -> dict:
+    keys = ("episodes", "won", "score_sum", "steps", "hp_steps", "weight_bytes", "prompt_tokens")
+    merged = {k: sum(p[k] for p in parts) for k in keys}
+    merged["seconds"] = max([p["seconds"] for p in parts] or [0.0])  # workers run in parallel
+    merged = with_rates(merged)
+    merged["shards"] = sorted({p["shard"] for p in parts if "shard" in p})
+    return merged
+
+
+def worker_kwargs_from_config(cfg, shard_dir, envs_per_worker: Optional[int] = None,
+                              split: Optional[str] = None, record_kl: bool = False) -> dict:
+    """RolloutWorker keyword arguments (all picklable) from the root config."""
+    from dmr_rl.rollout.envs import env_spec_from_config
+
+    prompt = {"history_window": cfg.agent.history_window}
+    try:  # a trained agent is prompted the way it was trained
+        from dmr_rl.models.agent import read_agent_config
+        from dmr_rl.serving.launcher import tier_model_dir
+
+        saved = read_agent_config(tier_model_dir(cfg, "hp")).get("prompt")
+        if saved:
+            prompt = dict(saved)
+    except Exception:
+        pass
+    acting = ActingSpec(action_mode=cfg.agent.action_mode, temperature=cfg.agent.temperature,
+                        max_new_tokens=cfg.agent.max_new_tokens, prompt=prompt)
+    router = {"name": cfg.router.kind, "kwargs": ({"config": cfg.router, "num_threads": 1}
+                                                  if cfg.router.kind == "transformer" else {})}
+    return {"env_spec": env_spec_from_config(cfg, split), "num_envs": int(envs_per_worker or cfg.collect.envs_per_worker),
+            "shard_dir": str(shard_dir), "acting": acting, "router": router, "record_kl": record_kl}
+
+
+class RolloutGroup:
+    """Rollout workers (Ray actor handles, or in-process RolloutWorkers with ``local=True``)."""
+
+    def __init__(self, workers: list, shard_dir, local: bool = False):
+        if not workers:
+            raise ValueError("RolloutGroup needs at least one worker")
+        self.workers, self.shard_dir, self.local = list(workers), str(shard_dir), bool(local)
+
+    @property
+    def num_workers(self) -> int:
+        return len(self.workers)
+
+    def split(self, task_indices, start: int = 0) -> list:
+        """Round-robin assignment of the task list to workers (a GRPO group may span workers):
+        per worker, (positions, tasks) with positions counted from ``start``."""
+        parts = [([], []) for _ in self.workers]
+        for k, t in enumerate(task_indices):
+            parts[k % len(self.workers)][0].append(start + k)
+            parts[k % len(self.workers)][1].append(int(t))
+        return parts
+
+    def run_episodes_async(self, task_indices, method: str = "router", seed: int = 0, sample: bool = False,
+                           return_episodes: bool = False, start: int = 0) -> list:
+        """One ObjectRef per worker that got tasks (Ray workers only)."""
+        if self.local:
+            raise RuntimeError("run_episodes_async needs Ray workers; this group is in-process")
+        return [w.run_episodes.remote(tasks, method, seed, sample, return_episodes, pos)
+                for w, (pos, tasks) in zip(self.workers, self.split(task_indices, start)) if tasks]
+
+    def run_episodes(self, task_indices, method: str = "router", seed: int = 0, sample: bool = False,
+                     return_episodes: bool = False, chunk: int = 0, progress=None) -> dict:
+        """Run the tasks over all workers; a merged summary (``episode_records`` with
+        ``return_episodes``). ``chunk`` > 0 sends the list in chunks (progress updates);
+        ``progress``: a callable given the number of episodes just finished."""
+        tasks = [int(t) for t in task_indices]
+        size = len(tasks) if chunk <= 0 else int(chunk)
+        parts = []
+        for start in range(0, len(tasks), max(1, size)):
+            parts += self._run_chunk(tasks[start:start + size], start, method, seed, sample, return_episodes, progress)
+        merged = merge_summaries(parts)
+        if return_episodes:
+            merged["episode_records"] = [e for p in parts for e in p.get("episode_records", [])]
+        return merged
+
+    def _run_chunk(self, tasks, start, method, seed, sample, return_episodes, progress) -> list:
+        if self.local:
+            out = []
+            for w, (pos, part) in zip(self.workers, self.split(tasks, start)):
+                if part:
+                    out.append(w.run_episodes(part, method, seed, sample, return_episodes, pos))
+                    if progress:
+                        progress(out[-1]["episodes"])
+            return out
+        import ray
+        from ray.exceptions import RayActorError
+
+        refs = self.run_episodes_async(tasks, method, seed, sample, return_episodes, start)
+        owner = {r: i for i, r in enumerate(refs)}
+        out, pending = [], list(refs)
+        while pending:
+            done, pending = ray.wait(pending, num_returns=1)
+            try:
+                out.append(ray.get(done[0]))
+            except RayActorError as e:
+                i = owner[done[0]]
+                raise ActorError(f"rollout worker {i} died ({type(e).__name__}); the episodes it finished "
+                                 f"are kept in {self.shard_dir}/worker-{i}.jsonl") from e
+            if progress:
+                progress(out[-1]["episodes"])
+        return out
+
+    def set_router(self, router) -> None:
+        self._broadcast("set_router", router)
+
+    def set_router_weights(self, weights) -> None:
+        """Ship router weights to every worker (put once in the object store)."""
+        self._broadcast("set_router_weights", weights)
+
+    def _broadcast(self, method: str, value) -> None:
+        if self.local:
+            for w in self.workers:
+                getattr(w, method)(value)
+            return
+        import ray
+
+        ref = ray.put(value)
+        ray.get([getattr(w, method).remote(ref) for w in self.workers])
+
+    def rollout_fn(self, router_weights, task_indices, group_size: int, seed: int) -> list:
+        """GRPO's rollouts: ``group_size`` episodes per task with the router *sampling* its
+        decisions under ``router_weights``. Returns EpisodeRecords ordered by (task, member);
+        ``extra["group"]`` is the task's position in ``task_indices``, ``extra["member"]`` 0..G-1."""
+        if router_weights is not None:
+            self.set_router_weights(router_weights)
+        expanded = [(g, m, int(t)) for g, t in enumerate(task_indices) for m in range(int(group_size))]
+        summary = self.run_episodes([t for _, _, t in expanded], "router", seed, sample=True, return_episodes=True)
+        by_position = {e.extra["position"]: e for e in summary["episode_records"]}
+        episodes = []
+        for k, (g, m, _) in enumerate(expanded):
+            ep = by_position[k]
+            ep.extra.update(group=g, member=m)
+            episodes.append(ep)
+        return episodes
+
+    def shutdown(self) -> None:
+        if self.local:
+            for w in self.workers:
+                w.shutdown()
+            return
+        import ray
+
+        for w in self.workers:
+            try:
+                ray.kill(w)
+            except Exception:
+                pass
+
+
+def read_episodes(shard_dir) -> list:
+    """Every finished episode in a directory of shards."""
+    return TrajectoryStore.read(shard_dir)
+

@@ -1,0 +1,116 @@
+"""Rollout workers: whole trajectories recorded, routing and cost accounting, durable shards."""
+from __future__ import annotations
+
+import functools
+import time
+
+import numpy as np
+import pytest
+
+from dmr_rl.config import TierConfig
+from dmr_rl.errors import ActorError
+from dmr_rl.rollout.envs import EnvSpec
+from dmr_rl.rollout.records import HP, LP, TrajectoryStore
+from dmr_rl.rollout.worker import RolloutGroup, RolloutWorker
+from dmr_rl.serving.clients import LocalTierClient
+from dmr_rl.serving.fake_backend import FakeBackend
+
+HP_BYTES, LP_BYTES = 1e6, 2e5
+
+
+def _clients(lp_salt="lp"):
+    return {"hp": LocalTierClient("hp", FakeBackend("hp", weight_bytes=HP_BYTES)),
+            "lp": LocalTierClient("lp", FakeBackend(lp_salt, weight_bytes=LP_BYTES))}
+
+
+def test_worker_records_whole_trajectories_with_tiers_costs_and_kl(alfworld_data, tmp_path):
+    spec = EnvSpec("alfworld", alfworld_data, "train", max_steps=4)
+    w = RolloutWorker(0, _clients(), spec, num_envs=2, shard_dir=str(tmp_path), record_kl=True)
+    summary = w.run_episodes([0, 1, 2], method="mixed", seed=3)
+    eps = TrajectoryStore.read(tmp_path)
+    assert summary["episodes"] == len(eps) == 3
+    assert sorted(e.task_index for e in eps) == [0, 1, 2]
+    assert len({e.episode_id for e in eps}) == 3
+    steps = [s for e in eps for s in e.steps]
+    assert summary["steps"] == len(steps) > 3
+    assert {s.tier for s in steps} == {HP, LP}  # mixed: a random tier per step
+    for e in eps:
+        assert [s.step for s in e.steps] == list(range(e.length))
+        for prev, nxt in zip(e.steps, e.steps[1:]):
+            assert nxt.prompt.count(">") >= 1 and prev.action in nxt.prompt  # history carried
+    for s in steps:
+        assert s.action in s.admissible and s.prompt.endswith(">")
+        assert s.router_prob == 0.5 and np.isclose(s.router_logprob, np.log(0.5))
+        assert s.weight_bytes == (HP_BYTES if s.tier == HP else LP_BYTES)  # only the chosen tier is paid
+        assert s.prompt_tokens > 0 and s.latency_s > 0
+        assert s.kl is not None and s.kl >= 0
+    assert any(s.kl > 1e-3 for s in steps)  # different "models" disagree somewhere
+
+
+def test_cascade_pays_both_tiers_on_escalated_steps_and_same_model_kl_is_zero(alfworld_data, tmp_path):
+    spec = EnvSpec("alfworld", alfworld_data, "train", max_steps=4)
+    w = RolloutWorker(0, _clients(lp_salt="hp"), spec, num_envs=2, shard_dir=str(tmp_path), record_kl=True)
+    w.run_episodes([0, 1], method="cascade")
+    steps = [s for e in TrajectoryStore.read(tmp_path) for s in e.steps]
+    assert all(s.kl == pytest.approx(0.0, abs=1e-12) for s in steps)
+    w2 = RolloutWorker(1, _clients(), spec, num_envs=2, shard_dir=str(tmp_path / "c"))
+    w2.run_episodes([0, 1, 3], method="cascade")
+    steps = [s for e in TrajectoryStore.read(tmp_path / "c") for s in e.steps]
+    for s in steps:
+        assert (s.kl is None) == (s.tier == LP)  # measured (for free) where both tiers ran
+        want = HP_BYTES + LP_BYTES if s.tier == HP else LP_BYTES
+        assert s.weight_bytes == want and s.extra["paid"] == (["hp", "lp"] if s.tier == HP else ["lp"])
+
+
+def test_rollout_fn_groups_episodes_and_pushes_router_weights(alfworld_data, tmp_path):
+    from dmr_rl.config import RouterConfig
+
+    spec = EnvSpec("alfworld", alfworld_data, "train", max_steps=3)
+    router = {"name": "transformer", "kwargs": {"config": RouterConfig(d_model=16, n_heads=2, max_tokens=64),
+                                                "num_threads": 1}}
+    workers = [RolloutWorker(i, _clients(), spec, num_envs=2, shard_dir=str(tmp_path), router=router) for i in range(2)]
+    group = RolloutGroup(workers, tmp_path, local=True)
+    weights = {k: np.zeros_like(v) for k, v in workers[0].router.get_weights().items()}
+    eps = group.rollout_fn(weights, task_indices=[2, 0], group_size=3, seed=5)
+    assert [(e.task_index, e.extra["group"], e.extra["member"]) for e in eps] == \
+        [(2, 0, 0), (2, 0, 1), (2, 0, 2), (0, 1, 0), (0, 1, 1), (0, 1, 2)]
+    steps = [s for e in eps for s in e.steps]
+    # all-zero weights give logit 0: P(HP) = 0.5 everywhere, and decisions are sampled from it
+    assert all(s.router_prob == pytest.approx(0.5) for s in steps)
+    assert all(np.isclose(s.router_logprob, np.log(0.5)) for s in steps)
+    assert 0 < sum(s.tier for s in steps) < len(steps)
+    assert len(TrajectoryStore.read(tmp_path)) == 6
+
+
+def test_killed_rollout_worker_loses_no_finished_trajectory(ray_session, alfworld_data, tmp_path):
+    from dmr_rl.serving.launcher import create_model_servers, create_rollout_workers
+
+    clients = {t: create_model_servers(t, TierConfig(max_wait_ms=0), functools.partial(FakeBackend, t, 0.02))
+               for t in ("hp", "lp")}
+    spec = EnvSpec("alfworld", alfworld_data, "train", max_steps=3)
+    try:
+        handles = create_rollout_workers(1, {"env_spec": spec, "num_envs": 2, "shard_dir": str(tmp_path)}, clients)
+        group = RolloutGroup(handles, tmp_path)
+        shard = tmp_path / "worker-0.jsonl"
+        refs = group.run_episodes_async([0, 1, 2, 3] * 10, method="mixed", seed=0)
+        deadline = time.time() + 120
+        seen = 0
+        while time.time() < deadline:
+            seen = len(shard.read_text().splitlines()) if shard.exists() else 0
+            if seen >= 3:
+                break
+            time.sleep(0.05)
+        assert seen >= 3, "the worker finished no episode in time"
+        ray_session.kill(handles[0])
+        with pytest.raises(ray_session.exceptions.RayActorError):
+            ray_session.get(refs[0], timeout=60)
+        eps = TrajectoryStore.read(tmp_path)
+        assert len(eps) >= seen and len(eps) < 40  # everything seen before the kill, and it was cut short
+        for e in eps:
+            assert 1 <= e.length <= 3 and all(s.action in s.admissible for s in e.steps)
+        # the group reports the death with the shard that holds the finished episodes
+        with pytest.raises(ActorError, match=r"rollout worker 0 died.*worker-0.jsonl"):
+            group.run_episodes([0], method="hp")
+    finally:
+        for c in clients.values():
+            c.shutdown()
