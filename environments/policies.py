@@ -48,3 +48,13 @@ class RandomPolicy:
 
 
 POLICIES = {"expert": ExpertPolicy, "random": RandomPolicy}
+
+
+def _explorer(seed=None):
+    """ALFWorld's observation-only teacher (imported on use: it needs alfworld's tables)."""
+    from environments.alfworld.teacher import ExplorerExpert
+
+    return ExplorerExpert(seed)
+
+
+POLICIES["explorer"] = _explorer
