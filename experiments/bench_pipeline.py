@@ -1,0 +1,158 @@
+"""Pipeline benchmark: routing overhead per step, and rollout throughput against rollout workers.
+
+    python experiments/bench_pipeline.py [--config PRESET.yaml] [--set a.b=v ...]
+                                         [--workers 1 2 4] [--episodes 16] [--fake] [--json]
+
+1. **Routing overhead.** For one worker step (``collect.envs_per_worker`` environments from the
+   evaluation split): the LP step (the LP tier scoring every admissible action, in-process), the
+   router's decision (the transformer router of ``router.*``, in-process, one thread), and what
+   Ray adds per step (the same LP call through a model-server actor minus the in-process call).
+   Overhead = (router + Ray) / LP step, in percent.
+2. **Throughput.** Rollout workers (Ray actors) sharing one HP and one LP model server: the same
+   ``--episodes`` episodes run with 1, 2, 4 ... workers; steps/s and episodes/s side by side.
+
+``--fake`` serves FakeBackend tiers (no model, ``--fake-delay-ms`` per forward) to measure the
+framework alone; without it the tiers are those of the config (the project's agent by default).
+"""
+from __future__ import annotations
+
+import argparse
+import functools
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+
+def _contexts(cfg, n: int):
+    from dmr_rl.models.prompting import PromptConfig, build_prompt
+    from dmr_rl.rollout.envs import env_spec_from_config
+    from dmr_rl.rollout.records import StepContext
+
+    env = env_spec_from_config(cfg, cfg.env.eval_split).make()
+    ctxs, prompts = [], []
+    for i in range(n):
+        obs, info = env.reset(options={"task_index": i % env.num_tasks})
+        c = StepContext(task=str(info.get("task", "")), obs=obs, admissible=list(info["admissible_commands"]),
+                        step=0, task_type=str(info.get("task_type", "")))
+        ctxs.append(c)
+        prompts.append(build_prompt(c, cfg.agent.history_window, PromptConfig(history_window=cfg.agent.history_window)))
+    return ctxs, prompts
+
+
+def _median_s(fn, reps: int) -> float:
+    fn()  # warm-up
+    times = []
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return float(np.median(times))
+
+
+def _specs(cfg, args):
+    from dmr_rl.serving import launcher
+
+    if not args.fake:
+        return {t: launcher.tier_backend_spec(cfg, t) for t in ("hp", "lp")}
+    from dmr_rl.serving.fake_backend import FakeBackend
+
+    d = args.fake_delay_ms / 1000.0
+    return {"hp": functools.partial(FakeBackend, salt="hp", delay_s=2 * d, weight_bytes=4e8),
+            "lp": functools.partial(FakeBackend, salt="lp", delay_s=d, weight_bytes=1e8)}
+
+
+def routing_overhead(cfg, specs, reps: int) -> dict:
+    from dmr_rl.router.transformer import TransformerRouter
+    from dmr_rl.serving import launcher
+    from dmr_rl.serving.clients import LocalTierClient
+
+    ctxs, prompts = _contexts(cfg, cfg.collect.envs_per_worker)
+    cands = [c.admissible for c in ctxs]
+    local = LocalTierClient("lp", specs["lp"])
+    lp_s = _median_s(lambda: local.score_actions_costed(prompts, cands), reps)
+    router = TransformerRouter(cfg.router, num_threads=1)
+    rng = np.random.default_rng(0)
+    router_s = _median_s(lambda: router.route(ctxs, rng), reps)
+    remote = launcher.create_model_servers("lp", cfg.lp, specs["lp"])
+    try:
+        ray_lp_s = _median_s(lambda: remote.score_actions_costed(prompts, cands), reps)
+    finally:
+        launcher.shutdown_all(None, {"lp": remote})
+    ray_s = max(0.0, ray_lp_s - lp_s)
+    return {"envs_per_step": len(ctxs), "lp_step_ms": 1e3 * lp_s, "router_ms": 1e3 * router_s,
+            "ray_ms": 1e3 * ray_s, "lp_step_via_ray_ms": 1e3 * ray_lp_s,
+            "router_pct_of_lp_step": 100 * router_s / lp_s, "overhead_pct_of_lp_step": 100 * (router_s + ray_s) / lp_s}
+
+
+def throughput(cfg, specs, workers: list, episodes: int) -> list:
+    from dmr_rl.pipeline.evaluate import num_tasks_of, task_sample
+    from dmr_rl.serving import launcher
+
+    clients = launcher.create_tier_clients(cfg, ("hp", "lp"), backend_specs=specs)
+    rows = []
+    try:
+        for n in workers:
+            with tempfile.TemporaryDirectory() as shards:
+                group = launcher.create_rollout_group(cfg, clients, shards, num_workers=n, split=cfg.env.eval_split)
+                try:
+                    tasks = task_sample(num_tasks_of(group), episodes, seed=0)
+                    t0 = time.perf_counter()
+                    s = group.run_episodes(tasks, "router", seed=0)
+                    dt = time.perf_counter() - t0
+                finally:
+                    group.shutdown()
+            rows.append({"workers": n, "envs_per_worker": cfg.collect.envs_per_worker, "episodes": s["episodes"],
+                         "steps": s["steps"], "seconds": dt, "steps_per_s": s["steps"] / dt,
+                         "episodes_per_s": s["episodes"] / dt, "hp_ratio": s["hp_ratio"]})
+    finally:
+        launcher.shutdown_all(None, clients)
+    base = rows[0]["steps_per_s"] if rows else 1.0
+    for r in rows:
+        r["speedup"] = r["steps_per_s"] / base
+    return rows
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--config", default=None)
+    ap.add_argument("--set", dest="overrides", action="append", default=[])
+    ap.add_argument("--workers", type=int, nargs="+", default=[1, 2, 4])
+    ap.add_argument("--episodes", type=int, default=16)
+    ap.add_argument("--reps", type=int, default=20)
+    ap.add_argument("--fake", action="store_true", help="model-free tiers: the framework's own cost")
+    ap.add_argument("--fake-delay-ms", type=float, default=20.0, help="with --fake: LP forward time (HP: twice)")
+    ap.add_argument("--json", action="store_true")
+    args = ap.parse_args(argv)
+
+    from dmr_rl.config import load_config
+    from dmr_rl.serving import launcher
+
+    cfg = load_config(args.config, args.overrides)
+    launcher.ray_init(cfg.ray, cfg.run_dir)
+    specs = _specs(cfg, args)
+    over = routing_overhead(cfg, specs, args.reps)
+    rows = throughput(cfg, specs, args.workers, args.episodes)
+    out = {"env": cfg.env.name, "fake": args.fake, "routing": over, "throughput": rows}
+    if args.json:
+        print(json.dumps(out))
+        return 0
+    print(f"routing overhead per step ({over['envs_per_step']} envs, {cfg.env.name}, "
+          f"{'fake tiers' if args.fake else 'config tiers'}):")
+    print(f"  LP step {over['lp_step_ms']:.2f} ms | router {over['router_ms']:.2f} ms | Ray adds {over['ray_ms']:.2f} ms"
+          f" -> overhead {over['overhead_pct_of_lp_step']:.1f}% of an LP step (router alone {over['router_pct_of_lp_step']:.1f}%)")
+    print(f"rollout throughput, {args.episodes} episodes:")
+    print(f"  {'workers':>7} {'envs/w':>6} {'steps':>6} {'seconds':>8} {'steps/s':>8} {'eps/s':>6} {'speedup':>7}")
+    for r in rows:
+        print(f"  {r['workers']:>7} {r['envs_per_worker']:>6} {r['steps']:>6} {r['seconds']:>8.2f} "
+              f"{r['steps_per_s']:>8.1f} {r['episodes_per_s']:>6.2f} {r['speedup']:>7.2f}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
