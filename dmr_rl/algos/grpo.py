@@ -147,12 +147,13 @@ def grpo_loss(logits, actions, old_logprobs, advantages, ref_logits=None, mask=N
 
     with torch.no_grad():
         metrics = {
-            "loss": float(loss), "pg_loss": float(pg_loss), "kl_to_ref": float(kl_to_ref),
-            "clip_frac": float(mean((pg2 > pg1).float())),
-            "ratio_mean": float(mean(ratio)),
-            "ratio_max": float((ratio * m).max()) if bool(m.any()) else 1.0,
-            "entropy": float(entropy),
-            "approx_kl_old": float(mean(torch.exp(-log_ratio) - 1.0 + log_ratio)),
-            "hp_prob_mean": float(mean(torch.sigmoid(logits))),
+            "loss": float(loss.detach()), "pg_loss": float(pg_loss.detach()),
+            "kl_to_ref": float(kl_to_ref.detach()),
+            "clip_frac": float(mean((pg2 > pg1).float()).detach()),
+            "ratio_mean": float(mean(ratio.detach())),
+            "ratio_max": float((ratio.detach() * m).max()) if bool(m.any()) else 1.0,
+            "entropy": float(entropy.detach()),
+            "approx_kl_old": float(mean(torch.exp(-log_ratio.detach()) - 1.0 + log_ratio.detach())),
+            "hp_prob_mean": float(mean(torch.sigmoid(logits.detach()))),
         }
     return loss, metrics

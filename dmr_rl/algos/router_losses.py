@@ -34,9 +34,9 @@ def bce_loss(logits, targets, mask=None, pos_weight: Optional[float] = None):
     denom = m.sum().clamp_min(1.0)
     loss = (per * m).sum() / denom
     with torch.no_grad():
-        p = torch.sigmoid(logits)
+        p = torch.sigmoid(logits.detach())
         acc = (((p >= 0.5) == (targets >= 0.5)).float() * m).sum() / denom
-        metrics = {"bce": float(loss), "accuracy": float(acc),
+        metrics = {"bce": float(loss.detach()), "accuracy": float(acc),
                    "p_hp_mean": float((p * m).sum() / denom),
                    "target_mean": float((targets * m).sum() / denom)}
     return loss, metrics
