@@ -169,3 +169,33 @@ def test_plan_forced_by_hand():
     assert flagged == {"a": [0, 2]}
     assert len(unflagged["a"]) == 2 and set(unflagged["a"]) <= {1, 3, 4}
     assert counts == {"reference": 4, "no_flagged_step": 1, "too_few_unflagged": 1, "duplicate_task": 1, "kept": 1}
+
+
+def test_eval_and_causal_over_ray_actors(ray_session, setup, tmp_path):
+    """The same drivers with Ray rollout-worker actors and model-server actors: router specs and
+    Router objects are shipped to the actors, episodes come back and are written by the driver."""
+    import dataclasses
+
+    from dmr_rl.pipeline import causal, evaluate
+    from dmr_rl.serving import launcher
+    from dmr_rl.serving.fake_backend import FakeBackend
+
+    cfg0, ckpt, _ = setup
+    cfg = dataclasses.replace(cfg0, run_dir=str(tmp_path),
+                              eval=dataclasses.replace(cfg0.eval, seeds=[0, 1], episodes=3, thresholds=[0.5]))
+    specs = {t: functools.partial(FakeBackend, salt=t) for t in ("hp", "lp")}
+    clients = launcher.create_tier_clients(cfg, ("hp", "lp"), backend_specs=specs)
+    group = launcher.create_rollout_group(cfg, clients, tmp_path / "eval" / "_worker_shards", num_workers=2,
+                                          envs_per_worker=2, split=cfg.env.eval_split)
+    try:
+        path = evaluate.run(cfg, str(ckpt), group=group, methods=["lp_only", "first_k", "router"], progress=False)
+        cpath = causal.run(cfg, str(ckpt), group=group, episodes=3, flag_share=0.4, progress=False)
+    finally:
+        launcher.shutdown_all(group, clients)
+    res = json.loads(path.read_text())
+    assert set(res["methods"]) == {"lp_only", "first_k", "router"}
+    for s in (0, 1):
+        eps = _eps(cfg, "first_k", "k1", s)
+        assert len(eps) == 3 and {e.extra["worker"] for e in eps} == {0, 1}  # spread over both actors
+        assert all(st.tier == int(st.step < 1) for e in eps for st in e.steps)
+    assert json.loads(cpath.read_text())["counts"]["0"]["reference"] == 3
