@@ -89,6 +89,9 @@ def test_report_files_and_numbers(run_dir):
         M.apgr(xs, qs, weak["success_mean"], strong["success_mean"]))
     assert 0.0 < res["tradeoff"]["router"]["apgr"] <= 1.0
     assert "cpt50" in res["tradeoff"]["random"] and "cpt80_cost" in res["tradeoff"]["router"]
+    assert set(res["tradeoff"]["router"]["vs_random"]) == {"t0.30", "t0.70"}
+    assert "vs_random" not in res["tradeoff"]["random"]
+    assert res["tradeoff"]["router"]["at_hp_budget"]["point"] == "t0.70"  # the only one under 40% HP
     # causal arms and the KL summary come from their directories
     c = res["causal"]
     assert c["arms"]["flagged"]["episodes"] == 60 and c["arms"]["flagged"]["forced_lp_per_episode"] == 2.0
@@ -124,3 +127,22 @@ def test_kl_values_from_labelled_rows_and_episodes(tmp_path):
     ep = EpisodeRecord("e", 0, "t", "x", "", steps=[StepRecord(0, "", "a", HP, kl=2.0), StepRecord(1, "", "a", LP)])
     TrajectoryStore(tmp_path / "other", "w").append(ep)
     assert sorted(layout.load_kl_values(tmp_path, [tmp_path / "other"])) == [0.25, 0.5, 2.0]
+
+
+def test_budget_and_random_comparison_by_hand():
+    from dmr_rl.report.tables import _at_budget, _vs_random
+
+    def pt(x, q, lo, hi):
+        return {"hp_ratio": x, "success_mean": q, "success_ci": [lo, hi]}
+    methods = {"lp_only": {"default": pt(0.0, 0.2, 0.1, 0.3)}, "hp_only": {"default": pt(1.0, 0.8, 0.7, 0.9)},
+               "random": {"ratio0.50": pt(0.5, 0.5, 0.4, 0.6)}}
+    router = {"t0.7": pt(0.25, 0.6, 0.46, 0.7), "t0.3": pt(0.75, 0.78, 0.7, 0.85), "t0.5": pt(0.4, 0.77, 0.7, 0.8)}
+    vr = _vs_random(router, methods, {}, {})
+    # random at x=.25: mean (.2+.5)/2 = .35, CI [.25, .45]; at x=.75: mean .65, CI [.55, .75]
+    assert vr["t0.7"]["random_success"] == pytest.approx(0.35)
+    assert vr["t0.7"]["random_ci"] == pytest.approx([0.25, 0.45])
+    assert vr["t0.7"]["beats_random"] is True  # .46 > .45
+    assert vr["t0.3"]["beats_random"] is False  # .70 < .75
+    b = _at_budget(router, {"success": 0.8}, 0.40)
+    assert b["point"] == "t0.5" and b["share_of_hp_only"] == pytest.approx(0.77 / 0.8)
+    assert _at_budget({"x": pt(0.9, 1.0, 1, 1)}, {"success": 0.8}, 0.4) is None

@@ -43,6 +43,7 @@ def pareto(results: dict, path, axis: str = "hp") -> Optional[str]:
         color = f"C{i % 10}"
         if m in MARKERS:
             ax.errorbar(x, y, yerr=err, fmt=MARKERS[m], ms=13, color=color, label=m, capsize=3, zorder=3)
+            ax.axhline(y[0], color=color, ls=":", lw=1, alpha=0.7)
             continue
         ax.errorbar(x, y, yerr=err, fmt="o", ms=5, color=color, alpha=0.55, capsize=2)
         front = M.pareto_front(list(x), list(y))

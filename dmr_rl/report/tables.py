@@ -13,8 +13,9 @@ import numpy as np
 from dmr_rl.report import layout
 from dmr_rl.report import metrics as M
 
-WEAK, STRONG = "lp_only", "hp_only"
+WEAK, STRONG, RANDOM = "lp_only", "hp_only", "random"
 CPT_LEVELS = (50, 80)
+HP_BUDGET = 0.40  # the issue's bar: >= 95% of HP-only success at an HP ratio of at most 40%
 
 
 def _point_summary(entry: dict, n_boot: int, boot_seed: int) -> dict:
@@ -59,6 +60,36 @@ def _tradeoff(points: dict, weak: dict, strong: dict) -> dict:
             for level in CPT_LEVELS:
                 out[f"cpt{level}{tag}"] = M.cpt(xs_ok, q_ok, weak[quality], strong[quality], level)
         out["front" + suffix] = [names[i] for i in M.pareto_front(hp, q)]
+    return out
+
+
+def _at_budget(points: dict, strong: dict, budget: float) -> Optional[dict]:
+    """The most successful operating point whose HP ratio is at most ``budget``."""
+    ok = [(n, p) for n, p in points.items() if p["hp_ratio"] <= budget + 1e-12]
+    if not ok:
+        return None
+    name, p = max(ok, key=lambda kv: (kv[1]["success_mean"], -kv[1]["hp_ratio"]))
+    share = p["success_mean"] / strong["success"] if strong["success"] > 0 else float("nan")
+    return {"budget": budget, "point": name, "hp_ratio": p["hp_ratio"], "success": p["success_mean"],
+            "success_ci": p["success_ci"], "share_of_hp_only": share}
+
+
+def _vs_random(points: dict, methods: dict, weak: dict, strong: dict) -> dict:
+    """Per operating point: random routing's success at the same HP ratio (linear interpolation
+    between random's points, closed by LP-only at 0 and HP-only at 1, for the mean and for each
+    CI bound) and whether the two 95% CIs are disjoint with this method above."""
+    lp, hp = methods[WEAK], methods[STRONG]
+    anchors = [next(iter(lp.values())), *methods[RANDOM].values(), next(iter(hp.values()))]
+    anchors.sort(key=lambda p: p["hp_ratio"])
+    x = [p["hp_ratio"] for p in anchors]
+    out = {}
+    for name, p in points.items():
+        at = lambda v: float(np.interp(p["hp_ratio"], x, v))  # noqa: E731
+        r_mean = at([a["success_mean"] for a in anchors])
+        r_lo, r_hi = at([a["success_ci"][0] for a in anchors]), at([a["success_ci"][1] for a in anchors])
+        out[name] = {"hp_ratio": p["hp_ratio"], "success": p["success_mean"], "success_ci": p["success_ci"],
+                     "random_success": r_mean, "random_ci": [r_lo, r_hi],
+                     "beats_random": bool(p["success_ci"][0] > r_hi)}
     return out
 
 
@@ -109,6 +140,9 @@ def summarise(run_dir, n_boot: int = 2000, boot_seed: int = 0) -> dict:
         for m, pts in methods.items():
             if m not in (WEAK, STRONG):
                 tradeoff[m] = _tradeoff(pts, weak, strong)
+                tradeoff[m]["at_hp_budget"] = _at_budget(pts, strong, HP_BUDGET)
+                if m != RANDOM and RANDOM in methods:
+                    tradeoff[m]["vs_random"] = _vs_random(pts, methods, weak, strong)
     kl_dirs = [layout.point_dir(run_dir, "kl_oracle", p) for p in loaded.get("kl_oracle", {})]
     return {
         "run_dir": str(run_dir),
@@ -167,6 +201,17 @@ def markdown(results: dict, plots: Optional[list] = None) -> str:
         for m, t in results["tradeoff"].items():
             lines.append(f"| {m} | {_f(t['apgr'])} | {_f(t['cpt50'])} | {_f(t['cpt80'])} | {_f(t['apgr_cost'])} "
                          f"| {_f(t['cpt50_cost'])} | {_f(t['cpt80_cost'])} | {_f(t['apgr_score'])} |")
+        lines += ["", f"### Against random routing, and the {int(100 * HP_BUDGET)}% HP budget", "",
+                  "Random at the same HP ratio: interpolated between the random-ratio points (closed by "
+                  "LP-only and HP-only), mean and CI bounds alike. *beats random*: the 95% CIs are disjoint.", "",
+                  f"| method | best point at HP ratio <= {HP_BUDGET:.2f} | its success | share of HP-only | "
+                  "points beating random | of |", "|---|---|---|---|---|---|"]
+        for m, t in results["tradeoff"].items():
+            b, vr = t.get("at_hp_budget"), t.get("vs_random") or {}
+            best = (f"{b['point']} (HP {_f(b['hp_ratio'])}) | {_f(b['success'])} {_ci(b['success_ci'])} | "
+                    f"{_f(100 * b['share_of_hp_only'], '{:.1f}')}%") if b else "- | - | -"
+            wins = sum(v["beats_random"] for v in vr.values())
+            lines.append(f"| {m} | {best} | {wins if vr else '-'} | {len(vr) if vr else '-'} |")
     else:
         lines += ["", "Trade-off metrics need both `hp_only` and `lp_only` runs; at least one is missing."]
     c = results.get("causal")
