@@ -342,6 +342,14 @@ class RolloutGroup:
     def num_workers(self) -> int:
         return len(self.workers)
 
+    def num_tasks(self) -> int:
+        """Tasks in the split the workers host."""
+        if self.local:
+            return int(self.workers[0].ready()["num_tasks"])
+        import ray
+
+        return int(ray.get(self.workers[0].ready.remote())["num_tasks"])
+
     def split(self, task_indices, start: int = 0) -> list:
         """Round-robin assignment of the task list to workers (a GRPO group may span workers):
         per worker, (positions, tasks) with positions counted from ``start``."""

@@ -1,0 +1,143 @@
+"""``dmr label``: per-step KL(HP || LP) on the collected steps, then precision-sensitivity labels.
+
+For every recorded step, both tiers are run on the prompt the agent saw (``StepRecord.prompt``):
+
+- ``label.kl_space=actions``: KL between the two tiers' distributions over the admissible
+  actions (score mode; ``dmr_rl.models.kl.action_kl``);
+- ``label.kl_space=tokens``: teacher-forced on the action taken, the mean over its tokens of the
+  next-token KL (``dmr_rl.models.kl.token_kl_batch``).
+
+Labels: ``label.mode=budget`` marks the top ``label.rho`` share of steps by KL (a step with KL 0
+is never marked); ``threshold`` marks KL >= ``label.kl_threshold``. The soft target of a step is
+``kl / (kl + t)`` with t the labelling threshold (0.5 exactly at the threshold).
+
+Output: ``<run_dir>/labels/steps.jsonl`` in the labelled-steps format of
+:mod:`dmr_rl.pipeline.train_sft` (``step_row``), and ``<run_dir>/labels/label_stats.json``.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+
+from environments.errors import DataError
+
+
+def labels_path(run_dir) -> Path:
+    return Path(run_dir) / "labels" / "steps.jsonl"
+
+
+def kl_stats(kls) -> dict:
+    """mean, p50, p90, p99, max of per-step KL and the share of total KL in the top 5% of steps."""
+    k = np.sort(np.asarray(kls, dtype=np.float64))[::-1]
+    if k.size == 0:
+        return {"steps": 0}
+    top = max(1, int(np.ceil(0.05 * k.size)))
+    total = float(k.sum())
+    return {"steps": int(k.size), "mean": float(k.mean()), "p50": float(np.percentile(k, 50)),
+            "p90": float(np.percentile(k, 90)), "p99": float(np.percentile(k, 99)), "max": float(k[0]),
+            "top5_share": float(k[:top].sum() / total) if total > 0 else 0.0}
+
+
+def label_steps(kls, mode: str, rho: float = 0.25, kl_threshold: float = 0.1) -> tuple:
+    """(labels [N] int, threshold used). Budget: the ceil(rho * N) highest-KL steps with KL > 0
+    (ties at the cut broken by order); threshold: KL >= kl_threshold."""
+    k = np.asarray(kls, dtype=np.float64)
+    if mode == "threshold":
+        return (k >= kl_threshold).astype(np.int64), float(kl_threshold)
+    if mode != "budget":
+        raise ValueError(f"unknown label mode {mode!r}; known: budget, threshold")
+    n_pos = int(np.ceil(rho * k.size))
+    labels = np.zeros(k.size, dtype=np.int64)
+    if n_pos == 0 or k.size == 0:
+        return labels, float("inf")
+    order = np.argsort(-k, kind="stable")[:n_pos]
+    labels[order] = 1
+    labels[k <= 0] = 0
+    return labels, float(k[order[-1]])
+
+
+def step_kls(clients: dict, steps: list, space: str, batch_size: int = 16, progress=None) -> np.ndarray:
+    """[N] KL(HP || LP) for (StepRecord) ``steps``, both tiers batched ``batch_size`` steps a call."""
+    from dmr_rl.models.kl import action_kl_batch, token_kl_batch
+
+    out = np.zeros(len(steps))
+    for start in range(0, len(steps), batch_size):
+        chunk = steps[start:start + batch_size]
+        prompts = [s.prompt for s in chunk]
+        if space == "actions":
+            adm = [list(s.admissible) for s in chunk]
+            out[start:start + len(chunk)] = action_kl_batch(clients["hp"].score_actions(prompts, adm),
+                                                            clients["lp"].score_actions(prompts, adm))
+        elif space == "tokens":
+            acts = [s.action for s in chunk]
+            out[start:start + len(chunk)] = token_kl_batch(clients["hp"].token_distributions(prompts, acts),
+                                                           clients["lp"].token_distributions(prompts, acts))[0]
+        else:
+            raise ValueError(f"unknown KL space {space!r}; known: actions, tokens")
+        if progress:
+            progress(len(chunk))
+    return out
+
+
+def run(cfg, traj_dir: Optional[str] = None, out_path: Optional[str] = None, local: bool = True,
+        progress: bool = True, backend_specs: Optional[dict] = None, batch_size: int = 16) -> dict:
+    """Label the steps of the trajectories in ``traj_dir`` (default: the collect directory).
+
+    ``local``: tiers in this process (default; one batched pass) or Ray model servers."""
+    from tqdm import tqdm
+
+    from dmr_rl.pipeline.collect import collect_dir
+    from dmr_rl.pipeline.timing import Timers
+    from dmr_rl.pipeline.train_sft import step_row, write_labelled_steps
+    from dmr_rl.rollout.records import TrajectoryStore
+    from dmr_rl.serving import launcher
+
+    timers = Timers()
+    lc = cfg.label
+    src = Path(traj_dir) if traj_dir else collect_dir(cfg.run_dir)
+    with timers("load"):
+        episodes = [e for e in TrajectoryStore.read(src) if e.steps]
+    if not episodes:
+        raise DataError("no episode with steps to label (run `dmr collect` first)", path=str(src))
+    index = [(e, t) for e in episodes for t in range(e.length)]
+    steps = [e.steps[t] for e, t in index]
+    missing = [i for i, s in enumerate(steps) if not s.prompt]
+    if missing:
+        raise DataError(f"{len(missing)} recorded steps have no prompt (field 'prompt'); first: "
+                        f"episode {index[missing[0]][0].episode_id} step {index[missing[0]][1]}", path=str(src))
+    clients = None
+    try:
+        with timers("start"):
+            if not local:
+                launcher.ray_init(cfg.ray, cfg.run_dir)
+            clients = launcher.create_tier_clients(cfg, ("hp", "lp"), local=local, backend_specs=backend_specs)
+        with timers("kl"), tqdm(total=len(steps), desc=f"label (KL over {lc.kl_space})", unit="step",
+                                disable=not progress, dynamic_ncols=True) as bar:
+            kls = step_kls(clients, steps, lc.kl_space, batch_size, bar.update)
+    finally:
+        if clients and not local:
+            launcher.shutdown_all(None, clients)
+    with timers("write"):
+        labels, thr = label_steps(kls, lc.mode, lc.rho, lc.kl_threshold)
+        t = thr if np.isfinite(thr) and thr > 0 else max(float(np.median(kls)), 1e-6)
+        rows = [step_row(e, i, float(k), int(y), target=float(k / (k + t)))
+                for (e, i), k, y in zip(index, kls, labels)]
+        path = write_labelled_steps(out_path or labels_path(cfg.run_dir), rows)
+    stats = {"labelled_steps": str(path), "trajectories": str(src), "episodes": len(episodes),
+             "steps": len(steps), "positives": int(labels.sum()), "positive_rate": float(labels.mean()),
+             "mode": lc.mode, "rho": lc.rho, "threshold": thr, "kl_space": lc.kl_space,
+             "kl": kl_stats(kls), "timers_s": timers.as_dict()}
+    (path.parent / "label_stats.json").write_text(json.dumps(stats, indent=1))
+    return stats
+
+
+def print_stats(s: dict) -> None:
+    k = s["kl"]
+    print(f"label: {s['steps']} steps of {s['episodes']} episodes -> {s['labelled_steps']}")
+    print(f"  KL(HP||LP) over {s['kl_space']}: mean {k['mean']:.4f}  p50 {k['p50']:.4f}  p90 {k['p90']:.4f}  "
+          f"p99 {k['p99']:.4f}  max {k['max']:.4f}  top-5% share {k['top5_share']:.3f}")
+    print(f"  {s['mode']} labels: {s['positives']} positive ({100 * s['positive_rate']:.1f}%), "
+          f"threshold {s['threshold']:.4g}   time: " + ", ".join(f"{n} {v:.1f}s" for n, v in s["timers_s"].items()))

@@ -1,0 +1,100 @@
+"""dmr collect -> dmr label on a tiny setup: trajectories on disk, KL labels in train_sft's format."""
+from __future__ import annotations
+
+import functools
+import json
+
+import numpy as np
+import pytest
+
+from dmr_rl.cli import main
+from dmr_rl.config import load_config
+from dmr_rl.pipeline.label import kl_stats, label_steps
+from dmr_rl.rollout.records import TrajectoryStore
+
+
+@pytest.fixture(scope="module")
+def tiny_models(tmp_path_factory):
+    from dmr_rl.models.checkpoints import make_tiny_checkpoint
+
+    root = tmp_path_factory.mktemp("tiny_pipeline")
+    return str(make_tiny_checkpoint(root / "a", arch="llama", seed=0)), str(make_tiny_checkpoint(root / "b", arch="llama", seed=1))
+
+
+def _overrides(run_dir, data, hp, lp, episodes=4):
+    return [f"run_dir={run_dir}", f"env.data_dir={data}", "env.max_steps=3", f"hp.model_path={hp}",
+            f"lp.model_path={lp}", "lp.quant_method=none", "lp.bits=16", f"collect.episodes={episodes}",
+            "collect.num_workers=1", "collect.envs_per_worker=2", "label.rho=0.25"]
+
+
+def test_collect_then_label_same_model_gives_zero_kl(alfworld_data, tiny_models, tmp_path, capsys):
+    a, _ = tiny_models
+    sets = [x for o in _overrides(tmp_path / "run", alfworld_data, a, a) for x in ("--set", o)]
+    assert main(["collect", "--local", "--no-progress", *sets]) == 0
+    out = capsys.readouterr().out
+    shards = tmp_path / "run" / "trajectories" / "collect"
+    assert str(shards) in out and "success" in out
+    eps = TrajectoryStore.read(shards)
+    assert len(eps) == 4 and all(1 <= e.length <= 3 for e in eps)
+    assert all(s.tier == 1 and s.prompt for e in eps for s in e.steps)  # the HP agent acted
+    summary = json.loads((tmp_path / "run" / "trajectories" / "collect_summary.json").read_text())
+    assert summary["stored_episodes"] == 4 and summary["hp_ratio"] == 1.0
+
+    assert main(["label", "--no-progress", *sets]) == 0
+    out = capsys.readouterr().out
+    path = tmp_path / "run" / "labels" / "steps.jsonl"
+    assert str(path) in out and "top-5% share" in out
+    from dmr_rl.pipeline.train_sft import read_labelled_steps
+
+    rows = read_labelled_steps(path)  # train_sft's reader validates the format
+    assert len(rows) == sum(e.length for e in eps)
+    assert all(abs(r["kl"]) < 1e-9 and r["label"] == 0 for r in rows)
+    by_ep = {e.episode_id: e for e in eps}
+    for r in rows:
+        e = by_ep[r["episode_id"]]
+        assert r["obs"] == e.steps[r["step"]].obs and len(r["history"]) == r["step"]
+
+
+def test_label_different_models_marks_the_budget_share(alfworld_data, tiny_models, tmp_path):
+    from dmr_rl.pipeline import collect, label
+
+    a, b = tiny_models
+    cfg = load_config(None, _overrides(tmp_path / "run", alfworld_data, a, b, episodes=3))
+    collect.run(cfg, local=True, progress=False)
+    stats = label.run(cfg, progress=False)
+    rows = [json.loads(line) for line in open(stats["labelled_steps"])]
+    kls = np.array([r["kl"] for r in rows])
+    assert (kls > 0).all()
+    assert sum(r["label"] for r in rows) == int(np.ceil(0.25 * len(rows))) == stats["positives"]
+    cut = min(r["kl"] for r in rows if r["label"])
+    assert all(r["kl"] <= cut for r in rows if not r["label"])
+    assert stats["kl"]["mean"] == pytest.approx(kls.mean())
+    cfg.label.kl_space = "tokens"
+    tok = label.run(cfg, out_path=str(tmp_path / "tok.jsonl"), progress=False)
+    assert tok["kl"]["mean"] > 0 and tok["steps"] == len(rows)
+
+
+def test_collect_through_ray_actors_with_mixed_policy(ray_session, alfworld_data, tmp_path):
+    from dmr_rl.pipeline import collect
+    from dmr_rl.serving.fake_backend import FakeBackend
+
+    cfg = load_config(None, _overrides(tmp_path / "run", alfworld_data, "unused", "unused", episodes=6)
+                      + ["collect.policy=mixed", "collect.num_workers=2", "collect.envs_per_worker=1"])
+    specs = {t: functools.partial(FakeBackend, t) for t in ("hp", "lp")}
+    s = collect.run(cfg, local=False, record_kl=True, progress=False, backend_specs=specs)
+    eps = TrajectoryStore.read(s["trajectories"])
+    assert s["stored_episodes"] == len(eps) == 6 and len(s["shards"]) == 2
+    steps = [x for e in eps for x in e.steps]
+    assert {x.tier for x in steps} == {0, 1} and all(x.kl is not None for x in steps)
+    assert s["kl"]["steps"] == len(steps) and s["tier_cost"]["hp"]["rows"] >= len(steps)
+
+
+def test_label_rules_and_stats_by_hand():
+    labels, thr = label_steps([0.0, 0.5, 0.1, 2.0, 0.0, 0.3, 0.0, 0.0], "budget", rho=0.25)
+    assert labels.tolist() == [0, 1, 0, 1, 0, 0, 0, 0] and thr == 0.5
+    labels, _ = label_steps([0.0, 0.0, 0.0, 0.0], "budget", rho=0.5)
+    assert labels.tolist() == [0, 0, 0, 0]  # a zero-KL step is never precision-sensitive
+    labels, thr = label_steps([0.05, 0.1, 0.2], "threshold", kl_threshold=0.1)
+    assert labels.tolist() == [0, 1, 1] and thr == 0.1
+    s = kl_stats([1.0] * 19 + [81.0])
+    assert s["top5_share"] == pytest.approx(81.0 / 100.0) and s["p50"] == 1.0 and s["mean"] == 5.0
