@@ -109,11 +109,22 @@ def test_resume_skips_finished_points(evaluated):
 def test_plan_and_errors(setup, tmp_path):
     from dmr_rl.pipeline import evaluate
 
+    import shutil
+
     cfg, ckpt, _ = setup
-    pts = evaluate.plan(cfg, {"sft": [str(ckpt)], "grpo": [str(ckpt), str(ckpt)]}, methods=["sft", "grpo", "random"])
+    grpo = []
+    for lam in (0.1, 0.5):  # two GRPO runs whose final routers are both called "router"
+        d = tmp_path / f"grpo_l{lam}" / "router"
+        shutil.copytree(ckpt, d)
+        (d.parent / "config.yaml").write_text(f"grpo:\n  hp_cost: {lam}\n")
+        grpo.append(str(d))
+    pts = evaluate.plan(cfg, {"sft": [str(ckpt)], "grpo": grpo}, methods=["sft", "grpo", "random"])
     names = [(p.method, p.point) for p in pts]
     assert names[:2] == [("random", "ratio0.20"), ("random", "ratio0.80")]
-    assert ("sft", "t0.30") in names and ("grpo", "router_ckpt_t0.70") in names
+    assert ("sft", "t0.30") in names and ("grpo", "grpo_l0.5-router_t0.70") in names
+    lam = {p.point: p.params.get("hp_cost") for p in pts if p.method == "grpo"}
+    assert lam["grpo_l0.1-router_t0.30"] == 0.1 and lam["grpo_l0.5-router_t0.70"] == 0.5
+    assert [p.default for p in pts if p.method == "sft"] == [True, False]
     with pytest.raises(ValueError, match="unknown method 'nope'"):
         evaluate.plan(cfg, {}, methods=["nope"])
     with pytest.raises(FileNotFoundError, match="no router checkpoint"):

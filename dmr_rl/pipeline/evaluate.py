@@ -82,9 +82,10 @@ def plan(cfg, router_ckpts: Optional[dict] = None, methods: Optional[list] = Non
     for name, dirs in (router_ckpts or {}).items():
         if methods and name not in methods:
             continue
-        for d in dirs:
+        labels = ckpt_labels(dirs)
+        for d, label in zip(dirs, labels):
             meta = _ckpt_meta(d)
-            prefix = f"{Path(d).name}_" if len(dirs) > 1 else ""
+            prefix = f"{label}_" if len(dirs) > 1 else ""
             for t in cfg.eval.thresholds:
                 params = {"checkpoint": str(d), "threshold": float(t), **meta}
                 spec = {"name": "transformer", "kwargs": {"path": str(d), "threshold": float(t), "num_threads": 1}}
@@ -94,19 +95,38 @@ def plan(cfg, router_ckpts: Optional[dict] = None, methods: Optional[list] = Non
 
 
 def _ckpt_meta(directory) -> dict:
-    """Training facts a checkpoint directory records beside the router (GRPO's lambda, stage)."""
-    out = {}
-    for name in ("grpo_config.json", "train_config.json", "grpo.json"):
-        p = Path(directory) / name
-        if p.is_file():
-            try:
-                d = json.loads(p.read_text())
-            except json.JSONDecodeError:
+    """Training facts recorded beside a router checkpoint (GRPO's lambda and budget): keys of
+    ``grpo.json`` / ``grpo_config.json`` / ``train_config.json``, or ``grpo.*`` of a run config
+    ``config.yaml``, in the checkpoint directory or its parent."""
+    out: dict = {}
+    for base in (Path(directory), Path(directory).parent):
+        for name in ("grpo.json", "grpo_config.json", "train_config.json", "config.yaml"):
+            p = base / name
+            if not p.is_file() or out:
                 continue
-            for k in ("hp_cost", "hp_budget", "stage", "iteration"):
-                if k in d:
-                    out[k] = d[k]
+            try:
+                if name.endswith(".yaml"):
+                    import yaml
+
+                    d = (yaml.safe_load(p.read_text()) or {}).get("grpo", {})
+                else:
+                    d = json.loads(p.read_text())
+            except Exception:  # an unreadable side file only loses the annotation
+                continue
+            if isinstance(d, dict):
+                out.update({k: d[k] for k in ("hp_cost", "hp_budget", "stage", "iteration") if k in d})
     return out
+
+
+def ckpt_labels(dirs: list) -> list:
+    """Short distinct labels for checkpoint dirs: the shortest path suffix that tells them apart
+    (``.../grpo_l0.3/router`` and ``.../grpo_l0.5/router`` -> ``grpo_l0.3-router``, ``grpo_l0.5-router``)."""
+    parts = [Path(d).resolve().parts for d in dirs]
+    for k in range(1, max(len(p) for p in parts) + 1):
+        labels = ["-".join(p[-k:]) for p in parts]
+        if len(set(labels)) == len(labels):
+            return labels
+    return [f"ckpt{i}" for i in range(len(dirs))]
 
 
 def task_sample(num_tasks: int, episodes: int, seed: int) -> list:
