@@ -190,7 +190,16 @@ def markdown(results: dict, plots: Optional[list] = None) -> str:
                 f"| {m} | {name}{mark} | {_f(p['success_mean'])} +- {_f(p['success_std'])} | {_ci(p['success_ci'])} "
                 f"| {_f(p['score_mean'])} | {_f(p['hp_ratio'])} | {_bytes(p['cost'])} | {_f(p.get('cost_norm'))} "
                 f"| {_f(p['mean_length'], '{:.1f}')} | {len(p['seeds'])} | {p['episodes']} |")
-    lines += ["", "`*` marks a router's default threshold."]
+    lines += ["", "`*` marks a router's default threshold.", "",
+              "### Cost detail", "",
+              "Tokens per episode (prompt + generated, both tiers); mean measured seconds of a step acted "
+              "by each tier (batched serving: a step's latency is the forward it rode in).", "",
+              "| method | point | tokens/episode | HP step latency | LP step latency |", "|---|---|---|---|---|"]
+    for m, pts in results["methods"].items():
+        for name, p in sorted(pts.items(), key=lambda kv: kv[1]["hp_ratio"]):
+            lines.append(f"| {m} | {name} | {_f(p['tokens_per_episode'], '{:.0f}')} "
+                         f"| {_f(p['latency_hp_s'] and 1e3 * p['latency_hp_s'], '{:.1f} ms')} "
+                         f"| {_f(p['latency_lp_s'] and 1e3 * p['latency_lp_s'], '{:.1f} ms')} |")
     if results["tradeoff"]:
         lines += ["", "## Trade-off (RouteLLM metrics adapted to episodes)", "",
                   "x = HP ratio of steps (or normalised cost); quality = success rate; weak = LP-only, "
