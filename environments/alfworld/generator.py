@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import re
 from collections import Counter, defaultdict
 from typing import Optional
 
@@ -92,7 +93,7 @@ def _task_desc_and_grammar(traj: dict, seed_text: str) -> tuple[str, str]:
 
     alfworld draws the template from the global ``random``; it is seeded here and restored after.
     """
-    from alfworld.agents.utils.misc import add_task_to_grammar, get_templated_task_desc
+    from alfworld.agents.utils.misc import add_task_to_grammar
     from alfworld.info import ALFRED_TWL2_PATH
 
     with open(ALFRED_TWL2_PATH) as f:
@@ -100,11 +101,10 @@ def _task_desc_and_grammar(traj: dict, seed_text: str) -> tuple[str, str]:
     saved = random.getstate()
     try:
         random.seed(seed_text)
-        desc = get_templated_task_desc(traj)
-        random.seed(seed_text)
         grammar = add_task_to_grammar(grammar, traj)
     finally:
         random.setstate(saved)
+    desc = re.search(r"Your task is to: (.*?)\.\"", grammar).group(1)
     return desc, grammar
 
 
