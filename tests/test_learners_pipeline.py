@@ -170,6 +170,11 @@ def test_grpo_two_iterations_change_the_router_checkpoint_and_resume_exactly(tmp
     assert ck.name == "iter_0002" and (ck / "learner").is_dir()
     assert _weights_equal(TransformerRouter.load(ck).get_weights(), after2)
 
+    # scramble the learners (other weights, cleared optimizer): resuming must restore them
+    from dmr_rl.learners.router_learners import reset_learner_group, router_weights
+
+    assert _weights_equal(router_weights(grpo_learners), after2)  # the group passed in was used
+    reset_learner_group(grpo_learners, TransformerRouter(seed=123).get_weights())
     # resume to 3 iterations: continues at 3, from equal weights, optimizer and RNG restored
     res3 = fit(cfg, rollout, tmp_path / "a", num_tasks=12, learner_group=grpo_learners,
                resume=True, iterations=3, progress=False)
@@ -204,3 +209,28 @@ def test_grpo_raises_reward_on_the_synthetic_environment(tmp_path, grpo_learners
     last = np.mean([h["reward"] for h in hist[-3:]])
     assert last > first + 0.2, [round(h["reward"], 3) for h in hist]
     assert np.mean([h["success"] for h in hist[-3:]]) > np.mean([h["success"] for h in hist[:3]])
+
+
+def test_remote_learner_trains_the_router(ray_session):
+    """num_learners=1: the learner classes ship to a Ray actor and update the router there."""
+    from dmr_rl.learners.router_learners import (build_learner_group, make_batch, router_weights,
+                                                  update_metrics)
+
+    lg = build_learner_group(None, "sft", num_learners=1, lr=1e-2, seed=0)
+    try:
+        rows = synthetic_labelled_rows(n_eps=6, T=8, seed=1)
+        from dmr_rl.router.features import TokenFeatures, features_in_chunks
+
+        ctxs = [StepContext(task=r["task"], obs=r["obs"], step=r["step"]) for r in rows]
+        cols = dict(features_in_chunks(TokenFeatures(), ctxs),
+                    targets=np.array([r["label"] for r in rows], np.float32),
+                    weights=np.ones(len(rows), np.float32))
+        w0 = router_weights(lg)
+        first = update_metrics(lg.update(batch=make_batch(cols), num_epochs=1))["bce"]
+        for _ in range(4):
+            last = update_metrics(lg.update(batch=make_batch(cols), num_epochs=1))["bce"]
+        w1 = router_weights(lg)
+        assert not _weights_equal(w0, w1)
+        assert last < first
+    finally:
+        lg.shutdown()

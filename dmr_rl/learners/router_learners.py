@@ -146,6 +146,19 @@ def router_weights(learner_group) -> dict:
             for k, v in w.items()}
 
 
+def _clear_optimizer_state(learner, **_):
+    for _name, opt in learner.get_optimizers_for_module(DEFAULT_MODULE_ID):
+        opt.state.clear()
+    return True
+
+
+def reset_learner_group(learner_group, weights: dict) -> None:
+    """Start afresh on a reused LearnerGroup: load ``weights`` and clear the optimizer state
+    (Adam moments and step counts) on every learner."""
+    set_router_weights(learner_group, weights)
+    learner_group.foreach_learner(_clear_optimizer_state)
+
+
 def set_router_weights(learner_group, weights: dict) -> None:
     """Load a router net state dict (keys with or without ``net.``) into the learners' module."""
     import torch

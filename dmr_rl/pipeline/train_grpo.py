@@ -134,8 +134,8 @@ def fit(cfg, rollout_fn: Callable, out_dir, *, num_tasks: int, init_router: Opti
     from torch.utils.tensorboard import SummaryWriter
     from tqdm import tqdm
 
-    from dmr_rl.learners.router_learners import (build_learner_group, make_batch, router_weights,
-                                                  set_router_weights, update_metrics)
+    from dmr_rl.learners.router_learners import (build_learner_group, make_batch, reset_learner_group,
+                                                  router_weights, update_metrics)
     from dmr_rl.pipeline.timing import Timers
     from dmr_rl.router.transformer import TransformerRouter
 
@@ -156,7 +156,8 @@ def fit(cfg, rollout_fn: Callable, out_dir, *, num_tasks: int, init_router: Opti
             ref = TransformerRouter(cfg.router, seed=cfg.seed)
         policy = TransformerRouter(ref.config, threshold=ref.threshold, weights=ref.get_weights())
         with timers("build_learners"):
-            lg = learner_group or build_learner_group(
+            # (a LearnerGroup's truth value is its remote-learner count: test against None)
+            lg = learner_group if learner_group is not None else build_learner_group(
                 ref.config, "grpo", num_learners=g.num_learners, lr=g.lr, seed=cfg.seed,
                 clip_eps=g.clip_eps, kl_coef=g.kl_coef)
         rng = np.random.default_rng(cfg.seed)
@@ -170,7 +171,7 @@ def fit(cfg, rollout_fn: Callable, out_dir, *, num_tasks: int, init_router: Opti
             history = state["history"]
             start = int(state["iteration"]) + 1
         else:
-            set_router_weights(lg, ref.get_weights())
+            reset_learner_group(lg, ref.get_weights())
         policy.set_weights(router_weights(lg))
 
         writer = SummaryWriter(log_dir) if log_dir else None
