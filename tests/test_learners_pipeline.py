@@ -65,7 +65,7 @@ def test_sft_reaches_auroc_on_holdout_and_saves_a_loadable_router(tmp_path):
     d = router.route([crit, calm], np.random.default_rng(0))
     assert d.p_hp[0] > d.p_hp[1]
     assert json.loads((tmp_path / "router" / "sft_metrics.json").read_text())["holdout"]["auroc"] >= 0.9
-    assert list((tmp_path / "tb").glob("events.out.tfevents.*"))
+    assert {"sft/loss", "sft/auroc", "sft/precision", "sft/recall", "time/update"} <= _scalar_tags(tmp_path / "tb")
 
 
 def test_labelled_steps_errors_name_file_line_and_field(tmp_path):
@@ -136,15 +136,21 @@ def make_synthetic_rollout(T=6, p_crit=0.35, seed=0, n_tasks=12):
 def grpo_learners():
     from dmr_rl.learners.router_learners import build_learner_group
 
-    cfg = grpo_cfg()
-    return build_learner_group(cfg.router, "grpo", num_learners=0, lr=cfg.grpo.lr, seed=cfg.seed,
-                               clip_eps=cfg.grpo.clip_eps, kl_coef=cfg.grpo.kl_coef)
+    return build_learner_group(grpo_cfg(), "grpo")
 
 
 def grpo_cfg(*extra):
     return load_config(None, ["grpo.iterations=2", "grpo.tasks_per_iter=4", "grpo.group_size=4",
                               "grpo.lr=1e-3", "grpo.checkpoint_every=1", "grpo.epochs_per_iter=2",
                               "grpo.hp_cost=0.3", *extra])
+
+
+def _scalar_tags(log_dir) -> set:
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    acc = EventAccumulator(str(log_dir))
+    acc.Reload()
+    return set(acc.Tags()["scalars"])
 
 
 def _weights_equal(a, b):
@@ -190,8 +196,12 @@ def test_grpo_two_iterations_change_the_router_checkpoint_and_resume_exactly(tmp
     got = TransformerRouter.load(res_s["router_dir"]).get_weights()
     for k in got:
         np.testing.assert_allclose(got[k], resumed3[k], rtol=1e-5, atol=1e-6)
-    events = list((tmp_path / "tb").glob("events.out.tfevents.*"))
-    assert events
+    assert {"train/success", "train/hp_ratio", "train/reward", "grpo/kl_to_ref", "grpo/clip_frac",
+            "grpo/pg_loss", "time/rollout", "time/update"} <= _scalar_tags(tmp_path / "tb")
+    # a reused group built for other settings is refused, not silently used
+    with pytest.raises(ValueError, match="kl_coef=0.05, the config asks for 0.5"):
+        fit(grpo_cfg("grpo.kl_coef=0.5"), rollout, tmp_path / "c", num_tasks=12,
+            learner_group=grpo_learners, progress=False)
 
 
 def test_grpo_raises_reward_on_the_synthetic_environment(tmp_path, grpo_learners):
@@ -199,7 +209,7 @@ def test_grpo_raises_reward_on_the_synthetic_environment(tmp_path, grpo_learners
     A fresh router (P(HP) ~ 0.3) wins ~20%; GRPO must raise success and reward."""
     from dmr_rl.pipeline.train_grpo import fit
 
-    cfg = grpo_cfg("grpo.kl_coef=0.0", "grpo.tasks_per_iter=6", "grpo.group_size=6",
+    cfg = grpo_cfg("grpo.tasks_per_iter=6", "grpo.group_size=6",
                    "grpo.hp_cost=0.1", "grpo.checkpoint_every=100", "grpo.epochs_per_iter=3")
     rollout = make_synthetic_rollout(p_crit=0.0, T=4)
     res = fit(cfg, rollout, tmp_path, num_tasks=12, learner_group=grpo_learners, iterations=12,

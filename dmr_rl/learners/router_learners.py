@@ -78,12 +78,15 @@ class RouterTrainingConfig(AlgorithmConfig):
         return LEARNERS[stage]
 
 
-def build_learner_group(router_cfg, stage: str, num_learners: int = 0, lr: float = 3e-4,
-                        grad_clip: Optional[float] = 1.0, seed: int = 0, **loss_kwargs):
+def build_learner_group(cfg, stage: str, num_learners: Optional[int] = None,
+                        lr: Optional[float] = None, grad_clip: Optional[float] = 1.0, seed: int = 0,
+                        **loss_kwargs):
     """A LearnerGroup training the router for ``stage`` ("sft" or "grpo").
 
-    router_cfg: ``RouterConfig``, a net-config dict, or None (defaults). loss_kwargs go to the
-    learner's loss: sft: pos_weight; grpo: clip_eps, kl_coef, kl_kind, entropy_coef.
+    cfg: a ``DMRConfig`` (router net from cfg.router; lr, num_learners and the GRPO loss
+    settings from cfg.sft / cfg.grpo unless given here), or just a ``RouterConfig`` / net-config
+    dict / None (defaults: lr 3e-4, num_learners 0). loss_kwargs go to the learner's loss:
+    sft: pos_weight; grpo: clip_eps, kl_coef, kl_kind, entropy_coef.
     ``num_learners=0``: one learner in this process; N: N learner actors (DDP over gloo on CPU).
     Returns the ``LearnerGroup``.
     """
@@ -91,6 +94,17 @@ def build_learner_group(router_cfg, stage: str, num_learners: int = 0, lr: float
 
     if stage not in STAGES:
         raise ValueError(f"router learner stage must be one of {STAGES}, got {stage!r}")
+    router_cfg = cfg
+    if hasattr(cfg, "router") and hasattr(cfg, stage):  # a DMRConfig
+        section = getattr(cfg, stage)
+        router_cfg = cfg.router
+        lr = section.lr if lr is None else lr
+        num_learners = section.num_learners if num_learners is None else num_learners
+        if stage == "grpo":
+            loss_kwargs = {"clip_eps": section.clip_eps, "kl_coef": section.kl_coef, **loss_kwargs}
+        seed = getattr(cfg, "seed", seed)
+    lr = 3e-4 if lr is None else lr
+    num_learners = 0 if num_learners is None else num_learners
     if num_learners < 0:
         raise ValueError(f"num_learners must be >= 0, got {num_learners}")
     from dmr_rl.router.rl_module import spaces
@@ -108,6 +122,20 @@ def build_learner_group(router_cfg, stage: str, num_learners: int = 0, lr: float
     with torch.random.fork_rng():
         torch.manual_seed(seed)
         return config.build_learner_group()
+
+
+def check_learner_group(learner_group, stage: str, lr: float, **loss_kwargs) -> None:
+    """Raise ValueError when a reused LearnerGroup was built for another stage, learning rate or
+    loss setting than the run asks for (those are fixed when the group is built)."""
+    cfg = learner_group.config
+    have = dict(cfg.learner_config_dict)
+    if have.get("stage") != stage:
+        raise ValueError(f"the LearnerGroup passed in trains stage {have.get('stage')!r}, not {stage!r}")
+    if abs(float(cfg.lr) - float(lr)) > 1e-12:
+        raise ValueError(f"the LearnerGroup passed in has lr={cfg.lr}, the config asks for {lr}")
+    for k, v in loss_kwargs.items():
+        if k in have and have[k] != v:
+            raise ValueError(f"the LearnerGroup passed in has {k}={have[k]}, the config asks for {v}")
 
 
 def make_batch(columns: dict):

@@ -134,8 +134,8 @@ def fit(cfg, rollout_fn: Callable, out_dir, *, num_tasks: int, init_router: Opti
     from torch.utils.tensorboard import SummaryWriter
     from tqdm import tqdm
 
-    from dmr_rl.learners.router_learners import (build_learner_group, make_batch, reset_learner_group,
-                                                  router_weights, update_metrics)
+    from dmr_rl.learners.router_learners import (build_learner_group, check_learner_group, make_batch,
+                                                  reset_learner_group, router_weights, update_metrics)
     from dmr_rl.pipeline.timing import Timers
     from dmr_rl.router.transformer import TransformerRouter
 
@@ -157,9 +157,13 @@ def fit(cfg, rollout_fn: Callable, out_dir, *, num_tasks: int, init_router: Opti
         policy = TransformerRouter(ref.config, threshold=ref.threshold, weights=ref.get_weights())
         with timers("build_learners"):
             # (a LearnerGroup's truth value is its remote-learner count: test against None)
-            lg = learner_group if learner_group is not None else build_learner_group(
-                ref.config, "grpo", num_learners=g.num_learners, lr=g.lr, seed=cfg.seed,
-                clip_eps=g.clip_eps, kl_coef=g.kl_coef)
+            loss = {"clip_eps": g.clip_eps, "kl_coef": g.kl_coef}
+            if learner_group is not None:
+                check_learner_group(learner_group, "grpo", g.lr, **loss)
+                lg = learner_group
+            else:
+                lg = build_learner_group(ref.config, "grpo", num_learners=g.num_learners, lr=g.lr,
+                                         seed=cfg.seed, **loss)
         rng = np.random.default_rng(cfg.seed)
         history: list = []
         start = 1

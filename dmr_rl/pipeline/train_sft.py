@@ -165,8 +165,8 @@ def fit(cfg, labelled_path, out_dir, *, log_dir: Optional[str] = None, learner_g
     from torch.utils.tensorboard import SummaryWriter
     from tqdm import tqdm
 
-    from dmr_rl.learners.router_learners import (build_learner_group, make_batch, reset_learner_group,
-                                                  router_weights, update_metrics)
+    from dmr_rl.learners.router_learners import (build_learner_group, check_learner_group, make_batch,
+                                                  reset_learner_group, router_weights, update_metrics)
     from dmr_rl.pipeline.timing import Timers
     from dmr_rl.router.transformer import TransformerRouter, net_config
 
@@ -199,8 +199,12 @@ def fit(cfg, labelled_path, out_dir, *, log_dir: Optional[str] = None, learner_g
             batch = make_batch(columns)
         with timers("build_learners"):
             # (a LearnerGroup's truth value is its remote-learner count: test against None)
-            lg = learner_group if learner_group is not None else build_learner_group(
-                ncfg, "sft", num_learners=sft.num_learners, lr=sft.lr, seed=cfg.seed)
+            if learner_group is not None:
+                check_learner_group(learner_group, "sft", sft.lr)
+                lg = learner_group
+            else:
+                lg = build_learner_group(ncfg, "sft", num_learners=sft.num_learners, lr=sft.lr,
+                                         seed=cfg.seed)
             reset_learner_group(lg, router.get_weights())  # same start whether built or reused
         writer = SummaryWriter(log_dir) if log_dir else None
         every = eval_every or max(1, sft.epochs // 10)
