@@ -11,12 +11,12 @@ The prompt length dominates the cost of a step on a CPU, so the prompt is short 
     >
 
 * ``Task`` is the goal text.
-* ``Visited`` (memory) lists the places the agent went to, compactly and in order, so an agent
-  that sees only a short window of steps can still avoid revisiting; ``Holding`` is what the
-  last take/put actions leave in hand; ``Done`` lists the other state-changing actions
-  (open, clean, heat, cool, use, slice, ...) taken so far. These are read off the action
-  history alone (ALFWorld-style commands; for other families they are simply empty), no
-  privileged state.
+* Memory, read off the history alone (ALFWorld-style commands; for other families these lines
+  are simply absent), no privileged state: ``Seen`` says where each object named in the task
+  was last seen; ``Visited`` lists the places the agent went to, compactly and in order (the
+  current place last), so an agent that sees only a short window of steps can still avoid
+  revisiting; ``Holding`` is what the take/put actions leave in hand; ``Done`` lists the other
+  state-changing actions (put, clean, heat, cool, use, slice, ...).
 * The window holds the last ``history_window`` (action, observation) pairs; with an empty
   history the first observation is shown instead. Observations are cut at ``max_obs_chars``.
 * ``Actions`` lists the admissible commands (optional: in score mode the candidates are scored
@@ -37,7 +37,8 @@ from dmr_rl.rollout.records import StepContext
 ACTION_PREFIX = ">"
 _MOVE = re.compile(r"^go to (.+)$")
 _TAKE = re.compile(r"^take (.+?) from (.+)$")
-_PUT = re.compile(r"^(?:put|move) (.+?) (?:in|on|in/on|to) (.+)$")
+_PUT = re.compile(r"^(?:put|move) (.+?) (?:in/on|in|on|to) (.+)$")
+_OPEN = re.compile(r"^open (.+)$")
 _PASSIVE = ("look", "inventory", "help")
 
 
@@ -65,19 +66,48 @@ def _clip(text: str, limit: int) -> str:
     return text if len(text) <= limit else text[: limit - 3].rstrip() + "..."
 
 
-def memory_lines(history: list) -> list[str]:
-    """Compact memory of the whole action history: places visited, what is held, other actions.
+def _location_of(action: str) -> str:
+    for pattern in (_MOVE, _OPEN):
+        if m := pattern.match(action):
+            return m.group(1)
+    return ""
 
-    ``history`` is [(action, observation)], oldest first. Returns the lines to show (possibly none).
-    """
+
+def _items_seen(obs: str) -> list[str]:
+    """Names after "you see" in an observation ("a apple 1, and a mug 2." -> [apple 1, mug 2])."""
+    low = obs.lower()
+    if "you see " not in low:
+        return []
+    text = low.split("you see ", 1)[1].split("\n", 1)[0].strip().rstrip(".")
+    if not text or text == "nothing":
+        return []
+    parts = re.split(r", and |, | and ", text)
+    return [re.sub(r"^(a|an|some) ", "", p.strip()) for p in parts if p.strip()]
+
+
+def memory_lines(history: list, task: str = "") -> list[str]:
+    """Compact memory of the whole history: sightings of task objects, places visited, what is
+    held, other state-changing actions. ``history`` is [(action, observation)], oldest first.
+
+    ``Seen`` keeps, for every object whose class word occurs in ``task``, where it was last seen
+    (dropped once taken, or once put back by the agent). Returns the lines to show (maybe none)."""
+    task_words = set(re.findall(r"[a-z]+", task.lower()))
     visited: list[str] = []
     holding: list[str] = []
     done: list[str] = []
+    seen: dict[str, str] = {}
     for action, obs in history:
         a = " ".join(str(action).lower().split())
         obs_l = str(obs).lower()
         if obs_l.startswith("nothing happens"):
             continue
+        where = _location_of(a)
+        if where:
+            for name in [n for n, r in seen.items() if r == where]:
+                del seen[name]
+            for name in _items_seen(obs_l):
+                if name.rsplit(" ", 1)[0] in task_words:
+                    seen[name] = where
         if m := _MOVE.match(a):
             place = m.group(1)
             if place in visited:
@@ -85,13 +115,16 @@ def memory_lines(history: list) -> list[str]:
             visited.append(place)
         elif m := _TAKE.match(a):
             holding.append(m.group(1))
+            seen.pop(m.group(1), None)
         elif m := _PUT.match(a):
             if m.group(1) in holding:
                 holding.remove(m.group(1))
             done.append(a)
-        elif a and not a.startswith(_PASSIVE) and not a.startswith("examine"):
+        elif a and not a.startswith(_PASSIVE) and not a.startswith("examine") and not _OPEN.match(a):
             done.append(a)
     lines = []
+    if seen:
+        lines.append("Seen: " + "; ".join(f"{n} at {r}" for n, r in seen.items()))
     if visited:
         lines.append("Visited: " + ", ".join(visited))
     if holding:
@@ -113,7 +146,7 @@ def build_prompt(ctx: StepContext, history_window: int = 2, config: PromptConfig
     lines = [f"Task: {_clip(ctx.task, 300)}"]
     history = list(ctx.history or [])
     if cfg.show_memory:
-        lines.extend(memory_lines(history))
+        lines.extend(memory_lines(history, ctx.task))
     window = history[-cfg.history_window:] if cfg.history_window > 0 else []
     for action, obs in window:
         lines.append(f"{ACTION_PREFIX} {action}")

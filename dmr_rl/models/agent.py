@@ -1,0 +1,242 @@
+"""The LM agent: a Backend (one precision tier) plus how it is prompted and how it acts.
+
+:class:`LMAgent` acts for a batch of :class:`StepContext` in one backend call (score mode: one
+``score_actions`` call over every context's admissible actions; generate mode: one ``generate``
+call, then :func:`match_action`). :class:`AgentPolicy` adapts it to the environments' policy
+protocol (``reset(env)``, ``act(obs, info)``) and keeps the history itself.
+:func:`agent_policy_from_args` is what ``dmr env eval --policy agent`` calls.
+
+Where the project's agents live
+    ``dmr_rl/assets/agents/<env>/`` holds the trained agent (``dmr train agent``): a transformers
+    checkpoint, ``agent_config.json`` (prompt and acting settings) and ``training.json``
+    (data, steps, minutes, HP/LP success). ``--tier hp`` loads it at full precision.
+    ``--tier lp`` loads its low-bit AWQ copy: the sub-directory named in ``training.json``
+    (``lp.dir``, committed beside the agent when small); if it is missing, it is produced once
+    with :func:`dmr_rl.models.quantize.quantize_checkpoint` (method, bits and group size from
+    ``training.json``'s ``lp`` entry, calibrated on the agent's own prompts in
+    ``calib_prompts.json``) into ``$DMR_CACHE`` (default ``~/.cache/dmr_rl``)
+    ``/agents/<env>/<lp.dir>`` and reused from there. ``--model DIR`` loads any checkpoint dir.
+"""
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+
+from dmr_rl.errors import ModelError
+from dmr_rl.models.acting import choose_action, match_action, one_hot
+from dmr_rl.models.prompting import PromptConfig, build_prompt
+from dmr_rl.rollout.records import StepContext
+
+ACTION_MODES = ("score", "generate")
+AGENT_CONFIG = "agent_config.json"
+TRAINING_INFO = "training.json"
+ASSETS = Path(__file__).resolve().parent.parent / "assets" / "agents"
+
+
+@dataclass
+class AgentAction:
+    """One decision: the command, its index in the admissible list, the action distribution."""
+
+    action: str
+    index: int
+    probs: np.ndarray  # [len(admissible)]
+    prompt: str
+
+
+class LMAgent:
+    """An agent over one backend. ``act`` is batched over contexts (one backend call per step)."""
+
+    def __init__(self, backend, action_mode: str = "score", history_window: Optional[int] = None,
+                 temperature: float = 0.0, prompt: Optional[PromptConfig] = None,
+                 max_new_tokens: int = 24, length_normalised: bool = False):
+        if action_mode not in ACTION_MODES:
+            raise ModelError(f"unknown action_mode {action_mode!r}; known: {', '.join(ACTION_MODES)}")
+        if temperature < 0:
+            raise ModelError(f"temperature must be >= 0, got {temperature}")
+        self.backend = backend
+        self.action_mode = action_mode
+        self.prompt_config = prompt or PromptConfig()
+        if history_window is not None:
+            self.prompt_config = PromptConfig.from_dict({**self.prompt_config.to_dict(),
+                                                         "history_window": int(history_window)})
+        self.temperature = float(temperature)
+        self.max_new_tokens = int(max_new_tokens)
+        self.length_normalised = bool(length_normalised)
+
+    @property
+    def history_window(self) -> int:
+        return self.prompt_config.history_window
+
+    def build_prompts(self, contexts: list) -> list[str]:
+        return [build_prompt(c, self.history_window, self.prompt_config) for c in contexts]
+
+    def act(self, contexts: list, rng: Optional[np.random.Generator] = None) -> list[tuple]:
+        """[(action, probs)] per context; probs is over ``context.admissible`` (see acting.py)."""
+        return [(d.action, d.probs) for d in self.decide(contexts, rng)]
+
+    def decide(self, contexts: list, rng: Optional[np.random.Generator] = None,
+               prompts: Optional[list] = None) -> list[AgentAction]:
+        """Like :meth:`act` with the index and prompt too; ``prompts`` reuses prompts built already."""
+        if not contexts:
+            return []
+        for c in contexts:
+            if not c.admissible:
+                raise ValueError(f"step {c.step} of task {c.task!r} has no admissible actions")
+        rng = rng if rng is not None else np.random.default_rng()
+        prompts = prompts if prompts is not None else self.build_prompts(contexts)
+        if self.action_mode == "score":
+            scores = self.backend.score_actions(prompts, [list(c.admissible) for c in contexts])
+            out = []
+            for c, p, s in zip(contexts, prompts, scores):
+                i, probs = choose_action(s, c.admissible, self.temperature, rng, self.length_normalised)
+                out.append(AgentAction(c.admissible[i], i, probs, p))
+            return out
+        from dmr_rl.models.backends.base import SamplingParams
+
+        sampling = SamplingParams(max_new_tokens=self.max_new_tokens, temperature=self.temperature,
+                                  seed=int(rng.integers(2**31)))
+        gens = self.backend.generate(prompts, sampling)
+        out = []
+        for c, p, g in zip(contexts, prompts, gens):
+            action = match_action(g.text, c.admissible)
+            i = list(c.admissible).index(action)
+            out.append(AgentAction(action, i, one_hot(i, len(c.admissible)), p))
+        return out
+
+    @classmethod
+    def from_checkpoint(cls, model_dir, backend, **overrides) -> "LMAgent":
+        """An agent with the settings saved beside a trained checkpoint (``agent_config.json``);
+        ``overrides`` (action_mode, temperature, history_window ...) win. Missing file: defaults."""
+        settings = read_agent_config(model_dir)
+        prompt = PromptConfig.from_dict(settings.get("prompt", {}))
+        kw = {k: settings[k] for k in ("action_mode", "temperature", "max_new_tokens", "length_normalised")
+              if k in settings}
+        kw.update({k: v for k, v in overrides.items() if v is not None})
+        return cls(backend, prompt=prompt, **kw)
+
+
+def read_agent_config(model_dir) -> dict:
+    path = Path(model_dir) / AGENT_CONFIG
+    if not path.exists():
+        return {}
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise ModelError(f"{path}: not valid JSON ({e})") from e
+
+
+class AgentPolicy:
+    """The environments policy protocol over an :class:`LMAgent` (one env, history kept here)."""
+
+    def __init__(self, agent: LMAgent, seed: Optional[int] = 0):
+        self.agent = agent
+        self.rng = np.random.default_rng(seed)
+        self.history: list = []
+        self._last_action: Optional[str] = None
+        self.last_probs: Optional[np.ndarray] = None
+
+    def reset(self, env=None) -> None:
+        self.history = []
+        self._last_action = None
+        self.last_probs = None
+
+    def context(self, obs: str, info: dict) -> StepContext:
+        if self._last_action is not None:
+            self.history.append((self._last_action, obs))
+            self._last_action = None
+        return StepContext(task=str(info.get("task", "")), obs=obs, history=list(self.history),
+                           admissible=list(info.get("admissible_commands") or []),
+                           step=int(info.get("step", len(self.history))),
+                           task_type=str(info.get("task_type", "")))
+
+    def act(self, obs: str, info: dict) -> str:
+        ctx = self.context(obs, info)
+        if not ctx.admissible:
+            action, self.last_probs = "look", None
+        else:
+            action, self.last_probs = self.agent.act([ctx], self.rng)[0]
+        self._last_action = action
+        return action
+
+
+# ---- finding the project's agents and their low-bit copies --------------------------------------
+def agent_dir(env_name: str) -> Path:
+    """The committed agent for ``env_name`` (a ModelError naming the path when there is none)."""
+    d = ASSETS / env_name
+    if not (d / "config.json").exists():
+        raise ModelError(f"no trained agent for {env_name!r} at {d}: run "
+                         f"`dmr train agent --env {env_name} --data DIR --out {d}`")
+    return d
+
+
+def cache_root() -> Path:
+    return Path(os.environ.get("DMR_CACHE", Path.home() / ".cache" / "dmr_rl"))
+
+
+def lp_spec(model_dir) -> dict:
+    """The low-bit copy the agent's ``training.json`` asks for (defaults: AWQ 3 bits, group 32)."""
+    info_path = Path(model_dir) / TRAINING_INFO
+    info = json.loads(info_path.read_text()) if info_path.exists() else {}
+    spec = {"method": "awq", "bits": 3, "group_size": 32}
+    spec.update(info.get("lp", {}))
+    spec.setdefault("dir", f"lp-{spec['method']}-w{spec['bits']}g{spec['group_size']}")
+    return spec
+
+
+def lp_checkpoint(model_dir, env_name: str = "") -> Path:
+    """Directory of the agent's low-bit copy: committed beside it, cached, or produced now."""
+    model_dir = Path(model_dir)
+    spec = lp_spec(model_dir)
+    for cand in (model_dir / spec["dir"], cache_root() / "agents" / (env_name or model_dir.name) / spec["dir"]):
+        if (cand / "config.json").exists():
+            return cand
+    out = cache_root() / "agents" / (env_name or model_dir.name) / spec["dir"]
+    from dmr_rl.models.quantize import quantize_checkpoint
+
+    calib = calibration_prompts(model_dir)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    quantize_checkpoint(str(model_dir), str(out), spec["method"], int(spec["bits"]),
+                        int(spec["group_size"]), calib)
+    return out
+
+
+def calibration_prompts(model_dir, limit: int = 64) -> list[str]:
+    path = Path(model_dir) / "calib_prompts.json"
+    if not path.exists():
+        raise ModelError(f"{path} is missing: the agent's own prompts are needed to calibrate AWQ")
+    return list(json.loads(path.read_text()))[:limit]
+
+
+def load_agent(model_dir, **overrides) -> LMAgent:
+    """An :class:`LMAgent` over the checkpoint in ``model_dir`` (any backend load_backend knows)."""
+    from dmr_rl.models import load_backend
+
+    model_dir = Path(model_dir)
+    if not model_dir.is_dir():
+        raise ModelError(f"model directory {model_dir} does not exist")
+    backend = load_backend(model_path=str(model_dir))
+    # a low-bit copy carries no agent_config.json of its own: use its parent agent's
+    cfg_dir = model_dir if (model_dir / AGENT_CONFIG).exists() else model_dir.parent
+    return LMAgent.from_checkpoint(cfg_dir, backend, **overrides)
+
+
+def agent_policy_from_args(args, env) -> AgentPolicy:
+    """``dmr env eval --policy agent``: ``--model DIR`` or the project's agent at ``--tier``."""
+    model = getattr(args, "model", "") or ""
+    tier = (getattr(args, "tier", "hp") or "hp").lower()
+    env_name = getattr(args, "env", "") or getattr(env, "name", "")
+    if model:
+        model_dir = Path(model)
+    elif tier == "hp":
+        model_dir = agent_dir(env_name)
+    elif tier == "lp":
+        model_dir = lp_checkpoint(agent_dir(env_name), env_name)
+    else:
+        raise ModelError(f"unknown tier {tier!r}; known: hp, lp")
+    temperature = 0.0 if getattr(args, "temperature", None) is None else args.temperature
+    return AgentPolicy(load_agent(model_dir, temperature=temperature), seed=getattr(args, "seed", 0))
