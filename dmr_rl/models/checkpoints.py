@@ -84,7 +84,8 @@ def load_causal_lm(path, dtype: str = "float32", device: str = "cpu"):
     p = check_model_dir(path)
     td = torch_dtype(dtype)
     try:
-        model = AutoModelForCausalLM.from_pretrained(str(p), dtype=td, local_files_only=True)
+        kw = {} if str(device) == "cpu" else {"device_map": device}
+        model = AutoModelForCausalLM.from_pretrained(str(p), dtype=td, local_files_only=True, **kw)
     except Exception as e:  # noqa: BLE001
         raise ModelError(f"corrupt checkpoint {str(p)!r}: {type(e).__name__}: {str(e)[:300]}") from None
     return model.to(device).eval()

@@ -56,6 +56,11 @@ class TransformersBackend(Backend):
     def weight_bytes(self) -> float:
         return self._weight_bytes
 
+    def _no_grad(self):
+        import torch
+
+        return torch.inference_mode()
+
     # ------------------------------------------------------------------------------------------
     # tokenisation helpers
     # ------------------------------------------------------------------------------------------
@@ -93,7 +98,7 @@ class TransformersBackend(Backend):
         p_pos = (p_mask.cumsum(-1) - 1).clamp(min=0)
         p_len = p_mask.sum(-1)
         forwards = 1
-        with torch.inference_mode():
+        with self._no_grad():
             out = self.model(input_ids=p_ids.to(dev), attention_mask=p_mask.to(dev),
                              position_ids=p_pos.to(dev), use_cache=True, logits_to_keep=1)
             last = out.logits[:, -1, :].float()  # [P, V]
@@ -224,7 +229,7 @@ class TransformersBackend(Backend):
             kw = dict(do_sample=False) if greedy else dict(do_sample=True, temperature=sampling.temperature,
                                                              top_p=sampling.top_p, top_k=0)
             stop = _stop_on_strings(tok, list(sampling.stop), L) if any(sampling.stop) else None
-            with torch.inference_mode():
+            with self._no_grad():
                 out = self.model.generate(
                     input_ids=ids.to(self.device), attention_mask=mask.to(self.device),
                     max_new_tokens=sampling.max_new_tokens, pad_token_id=tok.pad_token_id,
