@@ -14,6 +14,8 @@ def register(sub, groups) -> None:
                    help="restrict to these methods (baseline names and/or router NAMEs); default: all")
     e.add_argument("--causal", action="store_true",
                    help="also run the causal check (needs one --router-ckpt; episodes: eval.causal_episodes)")
+    e.add_argument("--causal-share", type=float, default=None, metavar="SHARE",
+                   help="causal check: flag the top SHARE of each seed's steps by P(HP) (default: the router's threshold)")
     e.add_argument("--report", action="store_true", help="write the report afterwards (dmr report)")
     e.add_argument("--no-progress", action="store_true")
     e.set_defaults(func=_eval)
@@ -39,15 +41,21 @@ def _eval(args) -> int:
     cfg = load_config(args.config, args.overrides)
     save_config(cfg, f"{cfg.run_dir}/eval/config.yaml")
     ckpts = evaluate.parse_router_ckpts(args.router_ckpt)
-    path = evaluate.run(cfg, ckpts, methods=args.methods, progress=not args.no_progress)
-    print(f"results: {path}")
-    if args.causal:
-        from dmr_rl.pipeline import causal
+    dirs = [d for ds in ckpts.values() for d in ds]
+    if args.causal and len(dirs) != 1:
+        raise FileNotFoundError("--causal needs exactly one --router-ckpt")
+    group, clients = evaluate.start_group(cfg)  # one set of actors for the sweep and the causal check
+    try:
+        path = evaluate.run(cfg, ckpts, methods=args.methods, group=group, progress=not args.no_progress)
+        print(f"results: {path}")
+        if args.causal:
+            from dmr_rl.pipeline import causal
 
-        dirs = [d for ds in ckpts.values() for d in ds]
-        if len(dirs) != 1:
-            raise FileNotFoundError("--causal needs exactly one --router-ckpt")
-        print(f"causal check: {causal.run(cfg, dirs[0], progress=not args.no_progress)}")
+            cpath = causal.run(cfg, dirs[0], group=group, flag_share=args.causal_share,
+                               progress=not args.no_progress)
+            print(f"causal check: {cpath}")
+    finally:
+        evaluate.stop_group(group, clients)
     if args.report:
         from dmr_rl.report import write
 

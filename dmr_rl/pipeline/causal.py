@@ -124,11 +124,9 @@ def run(cfg, router_ckpt, group=None, episodes: Optional[int] = None, max_forced
     root = layout.causal_dir(run_dir)
     own, clients = group is None, None
     if own:
-        from dmr_rl.serving import launcher
+        from dmr_rl.pipeline.evaluate import start_group
 
-        launcher.ray_init(cfg.ray, run_dir)
-        clients = launcher.create_tier_clients(cfg, ("hp", "lp"))
-        group = launcher.create_rollout_group(cfg, clients, root / "_worker_shards", split=cfg.env.eval_split)
+        group, clients = start_group(cfg, root / "_worker_shards")
     counts_by_seed = {}
     try:
         n_tasks = num_tasks_of(group)
@@ -156,9 +154,9 @@ def run(cfg, router_ckpt, group=None, episodes: Optional[int] = None, max_forced
         bar.close()
     finally:
         if own:
-            from dmr_rl.serving import launcher
+            from dmr_rl.pipeline.evaluate import stop_group
 
-            launcher.shutdown_all(group, clients)
+            stop_group(group, clients)
     meta = {"router_ckpt": str(router_ckpt), "threshold": thr, "flag_share": flag_share, "max_forced": max_forced,
             "episodes_per_seed": n_eps, "seeds": [int(s) for s in cfg.eval.seeds], "counts": counts_by_seed}
     path = root / "causal.json"

@@ -140,6 +140,28 @@ def task_sample(num_tasks: int, episodes: int, seed: int) -> list:
     return [int(t) for t in np.concatenate([rng.permutation(num_tasks) for _ in range(reps)])[:episodes]]
 
 
+def start_group(cfg, shard_dir=None):
+    """Ray (local or ``ray.address``), both tiers' model servers and ``collect.num_workers``
+    rollout workers on the evaluation split. Returns (group, clients); stop with :func:`stop_group`."""
+    from dmr_rl.serving import launcher
+
+    launcher.ray_init(cfg.ray, cfg.run_dir)
+    clients = launcher.create_tier_clients(cfg, ("hp", "lp"))
+    try:
+        group = launcher.create_rollout_group(cfg, clients, shard_dir or layout.eval_dir(cfg.run_dir) / "_worker_shards",
+                                              split=cfg.env.eval_split)
+    except BaseException:
+        launcher.shutdown_all(None, clients)
+        raise
+    return group, clients
+
+
+def stop_group(group, clients) -> None:
+    from dmr_rl.serving import launcher
+
+    launcher.shutdown_all(group, clients)
+
+
 def num_tasks_of(group) -> int:
     w = group.workers[0]
     if group.local:
@@ -198,13 +220,8 @@ def run(cfg, router_ckpt=None, methods: Optional[list] = None, group=None, progr
     timers, own = Timers(), group is None
     clients = None
     if own:
-        from dmr_rl.serving import launcher
-
         with timers("start"):
-            launcher.ray_init(cfg.ray, run_dir)
-            clients = launcher.create_tier_clients(cfg, ("hp", "lp"))
-            group = launcher.create_rollout_group(cfg, clients, layout.eval_dir(run_dir) / "_worker_shards",
-                                                  split=cfg.env.eval_split)
+            group, clients = start_group(cfg)
     try:
         n_tasks = num_tasks_of(group)
         seeds = [int(s) for s in cfg.eval.seeds]
@@ -225,9 +242,7 @@ def run(cfg, router_ckpt=None, methods: Optional[list] = None, group=None, progr
             results = tables.summarise(run_dir, n_boot=cfg.eval.bootstrap, boot_seed=int(cfg.seed))
     finally:
         if own:
-            from dmr_rl.serving import launcher
-
-            launcher.shutdown_all(group, clients)
+            stop_group(group, clients)
     results["timers_s"] = timers.as_dict()
     results["split"], results["episodes_per_seed"] = cfg.env.eval_split, cfg.eval.episodes
     from dmr_rl.report.writer import _json_safe

@@ -218,7 +218,7 @@ def markdown(results: dict, plots: Optional[list] = None) -> str:
         for m, t in results["tradeoff"].items():
             b, vr = t.get("at_hp_budget"), t.get("vs_random") or {}
             best = (f"{b['point']} (HP {_f(b['hp_ratio'])}) | {_f(b['success'])} {_ci(b['success_ci'])} | "
-                    f"{_f(100 * b['share_of_hp_only'], '{:.1f}')}%") if b else "- | - | -"
+                    f"{_f(100 * b['share_of_hp_only'], '{:.1f}%')}") if b else "- | - | -"
             wins = sum(v["beats_random"] for v in vr.values())
             lines.append(f"| {m} | {best} | {wins if vr else '-'} | {len(vr) if vr else '-'} |")
     else:
