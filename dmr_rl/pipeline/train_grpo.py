@@ -17,7 +17,7 @@ advantage); ``grpo.epochs_per_iter`` LearnerGroup updates; new weights. Checkpoi
 ``grpo.checkpoint_every`` iterations and after the last one:
 ``<out_dir>/checkpoints/iter_XXXX/{learner/, router.pt, router.json, state.json}`` and
 ``<out_dir>/checkpoints/LATEST`` (written last, so a crash mid-checkpoint leaves the previous
-one valid). ``resume=True`` restores learner (weights + optimizer), iteration count, RNG and
+one valid; a fresh run in the same directory drops the old LATEST first). ``resume=True`` restores learner (weights + optimizer), iteration count, RNG and
 history from LATEST. The final router is saved to ``<out_dir>/router``.
 
 TensorBoard scalars: train/success, train/hp_ratio, train/reward, grpo/kl_to_ref,
@@ -35,6 +35,7 @@ import numpy as np
 
 from dmr_rl.algos.grpo import broadcast_to_steps, episode_rewards, group_advantages
 
+# lp_hidden routers: each StepRecord carries the LP hidden vector in ``extra["lp_hidden"]``.
 GRPO_SCALARS = ("kl_to_ref", "clip_frac", "pg_loss", "entropy", "ratio_mean", "loss")
 
 
@@ -176,6 +177,9 @@ def fit(cfg, rollout_fn: Callable, out_dir, *, num_tasks: int, init_router: Opti
             start = int(state["iteration"]) + 1
         else:
             reset_learner_group(lg, ref.get_weights())
+            stale = _ckpt_root(out) / "LATEST"
+            if stale.is_file():  # a fresh run in a used dir: never resume into the old run
+                stale.unlink()
         policy.set_weights(router_weights(lg))
 
         writer = SummaryWriter(log_dir) if log_dir else None

@@ -117,6 +117,9 @@ class LPHiddenFeatures(TokenFeatures):
         if lp_hidden is None or len(lp_hidden) != len(contexts):
             raise ValueError(f"lp_hidden features need one hidden vector per context "
                              f"({len(contexts)}), got {None if lp_hidden is None else len(lp_hidden)}")
+        if any(v is None for v in lp_hidden):
+            raise ValueError("lp_hidden features: a context has no hidden vector (None); the rollout "
+                             "must record the LP model's hidden state at every step")
         h = np.asarray(np.stack([np.asarray(v, dtype=np.float32).reshape(-1) for v in lp_hidden]))
         if h.shape[1] != self.hidden_dim:
             raise ValueError(f"lp_hidden vectors have size {h.shape[1]}, router expects {self.hidden_dim}")
