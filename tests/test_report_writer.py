@@ -146,3 +146,13 @@ def test_budget_and_random_comparison_by_hand():
     b = _at_budget(router, {"success": 0.8}, 0.40)
     assert b["point"] == "t0.5" and b["share_of_hp_only"] == pytest.approx(0.77 / 0.8)
     assert _at_budget({"x": pt(0.9, 1.0, 1, 1)}, {"success": 0.8}, 0.4) is None
+
+
+def test_dmr_report_command(run_dir, tmp_path, capsys):
+    from dmr_rl.cli import main
+
+    root, _ = run_dir
+    assert main(["report", str(root), "--no-tensorboard", "--bootstrap", "50"]) == 0
+    assert str(root / "report" / "report.md") in capsys.readouterr().out
+    assert main(["report", str(tmp_path / "missing")]) == 2
+    assert "run directory not found" in capsys.readouterr().err
