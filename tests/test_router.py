@@ -143,7 +143,7 @@ def test_rl_module_forward_equals_the_plain_network(router):
     np.testing.assert_allclose(out, router.logits(contexts), rtol=1e-5, atol=1e-6)
 
 
-def test_cost_per_decision_is_well_under_a_millisecond(router):
+def test_cost_per_decision_stays_small(router):
     """Batch of 8 ALFWorld-sized contexts, one torch thread; best of 5 rounds of 20 calls."""
     obs = ("You are in the middle of a room. Looking quickly around you, you see a cabinet 6, a cabinet 5, "
            "a cabinet 4, a countertop 2, a drawer 3, a fridge 1, a garbagecan 1, a microwave 1, a sinkbasin 1.")
@@ -160,7 +160,9 @@ def test_cost_per_decision_is_well_under_a_millisecond(router):
         torch.set_num_threads(prev)
     per_decision_ms = best / 8 * 1e3
     print(f"router cost: {per_decision_ms:.3f} ms/decision (batch of 8)")
-    assert per_decision_ms < 1.0
+    # ~0.25-0.45 ms measured here (2 shared cores); the bound leaves room for a loaded CI box
+    # and still catches unpooled attention over every word piece (~1.6 ms/decision unloaded)
+    assert per_decision_ms < 1.5
 
 
 def _timed(fn, n):
