@@ -103,7 +103,9 @@ def episode_metrics(episodes: list) -> dict:
     hp_ratio pools steps over episodes (HP steps / all steps); episode_hp_ratio averages the
     per-episode shares. cost_per_episode is modelled weight bytes read (StepRecord.weight_bytes,
     which the rollout charges for every forward, both tiers for cascade/oracle steps).
-    latency_<tier>_s is the mean measured seconds of a step acted by that tier.
+    latency_<tier>_s is the mean measured seconds of a step acted by that tier; tokens_<tier> the
+    tokens of the steps acted by that tier (a cascade or KL-oracle step records the tokens and
+    latency of both tiers' calls under the tier that acted).
     """
     n = len(episodes)
     if n == 0:
