@@ -44,16 +44,18 @@ def _fresh_dir(out: Path) -> None:
 
 
 def run(cfg, local: bool = False, record_kl: bool = False, progress: bool = True,
-        backend_specs: Optional[dict] = None) -> dict:
+        backend_specs: Optional[dict] = None, torch_threads: Optional[int] = 1) -> dict:
     """Collect ``cfg.collect.episodes`` episodes; returns the summary (also written to disk).
 
-    ``local``: in-process tiers and workers instead of Ray actors. ``backend_specs``: per tier a
-    zero-argument Backend factory replacing the configured one (tests)."""
+    ``local``: in-process tiers and workers instead of Ray actors (``torch_threads`` intra-op
+    threads for them; Ray actors use one each). ``backend_specs``: per tier a zero-argument
+    Backend factory replacing the configured one (tests)."""
     from tqdm import tqdm
 
     from dmr_rl.pipeline.timing import Timers
     from dmr_rl.rollout.records import TrajectoryStore
     from dmr_rl.serving import launcher
+    from dmr_rl.serving.clients import torch_threads_set
 
     timers = Timers()
     c = cfg.collect
@@ -69,8 +71,9 @@ def run(cfg, local: bool = False, record_kl: bool = False, progress: bool = True
             group = launcher.create_rollout_group(cfg, clients, out, local=local, record_kl=record_kl)
             num_tasks = group.num_tasks()
         tasks = task_order(num_tasks, c.episodes, c.seed)
-        with timers("rollout"), tqdm(total=len(tasks), desc=f"collect ({c.policy})", unit="ep",
-                                     disable=not progress, dynamic_ncols=True) as bar:
+        with timers("rollout"), torch_threads_set(torch_threads if local else None), \
+                tqdm(total=len(tasks), desc=f"collect ({c.policy})", unit="ep", disable=not progress,
+                     dynamic_ncols=True) as bar:
             summary = group.run_episodes(tasks, method=c.policy, seed=c.seed, sample=False,
                                          chunk=c.num_workers * c.envs_per_worker, progress=bar.update)
         with timers("cost"):

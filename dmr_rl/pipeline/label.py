@@ -83,10 +83,12 @@ def step_kls(clients: dict, steps: list, space: str, batch_size: int = 16, progr
 
 
 def run(cfg, traj_dir: Optional[str] = None, out_path: Optional[str] = None, local: bool = True,
-        progress: bool = True, backend_specs: Optional[dict] = None, batch_size: int = 16) -> dict:
+        progress: bool = True, backend_specs: Optional[dict] = None, batch_size: int = 16,
+        torch_threads: Optional[int] = 1) -> dict:
     """Label the steps of the trajectories in ``traj_dir`` (default: the collect directory).
 
-    ``local``: tiers in this process (default; one batched pass) or Ray model servers."""
+    ``local``: tiers in this process (default; one batched pass) or Ray model servers.
+    ``torch_threads``: intra-op threads for in-process tiers (1 is fastest on a shared 2-core box)."""
     from tqdm import tqdm
 
     from dmr_rl.pipeline.collect import collect_dir
@@ -94,6 +96,7 @@ def run(cfg, traj_dir: Optional[str] = None, out_path: Optional[str] = None, loc
     from dmr_rl.pipeline.train_sft import step_row, write_labelled_steps
     from dmr_rl.rollout.records import TrajectoryStore
     from dmr_rl.serving import launcher
+    from dmr_rl.serving.clients import torch_threads_set
 
     timers = Timers()
     lc = cfg.label
@@ -114,8 +117,9 @@ def run(cfg, traj_dir: Optional[str] = None, out_path: Optional[str] = None, loc
             if not local:
                 launcher.ray_init(cfg.ray, cfg.run_dir)
             clients = launcher.create_tier_clients(cfg, ("hp", "lp"), local=local, backend_specs=backend_specs)
-        with timers("kl"), tqdm(total=len(steps), desc=f"label (KL over {lc.kl_space})", unit="step",
-                                disable=not progress, dynamic_ncols=True) as bar:
+        with timers("kl"), torch_threads_set(torch_threads if local else None), \
+                tqdm(total=len(steps), desc=f"label (KL over {lc.kl_space})", unit="step",
+                     disable=not progress, dynamic_ncols=True) as bar:
             kls = step_kls(clients, steps, lc.kl_space, batch_size, bar.update)
     finally:
         if clients and not local:

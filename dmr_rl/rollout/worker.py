@@ -372,12 +372,15 @@ class RolloutGroup:
         """Run the tasks over all workers; a merged summary (``episode_records`` with
         ``return_episodes``). ``chunk`` > 0 sends the list in chunks (progress updates);
         ``progress``: a callable given the number of episodes just finished."""
+        t0 = time.perf_counter()
         tasks = [int(t) for t in task_indices]
         size = len(tasks) if chunk <= 0 else int(chunk)
         parts = []
         for start in range(0, len(tasks), max(1, size)):
             parts += self._run_chunk(tasks[start:start + size], start, method, seed, sample, return_episodes, progress)
         merged = merge_summaries(parts)
+        merged["seconds"] = time.perf_counter() - t0  # wall time of the whole call
+        merged = with_rates(merged)
         if return_episodes:
             merged["episode_records"] = [e for p in parts for e in p.get("episode_records", [])]
         return merged

@@ -15,12 +15,29 @@ from __future__ import annotations
 
 import itertools
 import time
+from contextlib import contextmanager
 from typing import Optional
 
 from dmr_rl.errors import ActorError
 from dmr_rl.serving.model_server import apportion_cost, make_backend
 
 CALLS = ("score_actions", "token_distributions", "generate")
+
+
+@contextmanager
+def torch_threads_set(n):
+    """Temporarily set torch's intra-op threads (no-op for None/0)."""
+    if not n:
+        yield
+        return
+    import torch
+
+    prev = torch.get_num_threads()
+    torch.set_num_threads(int(n))
+    try:
+        yield
+    finally:
+        torch.set_num_threads(prev)
 
 
 class LocalTierClient:
