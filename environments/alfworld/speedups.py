@@ -5,7 +5,11 @@ grammar, and it re-parses the same template strings (``go to [{r.name | ...}]``)
 conjunctive queries (``atlocation(a:agent, l:location) & ...``) with tatsu every time: that
 parsing was ~60% of a step. Every ``reset`` (and ``load``) also re-translates the same PDDL
 problem to SAS twice with Fast Downward's Python translator. ``install()`` memoises both parses
-and the translation by their input strings (the translation for the 64 latest problems); the cached
+and the translation by their input strings (the translation for the 64 latest problems). The
+text generator also deep-copies its derivation context (entity infos, variable mappings) for
+every symbol it expands (~85% of what was left of a step); nothing in the derivation mutates
+those values, only the two dicts (``dict.update`` in ``query``), so ``install()`` makes
+``copy_context`` copy the dicts and share the values. The cached
 parse is deep-copied before use where TextWorld mutates it (symbols get a context), and queries
 (``Rule`` objects) are only read. Outputs are unchanged (tests compare observations and
 admissible commands with and without it); :func:`uninstall` restores the originals.
@@ -59,6 +63,15 @@ def install() -> None:
 
     _ORIGINALS["pddl2sas"] = (fast_downward, pddl2sas)
     fast_downward.pddl2sas = fast_pddl2sas
+    copy_context = textgen.copy_context
+
+    def shallow_copy_context(context):
+        return {"state": context["state"], "facts": context["facts"],
+                "variables": dict(context["variables"]), "mapping": dict(context["mapping"]),
+                "entity_infos": context["entity_infos"]}
+
+    _ORIGINALS["copy_context"] = (textgen, copy_context)
+    textgen.copy_context = shallow_copy_context
     _ORIGINALS["textgen"] = (textgen, parse_and_convert)
     _ORIGINALS["rule"] = (Rule, Rule.__dict__["parse_conjunctive_query"])
     textgen._parse_and_convert = fast_parse_and_convert
@@ -71,6 +84,8 @@ def uninstall() -> None:
         return
     module, fn = _ORIGINALS.pop("pddl2sas")
     module.pddl2sas = fn
+    module, fn = _ORIGINALS.pop("copy_context")
+    module.copy_context = fn
     module, fn = _ORIGINALS.pop("textgen")
     module._parse_and_convert = fn
     cls, descriptor = _ORIGINALS.pop("rule")
