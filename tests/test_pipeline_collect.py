@@ -98,3 +98,25 @@ def test_label_rules_and_stats_by_hand():
     assert labels.tolist() == [0, 1, 1] and thr == 0.1
     s = kl_stats([1.0] * 19 + [81.0])
     assert s["top5_share"] == pytest.approx(81.0 / 100.0) and s["p50"] == 1.0 and s["mean"] == 5.0
+
+
+def test_named_timers_accumulate_and_reach_tensorboard(tmp_path):
+    import time
+
+    from dmr_rl.pipeline.timing import Timers
+
+    t = Timers()
+    for _ in range(2):
+        with t("rollout"):
+            time.sleep(0.01)
+    t.add("update", 0.5)
+    d = t.as_dict()
+    assert d["rollout"] >= 0.02 and t.counts["rollout"] == 2 and d["update"] == 0.5
+    assert 0.01 <= t.last("rollout") < d["rollout"]
+    t.write_tensorboard(tmp_path)
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    acc = EventAccumulator(str(tmp_path))
+    acc.Reload()
+    assert set(acc.Tags()["scalars"]) == {"time/rollout", "time/update"}
+    assert acc.Scalars("time/update")[0].value == 0.5

@@ -114,3 +114,18 @@ def test_killed_rollout_worker_loses_no_finished_trajectory(ray_session, alfworl
     finally:
         for c in clients.values():
             c.shutdown()
+
+
+def test_generate_mode_matches_text_to_admissible_and_records_token_kl(alfworld_data, tmp_path):
+    from dmr_rl.rollout.worker import ActingSpec
+
+    spec = EnvSpec("alfworld", alfworld_data, "train", max_steps=3)
+    w = RolloutWorker(0, _clients(), spec, num_envs=2, shard_dir=str(tmp_path), record_kl=True,
+                      acting=ActingSpec(action_mode="generate", max_new_tokens=4))
+    s = w.run_episodes([0, 1], method="lp")
+    steps = [x for e in TrajectoryStore.read(tmp_path) for x in e.steps]
+    assert s["hp_ratio"] == 0.0 and len(steps) == s["steps"]
+    for x in steps:
+        assert x.tier == LP and x.action in x.admissible and x.extra["action_prob"] == 1.0  # one-hot
+        assert x.gen_tokens > 0 and x.weight_bytes == LP_BYTES * (1 + x.gen_tokens)
+        assert x.kl is not None and x.kl > 0  # teacher-forced token KL between different salts

@@ -88,6 +88,7 @@ def run(cfg, local: bool = False, record_kl: bool = False, progress: bool = True
         from dmr_rl.pipeline.label import kl_stats
 
         summary["kl"] = kl_stats(kls)
+    timers.write_tensorboard(Path(cfg.run_dir) / "tb" / "collect")
     path = out.parent / "collect_summary.json"
     path.write_text(json.dumps(summary, indent=1, default=float))
     summary["summary_path"] = str(path)

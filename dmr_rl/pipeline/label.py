@@ -135,6 +135,7 @@ def run(cfg, traj_dir: Optional[str] = None, out_path: Optional[str] = None, loc
              "mode": lc.mode, "rho": lc.rho, "threshold": thr, "kl_space": lc.kl_space,
              "kl": kl_stats(kls), "timers_s": timers.as_dict()}
     (path.parent / "label_stats.json").write_text(json.dumps(stats, indent=1))
+    timers.write_tensorboard(Path(cfg.run_dir) / "tb" / "label")
     return stats
 
 

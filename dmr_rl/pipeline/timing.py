@@ -58,6 +58,16 @@ class Timers:
         for name, value in source.items():
             writer.add_scalar(f"time/{name}", float(value), step)
 
+    def write_tensorboard(self, log_dir, step: int = 0) -> None:
+        """Write the accumulated ``time/<name>`` scalars to a new event file in ``log_dir``."""
+        from torch.utils.tensorboard import SummaryWriter
+
+        writer = SummaryWriter(str(log_dir))
+        try:
+            self.log(writer, step)
+        finally:
+            writer.close()
+
     def summary(self) -> str:
         """One line: ``rollout 12.3s (4x) | label 1.2s (1x)``."""
         return " | ".join(f"{k} {v:.1f}s ({self.counts[k]}x)" for k, v in self.seconds.items())
