@@ -1,0 +1,175 @@
+"""Benchmark of the precision tiers: speed per tier and batch size, beside modelled weight bytes.
+
+    python experiments/bench_models.py                       # SmolLM2 if cached, else a tiny model
+    python experiments/bench_models.py --model DIR --awq DIR --batch-sizes 1 4 16
+
+Sections (each a function returning rows, so other sections can be added beside them):
+
+- :func:`bench_throughput`: generated tokens/s (greedy decode) and scored token positions/s
+  (``score_actions``) per tier and batch size, with weight bytes; printed as ratios to fp32.
+- :func:`bench_score_actions`: the rollout hot path, one step = one prompt and C admissible
+  actions: batched KV-reuse ``score_actions`` against a naive one-forward-per-candidate loop.
+
+On this CPU, low-bit tiers do not run faster (weights are decompressed, or dequantized per
+forward); the wall-clock gain of low precision shows on GPUs, hence the modelled bytes column.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from dmr_rl.models.backends.base import SamplingParams  # noqa: E402
+
+OBS = ("You are in the middle of a room. Looking quickly around you, you see a cabinet 6, a cabinet 5, "
+       "a cabinet 4, a cabinet 3, a cabinet 2, a cabinet 1, a coffeemachine 1, a countertop 3, a countertop 2, "
+       "a countertop 1, a drawer 3, a drawer 2, a drawer 1, a fridge 1, a garbagecan 1, a microwave 1, "
+       "a shelf 3, a shelf 2, a shelf 1, a sinkbasin 1, a stoveburner 4, a stoveburner 3, a toaster 1.")
+ACTIONS = ([f"go to cabinet {i}" for i in range(1, 7)] + [f"go to drawer {i}" for i in range(1, 4)]
+           + [f"go to countertop {i}" for i in range(1, 4)] + [f"go to shelf {i}" for i in range(1, 4)]
+           + ["go to fridge 1", "go to microwave 1", "go to sinkbasin 1", "go to toaster 1", "inventory",
+              "look", "go to coffeemachine 1", "go to garbagecan 1", "examine countertop 1"])
+
+
+def step_prompt(i: int, history: int = 3) -> str:
+    lines = [f"Task: put a clean mug {i} in the coffeemachine."]
+    for k in range(history):
+        lines += [f"> go to cabinet {k + 1}", f"You arrive at cabinet {k + 1}. The cabinet {k + 1} is closed."]
+    lines += [OBS, "Actions: " + " | ".join(ACTIONS)]
+    return "\n".join(lines) + "\n>"
+
+
+def load_tiers(model_dir: str, awq_dir: str = "", quanto: bool = True) -> dict:
+    """name -> backend: fp32, bf16, AWQ (compressed, decompressed on CPU), quanto int8/int4."""
+    from dmr_rl.models import load_backend
+
+    tiers = {"fp32": load_backend(model_path=model_dir, dtype="float32"),
+             "bf16": load_backend(model_path=model_dir, dtype="bfloat16")}
+    if awq_dir:
+        tiers["awq"] = load_backend(model_path=awq_dir, backend="compressed")
+    if quanto:
+        tiers["quanto-w8"] = load_backend(model_path=model_dir, backend="quanto", bits=8)
+        tiers["quanto-w4"] = load_backend(model_path=model_dir, backend="quanto", bits=4)
+    return tiers
+
+
+def bench_throughput(tiers: dict, batch_sizes=(1, 4, 16), new_tokens: int = 16, n_cands: int = 20,
+                     repeats: int = 1) -> list:
+    """Rows: tier, batch, gen tok/s, score positions/s, weight bytes."""
+    rows = []
+    for name, be in tiers.items():
+        for b in batch_sizes:
+            prompts = [step_prompt(i) for i in range(b)]
+            be.generate(prompts[:1], SamplingParams(max_new_tokens=2, stop=()))  # warm-up
+            t0, n0 = time.perf_counter(), be.cost.generated_tokens
+            for _ in range(repeats):
+                be.generate(prompts, SamplingParams(max_new_tokens=new_tokens, stop=()))
+            gen_s = time.perf_counter() - t0
+            gen_tok = be.cost.generated_tokens - n0
+            t0, p0 = time.perf_counter(), be.cost.prompt_tokens
+            for _ in range(repeats):
+                be.score_actions(prompts, [ACTIONS[:n_cands]] * b)
+            sc_s = time.perf_counter() - t0
+            sc_tok = be.cost.prompt_tokens - p0
+            rows.append({"tier": name, "batch": b, "gen_tok_s": gen_tok / gen_s,
+                         "score_pos_s": sc_tok / sc_s, "score_step_ms": 1000 * sc_s / (repeats * b),
+                         "weight_bytes": be.weight_bytes})
+    return rows
+
+
+def naive_score(be, prompt: str, cands: list) -> np.ndarray:
+    """One full forward per candidate (the reference the batched path must beat)."""
+    import torch
+
+    tok = be.tokenizer
+    p = tok(prompt)["input_ids"]
+    out = []
+    with torch.no_grad():
+        for c in cands:
+            ids = tok(c, add_special_tokens=False)["input_ids"]
+            logp = torch.log_softmax(be.model(input_ids=torch.tensor([p + ids])).logits[0].float(), -1)
+            out.append(sum(float(logp[len(p) - 1 + t, x]) for t, x in enumerate(ids)))
+    return np.array(out)
+
+
+def bench_score_actions(be, n_cands=(10, 20, 29), repeats: int = 3) -> list:
+    """Rows: candidates, prompt tokens, batched ms, naive ms, speed-up, max |difference|."""
+    rows = []
+    prompt = step_prompt(0)
+    n_prompt = len(be.tokenizer(prompt)["input_ids"])
+    for c in n_cands:
+        cands = ACTIONS[:c]
+        be.score_actions([prompt], [cands])
+        t0 = time.perf_counter()
+        for _ in range(repeats):
+            got = be.score_actions([prompt], [cands])[0].sum_logprobs
+        fast = (time.perf_counter() - t0) / repeats
+        t0 = time.perf_counter()
+        ref = naive_score(be, prompt, cands)
+        slow = time.perf_counter() - t0
+        rows.append({"candidates": c, "prompt_tokens": n_prompt, "batched_ms": 1000 * fast,
+                     "naive_ms": 1000 * slow, "speedup": slow / fast,
+                     "max_abs_diff": float(np.abs(got - ref).max())})
+    return rows
+
+
+def format_table(rows: list, ratio_to: str = "fp32") -> str:
+    """Throughput rows side by side, each also as a ratio to the ``ratio_to`` tier at the same batch."""
+    base = {r["batch"]: r for r in rows if r["tier"] == ratio_to}
+    head = f"{'tier':<11}{'batch':>6}{'gen tok/s':>11}{'x':>7}{'score pos/s':>13}{'x':>7}{'ms/step':>9}{'weight MB':>11}{'x':>7}"
+    out = [head, "-" * len(head)]
+    for r in rows:
+        b = base.get(r["batch"], r)
+        out.append(f"{r['tier']:<11}{r['batch']:>6}{r['gen_tok_s']:>11.1f}{r['gen_tok_s'] / b['gen_tok_s']:>7.2f}"
+                   f"{r['score_pos_s']:>13.0f}{r['score_pos_s'] / b['score_pos_s']:>7.2f}{r['score_step_ms']:>9.1f}"
+                   f"{r['weight_bytes'] / 1e6:>11.1f}{r['weight_bytes'] / b['weight_bytes']:>7.3f}")
+    return "\n".join(out)
+
+
+def default_model() -> tuple:
+    """SmolLM2 (and its AWQ copy) when cached, else a tiny random Llama quantized on the spot."""
+    from dmr_rl.models import smollm2
+    from dmr_rl.models.checkpoints import cache_root, make_tiny_checkpoint
+    from dmr_rl.models.quantize import quantize_checkpoint
+
+    if smollm2.is_cached():
+        awq = cache_root() / "models" / "smollm2-awq-w4g64"
+        return str(smollm2.smollm2_dir()), str(awq) if (awq / "config.json").exists() else ""
+    tmp = Path(tempfile.mkdtemp(prefix="dmr_bench_"))
+    src = make_tiny_checkpoint(tmp / "tiny", hidden=128, layers=4)
+    quantize_checkpoint(src, tmp / "awq", "awq", 4, 64, [step_prompt(i) for i in range(8)], n_grid=10)
+    return str(src), str(tmp / "awq")
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--model", default="", help="full-precision checkpoint (default: SmolLM2 if cached, else tiny)")
+    ap.add_argument("--awq", default="", help="its compressed-tensors AWQ copy (dmr quantize --out)")
+    ap.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 4, 16])
+    ap.add_argument("--new-tokens", type=int, default=16)
+    ap.add_argument("--no-quanto", action="store_true")
+    ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    args = ap.parse_args(argv)
+    import torch
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    model, awq = (args.model, args.awq) if args.model else default_model()
+    print(f"model: {model}\nawq:   {awq or '(none)'}\ntorch threads: {torch.get_num_threads()}\n")
+    tiers = load_tiers(model, awq, quanto=not args.no_quanto)
+    print("== throughput per tier and batch size (x = ratio to fp32 at the same batch) ==")
+    print(format_table(bench_throughput(tiers, args.batch_sizes, args.new_tokens)))
+    print("\n== score_actions, one step (fp32): batched KV reuse vs one forward per candidate ==")
+    for r in bench_score_actions(tiers["fp32"]):
+        print("  ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in r.items()))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
