@@ -4,6 +4,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -133,3 +134,56 @@ def test_server_that_cannot_load_its_backend_is_named(ray_session, tmp_path):
     with pytest.raises(ActorError, match=r"tier 'hp' failed to start"):
         create_model_servers("hp", TierConfig(), _load(str(tmp_path / "missing")),
                              ready_timeout_s=120)
+
+
+CLUSTER_SCRIPT = r'''
+import functools, sys
+import ray
+from ray.cluster_utils import Cluster
+from dmr_rl.config import RayConfig, TierConfig
+from dmr_rl.errors import ActorError
+from dmr_rl.serving.fake_backend import FakeBackend
+from dmr_rl.serving.launcher import create_model_servers, ray_init
+
+c = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "temp_dir": sys.argv[1]})
+hp_node = c.add_node(num_cpus=1, resources={"hp_model": 2})
+lp_node = c.add_node(num_cpus=1, resources={"lp_model": 1})
+c.wait_for_nodes()
+ray_init(RayConfig(address=c.address), sys.argv[1])
+hp = create_model_servers("hp", TierConfig(resources={"hp_model": 1}, num_replicas=2), functools.partial(FakeBackend, "hp"))
+lp = create_model_servers("lp", TierConfig(resources={"lp_model": 1}), functools.partial(FakeBackend, "lp"))
+assert {r["node_id"] for r in hp.ready()} == {hp_node.node_id}, hp.ready()
+assert [r["node_id"] for r in lp.ready()] == [lp_node.node_id], lp.ready()
+assert len(hp.score_actions(["a >"], [["x", "y"]])[0].sum_logprobs) == 2
+c.remove_node(lp_node)
+try:
+    lp.score_actions(["a >"], [["x", "y"]])
+    raise SystemExit("no error from a server on a removed node")
+except ActorError as e:
+    assert "tier 'lp' replica 0" in str(e), e
+print("PLACEMENT_OK")
+ray.shutdown()
+c.shutdown()
+'''
+
+
+def test_custom_resources_place_tiers_on_their_nodes_of_a_multinode_cluster(tmp_path):
+    """A simulated 3-node cluster (its own Ray, in a subprocess): each tier's replicas land on the
+    node offering its custom resource; losing that node is an ActorError naming the tier."""
+    import os
+    import shutil
+    import subprocess
+    import sys
+    import tempfile
+
+    script = tmp_path / "cluster_check.py"
+    script.write_text(CLUSTER_SCRIPT)
+    temp = tempfile.mkdtemp(prefix="dmrc", dir="/tmp")  # short: Ray's unix sockets live below it
+    root = str(Path(__file__).resolve().parents[1])
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([root, os.environ.get("PYTHONPATH", "")]))
+    try:
+        out = subprocess.run([sys.executable, str(script), temp], capture_output=True, text=True, timeout=240,
+                             env=env, cwd=root)
+    finally:
+        shutil.rmtree(temp, ignore_errors=True)
+    assert "PLACEMENT_OK" in out.stdout, out.stdout[-2000:] + out.stderr[-3000:]

@@ -168,7 +168,7 @@ class TierClient:
             return ray.get(ref, timeout=timeout_s)
         except RayActorError as e:
             raise ActorError(f"model server of tier {self.tier!r} replica {i} died or is unreachable "
-                             f"({type(e).__name__}); restart the run or lower the load on it") from e
+                             f"({type(e).__name__}: its node was lost or its process crashed)") from e
         except GetTimeoutError as e:
             raise ActorError(f"model server of tier {self.tier!r} replica {i} did not answer "
                              f"within {timeout_s} s") from e

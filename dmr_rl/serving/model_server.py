@@ -89,7 +89,13 @@ class ModelServer:
 
     def ready(self) -> dict:
         """Cheap liveness/identity check; the launcher waits on it after creating a replica."""
-        return {"tier": self.tier, "replica": self.replica, "pid": os.getpid(),
+        try:  # the node this replica runs on, when inside Ray
+            import ray
+
+            node = ray.get_runtime_context().get_node_id() if ray.is_initialized() else ""
+        except ImportError:  # pragma: no cover
+            node = ""
+        return {"tier": self.tier, "replica": self.replica, "pid": os.getpid(), "node_id": node,
                 "backend": getattr(self.backend, "name", type(self.backend).__name__),
                 "weight_bytes": float(self.backend.weight_bytes)}
 
