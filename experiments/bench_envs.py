@@ -50,19 +50,30 @@ def _prepare(name: str, args, tmp: str) -> str:
 
 
 def _single(env, episodes: int) -> dict:
-    step_s, reset_s = [], []
+    step_s, reset_s, expert_s, cpu_s = [], [], [], []
     for k in range(episodes):
         t0 = time.perf_counter()
         obs, info = env.reset(options={"task_index": k % env.num_tasks})
         reset_s.append(time.perf_counter() - t0)
         done = False
         while not done:
-            action = env.expert_action()
             t0 = time.perf_counter()
+            action = env.expert_action()
+            expert_s.append(time.perf_counter() - t0)
+            t0, c0 = time.perf_counter(), time.process_time()
             obs, _, terminated, truncated, info = env.step(action)
             step_s.append(time.perf_counter() - t0)
+            cpu_s.append(time.process_time() - c0)
             done = terminated or truncated
+    warm = []
+    for _ in range(5):  # reset of the game already loaded (a new episode of the same task)
+        t0 = time.perf_counter()
+        env.reset(options={"task_index": env.task_index})
+        warm.append(time.perf_counter() - t0)
     return {"steps": len(step_s), "step_median_ms": 1000 * float(np.median(step_s)),
+            "step_cpu_median_ms": 1000 * float(np.median(cpu_s)),
+            "expert_median_ms": 1000 * float(np.median(expert_s)),
+            "reset_same_task_median_ms": 1000 * float(np.median(warm)),
             "step_p90_ms": 1000 * float(np.percentile(step_s, 90)),
             "reset_median_ms": 1000 * float(np.median(reset_s)),
             "steps_per_s": len(step_s) / float(np.sum(step_s))}
@@ -107,8 +118,8 @@ def bench(name: str, args, tmp: str) -> dict:
 
 
 def report(results: list[dict]) -> str:
-    lines = [f"{'env':<9} {'step med ms':>11} {'target':>7} {'ratio':>6} {'p90 ms':>7} {'reset ms':>9} "
-             f"{'steps/s':>8} {'batched steps/s':>16}"]
+    lines = [f"{'env':<9} {'step med ms':>11} {'target':>7} {'ratio':>6} {'p90 ms':>7} {'cpu ms':>7} "
+             f"{'reset ms':>9} {'re-reset':>8} {'expert ms':>9} {'steps/s':>8} {'batched steps/s':>16}"]
     for r in results:
         if "skipped" in r:
             lines.append(f"{r['env']:<9} skipped ({r['skipped']})")
@@ -116,8 +127,17 @@ def report(results: list[dict]) -> str:
         s, b = r["single"], r["batched"]
         verdict = "ok" if r["step_ratio"] <= 1.0 else "OVER"
         lines.append(f"{r['env']:<9} {s['step_median_ms']:>11.2f} {r['target_step_ms']:>7.1f} "
-                     f"{r['step_ratio']:>6.2f} {s['step_p90_ms']:>7.2f} {s['reset_median_ms']:>9.1f} "
+                     f"{r['step_ratio']:>6.2f} {s['step_p90_ms']:>7.2f} {s['step_cpu_median_ms']:>7.2f} "
+                     f"{s['reset_median_ms']:>9.2f} {s['reset_same_task_median_ms']:>8.2f} "
+                     f"{s['expert_median_ms']:>9.2f} "
                      f"{s['steps_per_s']:>8.1f} {b['steps_per_s']:>10.1f} (x{b['batch']})  {verdict}")
+    lines.append("step med/p90: wall ms per env.step; cpu: process CPU ms per step (load-independent); reset: "
+                 "first reset of a task (loads it); re-reset: a new episode of the loaded task; expert: "
+                 "env.expert_action(). ratio = step median / target.")
+    try:
+        lines.append(f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs")
+    except OSError:
+        pass
     return "\n".join(lines)
 
 
