@@ -7,6 +7,7 @@ Sections (each a function returning rows, so other sections can be added beside 
 
 - :func:`bench_throughput`: generated tokens/s (greedy decode) and scored token positions/s
   (``score_actions``) per tier and batch size, with weight bytes; printed as ratios to fp32.
+- :func:`bench_ray_overhead` (``--ray-overhead``): a Ray model-server call against an in-process one.
 - :func:`bench_score_actions`: the rollout hot path, one step = one prompt and C admissible
   actions: batched KV-reuse ``score_actions`` against a naive one-forward-per-candidate loop.
 
@@ -147,6 +148,36 @@ def default_model() -> tuple:
     return str(src), str(tmp / "awq")
 
 
+def bench_ray_overhead(model_dir: str, n_envs=(1, 4, 16), repeats: int = 20) -> list:
+    """Ray call overhead per rollout step: one ``score_actions`` call of ``n`` environments through
+    a ModelServer actor against the same call in-process (both one torch thread). Rows for the
+    model-free FakeBackend (pure transport) and for ``model_dir`` (fp32). Starts a local Ray."""
+    import functools
+
+    import ray
+
+    from dmr_rl.config import TierConfig
+    from dmr_rl.serving.bench import ray_call_overhead
+    from dmr_rl.serving.fake_backend import FakeBackend
+    from dmr_rl.serving.launcher import load_tier_backend
+
+    started = not ray.is_initialized()
+    if started:
+        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    rows = []
+    try:
+        for name, factory in (("fake", functools.partial(FakeBackend, "hp")),
+                              ("fp32", functools.partial(load_tier_backend, TierConfig(), model_dir))):
+            for n in n_envs:
+                r = ray_call_overhead(factory, n_envs=n, repeats=repeats, prompts=[step_prompt(i) for i in range(n)],
+                                      candidates=[ACTIONS] * n)
+                rows.append({"backend": name, **r})
+    finally:
+        if started:
+            ray.shutdown()
+    return rows
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--model", default="", help="full-precision checkpoint (default: SmolLM2 if cached, else tiny)")
@@ -155,6 +186,7 @@ def main(argv=None) -> int:
     ap.add_argument("--new-tokens", type=int, default=16)
     ap.add_argument("--no-quanto", action="store_true")
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    ap.add_argument("--ray-overhead", action="store_true", help="also time a Ray model-server call against an in-process one")
     args = ap.parse_args(argv)
     import torch
 
@@ -168,6 +200,11 @@ def main(argv=None) -> int:
     print("\n== score_actions, one step (fp32): batched KV reuse vs one forward per candidate ==")
     for r in bench_score_actions(tiers["fp32"]):
         print("  ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in r.items()))
+    if args.ray_overhead:
+        print("\n== Ray call overhead per step (median ms, one score_actions call of n envs) ==")
+        for r in bench_ray_overhead(model):
+            print(f"  {r['backend']:<5s} n_envs={r['n_envs']:<3d} in-process {r['local_ms']:8.2f}   "
+                  f"ray {r['ray_ms']:8.2f}   overhead {r['overhead_ms']:6.2f}   actor ping {r['actor_ping_ms']:.2f}")
     return 0
 
 
