@@ -9,7 +9,10 @@ and the translation by their input strings (the translation for the 64 latest pr
 text generator also deep-copies its derivation context (entity infos, variable mappings) for
 every symbol it expands (~85% of what was left of a step); nothing in the derivation mutates
 those values, only the two dicts (``dict.update`` in ``query``), so ``install()`` makes
-``copy_context`` copy the dicts and share the values. The cached
+``copy_context`` copy the dicts and share the values. Loading a game parses the whole grammar
+(``alfred.twl2`` with the task sentence in it, ~0.3 s); games differ only in that sentence, so
+the grammar is parsed once with a placeholder sentence and the placeholder is replaced in a deep
+copy (grammars whose sentence holds grammar syntax fall back to a full parse). The cached
 parse is deep-copied before use where TextWorld mutates it (symbols get a context), and queries
 (``Rule`` objects) are only read. Outputs are unchanged (tests compare observations and
 admissible commands with and without it); :func:`uninstall` restores the originals.
@@ -17,10 +20,15 @@ admissible commands with and without it); :func:`uninstall` restores the origina
 from __future__ import annotations
 
 import functools
+import re
 import sys
 from copy import deepcopy
 
 _ORIGINALS: dict = {}
+_TASK_RE = re.compile(r'"rhs": "Your task is to: ([^"]*)\."')
+_PLACEHOLDER = "dmrTaskSentencePlaceholder"
+_GRAMMAR_SYNTAX = '#{}[]|\\"'
+
 
 
 def install() -> None:
@@ -70,6 +78,29 @@ def install() -> None:
                 "variables": dict(context["variables"]), "mapping": dict(context["mapping"]),
                 "entity_infos": context["entity_infos"]}
 
+    from textworld.envs.pddl import logic as pddl_logic
+
+    logic_parse = pddl_logic._parse_and_convert
+
+    @functools.lru_cache(maxsize=8)
+    def _cached_logic(text: str):
+        return logic_parse(text, rule_name="pddlStart")
+
+    def fast_logic_parse(text, rule_name="pddlStart", **kwargs):
+        m = _TASK_RE.search(text) if rule_name == "pddlStart" and not kwargs else None
+        if m is None or set(m.group(1)) & set(_GRAMMAR_SYNTAX) or _PLACEHOLDER in text:
+            return logic_parse(text, rule_name=rule_name, **kwargs)
+        key = text[:m.start(1)] + _PLACEHOLDER + text[m.end(1):]
+        actions, grammar = deepcopy(_cached_logic(key))
+        for rules in grammar._rules.values():
+            for rule in rules:
+                for symbol in rule.rhs:
+                    if isinstance(symbol.symbol, str) and _PLACEHOLDER in symbol.symbol:
+                        symbol.symbol = symbol.symbol.replace(_PLACEHOLDER, m.group(1))
+        return actions, grammar
+
+    _ORIGINALS["logic"] = (pddl_logic, logic_parse)
+    pddl_logic._parse_and_convert = fast_logic_parse
     _ORIGINALS["copy_context"] = (textgen, copy_context)
     textgen.copy_context = shallow_copy_context
     _ORIGINALS["textgen"] = (textgen, parse_and_convert)
@@ -84,6 +115,8 @@ def uninstall() -> None:
         return
     module, fn = _ORIGINALS.pop("pddl2sas")
     module.pddl2sas = fn
+    module, fn = _ORIGINALS.pop("logic")
+    module._parse_and_convert = fn
     module, fn = _ORIGINALS.pop("copy_context")
     module.copy_context = fn
     module, fn = _ORIGINALS.pop("textgen")
