@@ -176,24 +176,22 @@ class RolloutWorker:
         outs = {HP: {}, LP: {}}
         paid = [set() for _ in active]
         if router.needs_both or self.record_kl:
-            outs[HP] = self._act("hp", everyone, ctxs, prompts, rng)
-            outs[LP] = self._act("lp", everyone, ctxs, prompts, rng)
+            outs[HP], outs[LP] = self._act([("hp", everyone), ("lp", everyone)], ctxs, prompts, rng)
             dec = router.route(ctxs, rng, sample, lp_action_probs=[outs[LP][k].probs for k in everyone],
                                hp_action_probs=[outs[HP][k].probs for k in everyone])
             for k in everyone:
                 paid[k] = {HP, LP} if router.needs_both else {int(dec.tiers[k])}
         elif router.needs_lp_first:
-            outs[LP] = self._act("lp", everyone, ctxs, prompts, rng)
+            outs[LP], = self._act([("lp", everyone)], ctxs, prompts, rng)
             dec = router.route(ctxs, rng, sample, lp_action_probs=[outs[LP][k].probs for k in everyone])
             flagged = [k for k in everyone if int(dec.tiers[k]) == HP]
-            outs[HP] = self._act("hp", flagged, ctxs, prompts, rng)
+            outs[HP], = self._act([("hp", flagged)], ctxs, prompts, rng)
             for k in everyone:
                 paid[k] = {LP, HP} if k in outs[HP] else {LP}
         else:
             dec = router.route(ctxs, rng, sample)
-            for tier in (HP, LP):
-                chosen = [k for k in everyone if int(dec.tiers[k]) == tier]
-                outs[tier] = self._act(TIER_NAMES[tier], chosen, ctxs, prompts, rng)
+            outs[HP], outs[LP] = self._act([(TIER_NAMES[t], [k for k in everyone if int(dec.tiers[k]) == t])
+                                            for t in (HP, LP)], ctxs, prompts, rng)
             for k in everyone:
                 paid[k] = {int(dec.tiers[k])}
         kls = self._kl(everyone, outs, ctxs, prompts)
@@ -225,32 +223,48 @@ class RolloutWorker:
             slot[i][1].steps.append(rec)
             slot[i][2] = context_after(ctx, actions[i], obs, list(info.get("admissible_commands") or []))
 
-    def _act(self, tier: str, which: list, ctxs: list, prompts: list, rng) -> dict:
-        """One batched call to ``tier`` for the contexts in ``which`` -> {k: _TierOut}."""
-        if not which:
-            return {}
-        from dmr_rl.models.acting import choose_action, match_action, one_hot
+    def _act(self, requests: list, ctxs: list, prompts: list, rng) -> list:
+        """Batched calls, one per (tier, contexts in ``which``) in ``requests``; with Ray clients
+        all are sent before any is awaited, so the tiers work at the same time.
+        Returns one {k: _TierOut} per request."""
+        sent = [self._send(tier, which, ctxs, prompts, rng) for tier, which in requests]
+        return [self._receive(h, which, ctxs, rng) for h, (_, which) in zip(sent, requests)]
 
+    def _send(self, tier: str, which: list, ctxs: list, prompts: list, rng):
+        if not which:
+            return None
         client = self.clients[tier]
         a = self.acting
         sub_prompts = [prompts[k] for k in which]
         if a.action_mode == "score":
-            scores, costs = client.score_actions_costed(sub_prompts, [list(ctxs[k].admissible) for k in which])
-            out = {}
-            for k, s, c in zip(which, scores, costs):
-                idx, probs = choose_action(s, ctxs[k].admissible, a.temperature, rng, a.length_normalised)
-                out[k] = _TierOut(idx, probs, s, c)
-            return out
-        from dmr_rl.models.backends.base import SamplingParams
+            args = ("score_actions", sub_prompts, [list(ctxs[k].admissible) for k in which])
+        else:
+            from dmr_rl.models.backends.base import SamplingParams
 
-        sampling = SamplingParams(max_new_tokens=a.max_new_tokens, temperature=a.temperature,
-                                  seed=int(rng.integers(2**31)))
-        gens, costs = client.generate_costed(sub_prompts, sampling)
+            args = ("generate", sub_prompts, SamplingParams(max_new_tokens=a.max_new_tokens,
+                                                            temperature=a.temperature,
+                                                            seed=int(rng.integers(2**31))))
+        if hasattr(client, args[0] + "_ref"):
+            return client, getattr(client, args[0] + "_ref")(*args[1:])
+        return None, getattr(client, args[0] + "_costed")(*args[1:])
+
+    def _receive(self, handle, which: list, ctxs: list, rng) -> dict:
+        if handle is None:
+            return {}
+        from dmr_rl.models.acting import choose_action, match_action, one_hot
+
+        client, value = handle
+        results, costs = client.get(value) if client is not None else value
+        a = self.acting
         out = {}
-        for k, g, c in zip(which, gens, costs):
+        for k, r, c in zip(which, results, costs):
             adm = list(ctxs[k].admissible)
-            idx = adm.index(match_action(g.text, adm))
-            out[k] = _TierOut(idx, one_hot(idx, len(adm)), g, c)
+            if a.action_mode == "score":
+                idx, probs = choose_action(r, adm, a.temperature, rng, a.length_normalised)
+            else:
+                idx = adm.index(match_action(r.text, adm))
+                probs = one_hot(idx, len(adm))
+            out[k] = _TierOut(idx, probs, r, c)
         return out
 
     def _kl(self, everyone: list, outs: dict, ctxs: list, prompts: list) -> list:
