@@ -310,14 +310,14 @@ def save_config(cfg: DMRConfig, path) -> None:
     Path(path).write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
 
 
-def field_help(cls=DMRConfig, prefix: str = "") -> list[tuple[str, str, Any]]:
-    """(dotted name, help, default) for every field, for ``dmr config``."""
+def field_help(inst=None, prefix: str = "") -> list[tuple[str, str, Any]]:
+    """(dotted name, help, default) for every field, for ``dmr config --fields``."""
     rows = []
-    inst = cls()
-    for f in dataclasses.fields(cls):
+    inst = DMRConfig() if inst is None else inst
+    for f in dataclasses.fields(inst):
         value = getattr(inst, f.name)
         if dataclasses.is_dataclass(value):
-            rows += field_help(type(value), f"{prefix}{f.name}.")
+            rows += field_help(value, f"{prefix}{f.name}.")
         else:
             rows.append((prefix + f.name, f.metadata.get("help", ""), value))
     return rows

@@ -31,7 +31,28 @@ def register(sub, groups) -> None:
 
 
 def _register_run(sub) -> None:
-    """Placeholder for the main job's ``dmr run``; it is written in this file by its owner."""
+    from dmr_rl.cli import add_config_args
+
+    r = sub.add_parser("run", help="the main job: games, agent, quantize, collect, label, stage 1, stage 2, "
+                                   "evaluation against every baseline, report (default: experiments/default.yaml)")
+    add_config_args(r)
+    r.add_argument("--fresh", action="store_true",
+                   help="start over in a new directory (run_dir-2, ...) instead of continuing run_dir")
+    r.add_argument("--train-agent", action="store_true",
+                   help="train the agent now instead of loading the committed one")
+    r.add_argument("--no-progress", action="store_true")
+    r.set_defaults(func=_run)
+
+
+def _run(args) -> int:
+    from dmr_rl.config import load_config
+    from dmr_rl.pipeline import run as main_job
+
+    cfg = load_config(args.config or main_job.default_preset(), args.overrides)
+    report = main_job.run(cfg, fresh=args.fresh, train_agent=args.train_agent, progress=not args.no_progress)
+    print(f"report: {report}")
+    print(f"results: {report.parent / 'results.json'}   plots: {report.parent / 'plots'}")
+    return 0
 
 
 def _eval(args) -> int:

@@ -221,3 +221,37 @@ def fit(cfg, rollout_fn: Callable, out_dir, *, num_tasks: int, init_router: Opti
     finally:
         if torch_threads:
             torch.set_num_threads(prev_threads)
+
+
+def run(cfg, *, init: Optional[str] = None, out_dir=None, resume: bool = False, local: bool = False,
+        progress: bool = True) -> dict:
+    """Stage 2 end to end: start the tiers and rollout workers (``dmr_rl.serving.launcher``), run
+    :func:`fit` with their ``rollout_fn``, shut them down. ``init``: stage-1 router dir (default
+    ``<run_dir>/router_sft`` when it holds a router). Writes ``grpo.json`` and ``config.yaml`` into
+    ``out_dir`` (default ``<run_dir>/router_grpo``) so evaluation can read lambda back."""
+    from dmr_rl.config import save_config
+    from dmr_rl.serving import launcher
+
+    run_dir = Path(cfg.run_dir)
+    out = Path(out_dir or run_dir / "router_grpo")
+    if init is None and (run_dir / "router_sft" / "router.json").is_file():
+        init = str(run_dir / "router_sft")
+    if init and not (Path(init) / "router.json").is_file():
+        raise FileNotFoundError(f"stage-1 router {init}: no router checkpoint (router.json) there")
+    out.mkdir(parents=True, exist_ok=True)
+    save_config(cfg, out / "config.yaml")
+    (out / "grpo.json").write_text(json.dumps({"stage": "grpo", "hp_cost": cfg.grpo.hp_cost,
+                                               "hp_budget": cfg.grpo.hp_budget, "init": init}))
+    router = ({"name": "transformer", "kwargs": {"path": init, "num_threads": 1}} if init else
+              {"name": "transformer", "kwargs": {"config": cfg.router, "seed": cfg.seed, "num_threads": 1}})
+    group = clients = None
+    try:
+        if not local:
+            launcher.ray_init(cfg.ray, run_dir)
+        clients = launcher.create_tier_clients(cfg, ("hp", "lp"), local=local)
+        group = launcher.create_rollout_group(cfg, clients, run_dir / "trajectories" / "grpo", local=local,
+                                              router=router)
+        return fit(cfg, group.rollout_fn, out, num_tasks=group.num_tasks(), init_router=init,
+                   resume=resume, log_dir=str(run_dir / "tb" / "grpo"), progress=progress)
+    finally:
+        launcher.shutdown_all(group, clients)

@@ -1,0 +1,195 @@
+"""The main job, ``dmr run``: every stage of DMR in order, each under a named timer.
+
+    games -> agent -> quantize -> collect -> label -> sft -> grpo -> eval (+ causal) -> report
+
+Everything lands in ``cfg.run_dir``: the generated data, the LP checkpoint, trajectory shards,
+labelled steps, both routers, evaluation episodes, ``report/``. A stage whose output is already
+there is skipped, so an interrupted run continues where it stopped (``fresh=True`` starts over
+in a new directory instead of overwriting anything). ``timings.json`` records each stage's seconds.
+"""
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Optional
+
+STAGES = ("games", "agent", "quantize", "collect", "label", "sft", "grpo", "eval", "report")
+
+
+class MainJob:
+    """Holds the config, the run directory and the timers; one method per stage."""
+
+    def __init__(self, cfg, progress: bool = True, train_agent: bool = False):
+        from dmr_rl.pipeline.timing import Timers
+
+        self.cfg = cfg
+        self.run_dir = Path(cfg.run_dir)
+        self.progress = progress
+        self.train_agent = train_agent
+        self.timers = Timers()
+        self.done_path = self.run_dir / "stages.json"
+        self.done: dict = json.loads(self.done_path.read_text()) if self.done_path.is_file() else {}
+
+    # ---- bookkeeping ---------------------------------------------------------------------
+    def _say(self, msg: str) -> None:
+        if self.progress:
+            print(f"[dmr run {time.strftime('%H:%M:%S')}] {msg}", flush=True)
+
+    def _mark(self, stage: str, info: Optional[dict] = None) -> None:
+        self.done[stage] = info or {}
+        self.done_path.write_text(json.dumps(self.done, indent=1, default=str))
+
+    def _stage(self, stage: str, fn) -> None:
+        if stage in self.done:
+            self._say(f"{stage}: already done in {self.run_dir}, skipped")
+            return
+        self._say(f"{stage} ...")
+        with self.timers(stage):
+            info = fn()
+        self._mark(stage, info)
+        self._say(f"{stage}: done in {self.timers.seconds[stage]:.1f} s")
+
+    # ---- stages ----------------------------------------------------------------------------
+    def games(self) -> dict:
+        from dmr_rl.rollout.envs import ensure_env_data
+
+        self.cfg.env.data_dir = ensure_env_data(self.cfg)
+        return {"data_dir": self.cfg.env.data_dir}
+
+    def agent(self) -> dict:
+        """HP = ``hp.model_path`` when set; else the committed agent for the env, or (missing, or
+        ``--train-agent``) one trained now by behaviour cloning into ``<run_dir>/models/agent``."""
+        from dmr_rl.errors import ModelError
+        from dmr_rl.models import agent as agents
+
+        hp = self.cfg.hp
+        if not hp.model_path:
+            try:
+                hp.model_path = "" if self.train_agent else str(agents.agent_dir(self.cfg.env.name))
+            except ModelError:
+                hp.model_path = ""
+            if not hp.model_path:
+                from dmr_rl.models.train_agent import TrainAgentConfig, train_agent
+
+                out = self.run_dir / "models" / "agent"
+                tcfg = TrainAgentConfig(env=self.cfg.env.name, data=self.cfg.env.data_dir, out=str(out),
+                                        minutes=self.cfg.agent.train_minutes, seed=self.cfg.seed)
+                train_agent(tcfg, progress=self._say)
+                hp.model_path = str(out)
+        return {"hp_model": hp.model_path}
+
+    def quantize(self) -> dict:
+        """LP = ``lp.model_path`` when set; else the HP checkpoint quantized as ``lp`` asks
+        (method, bits, group size) into ``<run_dir>/models/``, calibrated on the agent's prompts."""
+        import shutil
+
+        from dmr_rl.models.agent import AGENT_CONFIG, calibration_prompts
+        from dmr_rl.models.quantize import quantize_checkpoint
+
+        lp, src = self.cfg.lp, Path(self.cfg.hp.model_path)
+        if lp.model_path:
+            return {"lp_model": lp.model_path}
+        if lp.quant_method == "none":
+            lp.model_path = str(src)
+            return {"lp_model": lp.model_path}
+        out = self.run_dir / "models" / f"lp-{lp.quant_method}-w{lp.bits}g{lp.group_size}"
+        info = quantize_checkpoint(str(src), str(out), lp.quant_method, lp.bits, lp.group_size,
+                                   calibration_prompts(src))
+        if (src / AGENT_CONFIG).is_file():  # the copy acts with its agent's prompt settings
+            shutil.copy(src / AGENT_CONFIG, out / AGENT_CONFIG)
+        lp.model_path = str(out)
+        return {"lp_model": lp.model_path, "packed_bytes": info.get("packed_bytes"),
+                "source_bytes": info.get("source_bytes")}
+
+    def collect(self) -> dict:
+        from dmr_rl.pipeline import collect
+
+        s = collect.run(self.cfg, progress=self.progress)
+        return {"episodes": s.get("stored_episodes"), "success": s.get("success_rate")}
+
+    def label(self) -> dict:
+        from dmr_rl.pipeline import label
+
+        s = label.run(self.cfg, progress=self.progress)
+        if self.progress:
+            label.print_stats(s)
+        return {k: v for k, v in s.items() if not isinstance(v, (list, dict))}
+
+    def sft(self) -> dict:
+        from dmr_rl.pipeline import train_sft
+        from dmr_rl.pipeline.label import labels_path
+
+        m = train_sft.fit(self.cfg, labels_path(self.run_dir), self.run_dir / "router_sft",
+                          log_dir=str(self.run_dir / "tb" / "sft"), progress=self.progress)
+        return {k: v for k, v in m.items() if isinstance(v, (int, float, str))}
+
+    def grpo(self) -> dict:
+        from dmr_rl.pipeline import train_grpo
+
+        resume = (self.run_dir / "router_grpo" / "checkpoints" / "LATEST").is_file()
+        r = train_grpo.run(self.cfg, resume=resume, progress=self.progress)
+        return {"iterations": r["iteration"], "router_dir": r["router_dir"], "last": r["history"][-1:]}
+
+    def eval(self) -> dict:
+        from dmr_rl.pipeline import causal, evaluate
+
+        ckpts = {"sft": [str(self.run_dir / "router_sft")], "grpo": [str(self.run_dir / "router_grpo" / "router")]}
+        group, clients = evaluate.start_group(self.cfg)
+        try:
+            path = evaluate.run(self.cfg, ckpts, group=group, progress=self.progress)
+            out = {"results": str(path)}
+            if self.cfg.eval.causal_episodes > 0:
+                out["causal"] = str(causal.run(self.cfg, ckpts["grpo"][0], group=group, progress=self.progress))
+        finally:
+            evaluate.stop_group(group, clients)
+        return out
+
+    def report(self) -> dict:
+        from dmr_rl.report import write
+
+        return {"report": str(write(self.run_dir, n_boot=self.cfg.eval.bootstrap))}
+
+    # ---- the driver --------------------------------------------------------------------------
+    def fit(self) -> Path:
+        from dmr_rl.config import save_config
+
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        for stage in ("games", "agent", "quantize"):  # paths the later stages read from the config
+            if stage in self.done:
+                key = {"games": "data_dir", "agent": "hp_model", "quantize": "lp_model"}[stage]
+                target = {"games": self.cfg.env, "agent": self.cfg.hp, "quantize": self.cfg.lp}[stage]
+                setattr(target, "data_dir" if stage == "games" else "model_path", self.done[stage][key])
+        t0 = time.perf_counter()
+        for stage in STAGES:
+            self._stage(stage, getattr(self, stage))
+            if stage == "quantize":
+                save_config(self.cfg, self.run_dir / "config.yaml")
+        total = time.perf_counter() - t0
+        timings = {**self.timers.as_dict(), "total": total}
+        (self.run_dir / "timings.json").write_text(json.dumps(timings, indent=1))
+        report = Path(self.done["report"]["report"])
+        self._say(f"finished in {total / 60:.1f} min: " + ", ".join(f"{k} {v:.0f}s" for k, v in timings.items()))
+        return report
+
+
+def fresh_run_dir(run_dir: str) -> str:
+    """``run_dir`` if unused, else ``run_dir-2``, ``run_dir-3``, ... (never overwrite a run)."""
+    p, k = Path(run_dir), 2
+    while p.exists() and any(p.iterdir()):
+        p = Path(f"{run_dir}-{k}")
+        k += 1
+    return str(p)
+
+
+def run(cfg, *, fresh: bool = False, train_agent: bool = False, progress: bool = True) -> Path:
+    """Run (or continue) the main job; returns the path of ``report/report.md``."""
+    if fresh:
+        cfg.run_dir = fresh_run_dir(cfg.run_dir)
+    return MainJob(cfg, progress=progress, train_agent=train_agent).fit()
+
+
+def default_preset() -> Optional[str]:
+    """``experiments/default.yaml`` of a source checkout, else None (the built-in defaults)."""
+    p = Path(__file__).resolve().parents[2] / "experiments" / "default.yaml"
+    return str(p) if p.is_file() else None
