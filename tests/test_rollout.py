@@ -129,3 +129,23 @@ def test_generate_mode_matches_text_to_admissible_and_records_token_kl(alfworld_
         assert x.tier == LP and x.action in x.admissible and x.extra["action_prob"] == 1.0  # one-hot
         assert x.gen_tokens > 0 and x.weight_bytes == LP_BYTES * (1 + x.gen_tokens)
         assert x.kl is not None and x.kl > 0  # teacher-forced token KL between different salts
+
+
+def test_dead_model_server_surfaces_from_a_rollout_as_actor_error(ray_session, alfworld_data, tmp_path):
+    from dmr_rl.serving.launcher import create_model_servers, create_rollout_workers
+
+    clients = {t: create_model_servers(t, TierConfig(max_wait_ms=0), functools.partial(FakeBackend, t))
+               for t in ("hp", "lp")}
+    spec = EnvSpec("alfworld", alfworld_data, "train", max_steps=2)
+    handles = create_rollout_workers(1, {"env_spec": spec, "num_envs": 1, "shard_dir": str(tmp_path)}, clients)
+    group = RolloutGroup(handles, tmp_path)
+    try:
+        assert group.run_episodes([0], method="lp")["episodes"] == 1
+        ray_session.kill(clients["lp"].handles[0])
+        with pytest.raises(ActorError, match=r"tier 'lp' replica 0"):
+            group.run_episodes([1], method="lp")
+        assert len(TrajectoryStore.read(tmp_path)) == 1  # the finished episode is kept
+    finally:
+        group.shutdown()
+        for c in clients.values():
+            c.shutdown()
