@@ -94,33 +94,11 @@ def _train_sft(args) -> int:
 
 
 def _train_grpo(args) -> int:
-    from dmr_rl.config import save_config
     from dmr_rl.pipeline import train_grpo
-    from dmr_rl.serving import launcher
 
     cfg = _cfg(args)
-    run_dir = Path(cfg.run_dir)
-    out = Path(args.out or run_dir / "router_grpo")
-    init = args.init or (str(run_dir / "router_sft") if (run_dir / "router_sft" / "router.json").is_file() else None)
-    if args.init and not (Path(args.init) / "router.json").is_file():
-        raise FileNotFoundError(f"--init {args.init}: no router checkpoint (router.json) there")
-    save_config(cfg, out / "train_config.yaml")
-    (out / "grpo.json").write_text(json.dumps({"stage": "grpo", "hp_cost": cfg.grpo.hp_cost,
-                                               "hp_budget": cfg.grpo.hp_budget, "init": init}))
-    router = ({"name": "transformer", "kwargs": {"path": init, "num_threads": 1}} if init else
-              {"name": "transformer", "kwargs": {"config": cfg.router, "seed": cfg.seed, "num_threads": 1}})
-    group = clients = None
-    try:
-        if not args.local:
-            launcher.ray_init(cfg.ray, run_dir)
-        clients = launcher.create_tier_clients(cfg, ("hp", "lp"), local=args.local)
-        group = launcher.create_rollout_group(cfg, clients, run_dir / "trajectories" / "grpo", local=args.local,
-                                              router=router)
-        result = train_grpo.fit(cfg, group.rollout_fn, out, num_tasks=group.num_tasks(), init_router=init,
-                                resume=args.resume, log_dir=str(run_dir / "tb" / "grpo"),
-                                progress=not args.no_progress)
-    finally:
-        launcher.shutdown_all(group, clients)
+    result = train_grpo.run(cfg, init=args.init, out_dir=args.out, resume=args.resume, local=args.local,
+                            progress=not args.no_progress)
     last = result["history"][-1] if result["history"] else {}
     print(f"train grpo: {result['iteration']} iterations, router -> {result['router_dir']}")
     print("  last iteration: " + ", ".join(f"{k} {v:.3f}" for k, v in last.items() if isinstance(v, float)))
