@@ -47,13 +47,16 @@ def step_prompt(i: int, history: int = 3) -> str:
 
 
 def load_tiers(model_dir: str, awq_dir: str = "", quanto: bool = True) -> dict:
-    """name -> backend: fp32, bf16, AWQ (compressed, decompressed on CPU), quanto int8/int4."""
+    """name -> backend: fp32, bf16, the compressed copy (AWQ or RTN, decompressed on CPU, named
+    by its dmr_quant.json), quanto int8/int4."""
     from dmr_rl.models import load_backend
 
     tiers = {"fp32": load_backend(model_path=model_dir, dtype="float32"),
              "bf16": load_backend(model_path=model_dir, dtype="bfloat16")}
     if awq_dir:
-        tiers["awq"] = load_backend(model_path=awq_dir, backend="compressed")
+        be = load_backend(model_path=awq_dir, backend="compressed")
+        info = getattr(be, "quant_info", {}) or {}
+        tiers[f"{info.get('method', 'q')}-w{info.get('bits', '?')}"] = be
     if quanto:
         tiers["quanto-w8"] = load_backend(model_path=model_dir, backend="quanto", bits=8)
         tiers["quanto-w4"] = load_backend(model_path=model_dir, backend="quanto", bits=4)
@@ -140,8 +143,11 @@ def default_model() -> tuple:
     from dmr_rl.models.quantize import quantize_checkpoint
 
     if smollm2.is_cached():
-        awq = cache_root() / "models" / "smollm2-awq-w4g64"
-        return str(smollm2.smollm2_dir()), str(awq) if (awq / "config.json").exists() else ""
+        for name in ("smollm2-awq-w4g64", "smollm2-rtn-w4g64"):  # what `dmr quantize --out` wrote
+            q = cache_root() / "models" / name
+            if (q / "config.json").exists():
+                return str(smollm2.smollm2_dir()), str(q)
+        return str(smollm2.smollm2_dir()), ""
     tmp = Path(tempfile.mkdtemp(prefix="dmr_bench_"))
     src = make_tiny_checkpoint(tmp / "tiny", hidden=128, layers=4)
     quantize_checkpoint(src, tmp / "awq", "awq", 4, 64, [step_prompt(i) for i in range(8)], n_grid=10)
@@ -181,7 +187,7 @@ def bench_ray_overhead(model_dir: str, n_envs=(1, 4, 16), repeats: int = 20) -> 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--model", default="", help="full-precision checkpoint (default: SmolLM2 if cached, else tiny)")
-    ap.add_argument("--awq", default="", help="its compressed-tensors AWQ copy (dmr quantize --out)")
+    ap.add_argument("--awq", default="", help="its compressed-tensors AWQ (or RTN) copy (dmr quantize --out)")
     ap.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 4, 16])
     ap.add_argument("--new-tokens", type=int, default=16)
     ap.add_argument("--no-quanto", action="store_true")

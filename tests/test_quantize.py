@@ -245,3 +245,52 @@ def test_cli_quantize(src, tmp_path, capsys):
         assert rc == 2 and msg in capsys.readouterr().err
     assert main(["quantize", "--model", str(tmp_path / "nope"), "--method", "rtn", "--out", str(tmp_path / "x")]) == 2
     assert "does not exist" in capsys.readouterr().err
+
+
+# ---- the pure-torch AWQ scale search (engine="torch") ------------------------------------------
+def test_group_fake_quant_matches_compressed_tensors(src):
+    """Our simulated quantizer is the one llm-compressor packs: same dequantized weights."""
+    from dmr_rl.models.awq_torch import group_fake_quant
+
+    tok = load_tokenizer(src)
+    for bits in (3, 4):
+        model = load_causal_lm(src)
+        w = model.model.layers[0].mlp.down_proj.weight.detach().clone()
+        quantize_model(model, tok, "rtn", bits, 32)
+        lin = model.model.layers[0].mlp.down_proj
+        from compressed_tensors.quantization.lifecycle.forward import fake_quantize
+
+        theirs = fake_quantize(w, lin.weight_scale, lin.weight_zero_point, lin.quantization_scheme.weights)
+        ours = group_fake_quant(w, bits, 32)
+        assert torch.allclose(ours, theirs, atol=1e-6), (bits, (ours - theirs).abs().max())
+        assert len(torch.unique(ours[0, :32])) <= 2 ** bits
+
+
+def test_awq_scales_preserve_the_function_and_help(src):
+    from dmr_rl.models.awq_torch import apply_awq_scales
+
+    tok = load_tokenizer(src)
+    ref = logits(load_causal_lm(src), tok, HELD_OUT)
+    model = load_causal_lm(src)
+    report = apply_awq_scales(model, tok, CALIB, 3, 32, n_grid=10)
+    for a, b in zip(ref, logits(model, tok, HELD_OUT)):  # folding the scales changes nothing
+        assert torch.allclose(a, b, atol=1e-4)
+    assert {r["group"] for r in report} == {"qkv", "gate_up", "down"}  # GQA model: no v->o scale
+    assert all(r["err"] <= r["err_rtn"] + 1e-12 for r in report)
+    assert any(r["alpha"] > 0 and r["err"] < 0.8 * r["err_rtn"] for r in report if r["group"] == "qkv")
+
+
+def test_torch_engine_beats_rtn_and_writes_the_same_format(src, awq_and_rtn, tmp_path):
+    tok = load_tokenizer(src)
+    ref = logits(load_causal_lm(src), tok, HELD_OUT)
+    info = quantize_checkpoint(src, tmp_path / "t", "awq", 3, 32, CALIB, dtype="float32", n_grid=10,
+                               engine="torch")
+    assert info["engine"] == "torch" and info["bits"] == 3
+    be = load_backend(model_path=str(tmp_path / "t"))
+    kl_torch = mean_kl(ref, logits(be.model, tok, HELD_OUT))
+    kl_rtn = mean_kl(ref, logits(awq_and_rtn["rtn"][0], tok, HELD_OUT))
+    assert kl_torch < 0.9 * kl_rtn, (kl_torch, kl_rtn)
+    rtn_bytes = safetensors_bytes(awq_and_rtn["rtn"][1])
+    assert info["packed_bytes"] == rtn_bytes  # same layout as the library's checkpoint
+    with pytest.raises(ModelError, match="unknown quantization engine 'gpu'"):
+        quantize_checkpoint(src, tmp_path / "x", "awq", 3, 32, CALIB, engine="gpu")

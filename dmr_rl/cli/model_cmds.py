@@ -34,6 +34,9 @@ def register(sub, groups) -> None:
     q.add_argument("--max-seq-length", type=int, default=256, help="tokens per calibration prompt")
     q.add_argument("--dtype", default="bfloat16", help="storage dtype of scales and unquantized weights")
     q.add_argument("--symmetric", action="store_true", help="symmetric quantization (no zero points)")
+    q.add_argument("--engine", default="llmcompressor",
+                   help="AWQ scale search: llmcompressor (AWQModifier) or torch (dmr_rl.models.awq_torch, ~10x faster on CPU)")
+    q.add_argument("--n-grid", type=int, default=20, help="AWQ scale-search grid points")
     q.add_argument("--out", required=True, help="output checkpoint directory")
     q.set_defaults(func=_quantize)
 
@@ -87,6 +90,7 @@ def _quantize(args) -> int:
         prompts = calib_prompts_from_env(args.calib_from_env, n_prompts=args.calib_samples)
     info = quantize_checkpoint(model, args.out, args.method, args.bits, args.group_size, prompts,
                                dtype=args.dtype, max_seq_length=args.max_seq_length,
-                               num_samples=args.calib_samples, symmetric=args.symmetric)
+                               num_samples=args.calib_samples, symmetric=args.symmetric,
+                               n_grid=args.n_grid, engine=args.engine)
     print(json.dumps(info, indent=2))
     return 0

@@ -28,6 +28,7 @@ from typing import Iterable, Optional
 from dmr_rl.errors import ModelError
 
 METHODS = ("awq", "rtn")
+ENGINES = ("llmcompressor", "torch")  # who searches the AWQ scales (see dmr_rl.models.awq_torch)
 BITS = (2, 3, 4, 8)
 QUANT_INFO_FILE = "dmr_quant.json"
 
@@ -111,13 +112,25 @@ def quantization_scheme(bits: int, group_size: int, symmetric: bool = False) -> 
 
 def quantize_model(model, tokenizer, method: str, bits: int, group_size: int = 64,
                    calib_prompts: Optional[Iterable[str]] = None, max_seq_length: int = 256,
-                   num_samples: int = 64, symmetric: bool = False, n_grid: int = 20):
+                   num_samples: int = 64, symmetric: bool = False, n_grid: int = 20,
+                   engine: str = "llmcompressor"):
     """Quantize ``model`` in place (fake-quantized: its forward applies the quantization).
+
+    ``engine`` (awq only): ``llmcompressor`` (AWQModifier) or ``torch`` (our scale search, then
+    llm-compressor's round-to-nearest packs; ~10x faster on CPU, see ``awq_torch``).
 
     Returns the model, ready for ``save_pretrained(dir, save_compressed=True)``.
     """
     validate_request(method, bits, group_size)
     check_group_size(model, group_size)
+    if engine not in ENGINES:
+        raise ModelError(f"unknown quantization engine {engine!r}; expected one of {list(ENGINES)}")
+    if method == "awq" and engine == "torch":
+        from dmr_rl.models.awq_torch import awq_torch_quantize
+
+        prompts = [p for p in (calib_prompts or []) if p and p.strip()][:num_samples]
+        return awq_torch_quantize(model, tokenizer, prompts, bits, group_size, n_grid=n_grid,
+                                  max_seq_length=max_seq_length, symmetric=symmetric)
     from llmcompressor import oneshot
 
     scheme = quantization_scheme(bits, group_size, symmetric)
@@ -144,30 +157,17 @@ def quantize_model(model, tokenizer, method: str, bits: int, group_size: int = 6
 
 @contextlib.contextmanager
 def _quiet():
-    """llm-compressor logs every grid-search step; keep the console readable."""
-    import logging
-    import os
-
-    old = os.environ.get("TQDM_DISABLE")
-    os.environ["TQDM_DISABLE"] = "1"
+    """llm-compressor logs every grid-search step through loguru; keep the console readable."""
     try:
         from loguru import logger
-
-        logger.disable("llmcompressor")
     except ImportError:  # pragma: no cover
-        logger = None
-    level = logging.getLogger("llmcompressor").level
-    logging.getLogger("llmcompressor").setLevel(logging.WARNING)
+        yield
+        return
+    logger.disable("llmcompressor")
     try:
         yield
     finally:
-        if old is None:
-            os.environ.pop("TQDM_DISABLE", None)
-        else:
-            os.environ["TQDM_DISABLE"] = old
-        logging.getLogger("llmcompressor").setLevel(level)
-        if logger is not None:
-            logger.enable("llmcompressor")
+        logger.enable("llmcompressor")
 
 
 def save_quantized(model, tokenizer, out_dir, info: dict) -> dict:
@@ -187,12 +187,13 @@ def save_quantized(model, tokenizer, out_dir, info: dict) -> dict:
 def quantize_checkpoint(src_dir, out_dir, method: str, bits: int, group_size: int = 64,
                         calib_prompts: Optional[Iterable[str]] = None, dtype: str = "bfloat16",
                         max_seq_length: int = 256, num_samples: int = 64, symmetric: bool = False,
-                        n_grid: int = 20) -> dict:
+                        n_grid: int = 20, engine: str = "llmcompressor") -> dict:
     """Quantize the checkpoint in ``src_dir`` into ``out_dir``; returns what ``dmr_quant.json`` holds.
 
     ``dtype`` is the storage dtype of what stays unquantized (embeddings, norms, lm_head) and of
     the scales: bfloat16 by default, the usual deployment; calibration always runs in float32.
     ``n_grid``: AWQ's scale-search grid points per layer group (llm-compressor's default 20).
+    ``engine``: who searches the AWQ scales, ``llmcompressor`` or ``torch`` (see quantize_model).
     """
     from dmr_rl.models.checkpoints import load_causal_lm, load_tokenizer, safetensors_bytes, torch_dtype
 
@@ -204,12 +205,13 @@ def quantize_checkpoint(src_dir, out_dir, method: str, bits: int, group_size: in
     check_group_size(model, group_size)
     t0 = time.perf_counter()
     quantize_model(model, tok, method, bits, group_size, calib_prompts, max_seq_length=max_seq_length,
-                   num_samples=num_samples, symmetric=symmetric, n_grid=n_grid)
+                   num_samples=num_samples, symmetric=symmetric, n_grid=n_grid, engine=engine)
     seconds = time.perf_counter() - t0
     model.to(td)
     info = {"method": method, "bits": bits, "group_size": group_size, "symmetric": symmetric,
             "dtype": dtype, "source": str(Path(src_dir).resolve()), "source_bytes": safetensors_bytes(src_dir),
-            "format": "compressed-tensors/pack-quantized", "engine": "llmcompressor",
+            "format": "compressed-tensors/pack-quantized",
+            "engine": "llmcompressor" if method == "rtn" else engine, "n_grid": n_grid if method == "awq" else 0,
             "calib_prompts": 0 if method == "rtn" else min(num_samples, len(calib_prompts)),
             "seconds": round(seconds, 2)}
     return save_quantized(model, tok, out_dir, info)
