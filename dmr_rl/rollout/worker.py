@@ -326,18 +326,19 @@ def worker_kwargs_from_config(cfg, shard_dir, envs_per_worker: Optional[int] = N
     """RolloutWorker keyword arguments (all picklable) from the root config."""
     from dmr_rl.rollout.envs import env_spec_from_config
 
-    prompt = {"history_window": cfg.agent.history_window}
-    try:  # a trained agent is prompted the way it was trained
+    prompt, saved = {"history_window": cfg.agent.history_window}, {}
+    try:  # a trained agent is prompted (and scores actions) the way it was trained
         from dmr_rl.models.agent import read_agent_config
         from dmr_rl.serving.launcher import tier_model_dir
 
-        saved = read_agent_config(tier_model_dir(cfg, "hp")).get("prompt")
-        if saved:
-            prompt = dict(saved)
-    except Exception:
-        pass
+        saved = read_agent_config(tier_model_dir(cfg, "hp"))
+        if saved.get("prompt"):
+            prompt = dict(saved["prompt"])
+    except Exception:  # no agent_config.json beside the checkpoint: the config's settings
+        saved = {}
     acting = ActingSpec(action_mode=cfg.agent.action_mode, temperature=cfg.agent.temperature,
-                        max_new_tokens=cfg.agent.max_new_tokens, prompt=prompt)
+                        max_new_tokens=cfg.agent.max_new_tokens, prompt=prompt,
+                        length_normalised=bool(saved.get("length_normalised", False)))
     router = {"name": cfg.router.kind, "kwargs": ({"config": cfg.router, "num_threads": 1}
                                                   if cfg.router.kind == "transformer" else {})}
     return {"env_spec": env_spec_from_config(cfg, split), "num_envs": int(envs_per_worker or cfg.collect.envs_per_worker),
