@@ -87,6 +87,9 @@ def test_layout_fields_and_task_types(alfworld_data):
             n_receps = len(re.findall(r" - receptacle\n", problem))
             assert rooms.MIN_RECEPTACLES <= n_receps <= rooms.MAX_RECEPTACLES
             assert problem.count(" - object\n") >= 5  # targets plus distractors
+            spec = rooms.ROOM_RECEPTACLES[traj["scene"]["room_type"]]
+            for cls, (_, most) in spec.items():  # no second fridge, bed or sofa
+                assert len(re.findall(rf"\(receptacleType \S+ {cls}Type\)", problem)) <= most
             if traj["task_type"] == "look_at_obj_in_light":
                 assert params["toggle_target"] == "DeskLamp" and params["parent_target"] == ""
             else:

@@ -74,7 +74,7 @@ def make_scene(seed: int, room: str, scene_num: int) -> Scene:
         cls = rng.choice(sorted(c for c in counts if counts[c] > spec[c][0]))
         counts[cls] -= 1
     while sum(counts.values()) < rooms.MIN_RECEPTACLES:
-        growable = sorted(c for c in counts if c not in rooms.APPLIANCE.values() and c != "Sofa")
+        growable = sorted(c for c in counts if spec[c][1] > 1)  # never a second bed, fridge, sofa...
         counts[rng.choice(growable)] += 1
     used_xyz: set = set()
     used_loc: set = set()
