@@ -148,6 +148,7 @@ from dmr_rl.serving.launcher import create_model_servers, ray_init
 c = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "temp_dir": sys.argv[1]})
 hp_node = c.add_node(num_cpus=1, resources={"hp_model": 2})
 lp_node = c.add_node(num_cpus=1, resources={"lp_model": 1})
+gpu_node = c.add_node(num_cpus=1, num_gpus=1)
 c.wait_for_nodes()
 ray_init(RayConfig(address=c.address), sys.argv[1])
 hp = create_model_servers("hp", TierConfig(resources={"hp_model": 1}, num_replicas=2), functools.partial(FakeBackend, "hp"))
@@ -155,6 +156,9 @@ lp = create_model_servers("lp", TierConfig(resources={"lp_model": 1}), functools
 assert {r["node_id"] for r in hp.ready()} == {hp_node.node_id}, hp.ready()
 assert [r["node_id"] for r in lp.ready()] == [lp_node.node_id], lp.ready()
 assert len(hp.score_actions(["a >"], [["x", "y"]])[0].sum_logprobs) == 2
+halves = create_model_servers("gpu", TierConfig(num_gpus=0.5, num_replicas=2), functools.partial(FakeBackend, "g"))
+assert [r["node_id"] for r in halves.ready()] == [gpu_node.node_id] * 2  # two half-GPU replicas share it
+halves.shutdown()
 c.remove_node(lp_node)
 try:
     lp.score_actions(["a >"], [["x", "y"]])
@@ -168,8 +172,9 @@ c.shutdown()
 
 
 def test_custom_resources_place_tiers_on_their_nodes_of_a_multinode_cluster(tmp_path):
-    """A simulated 3-node cluster (its own Ray, in a subprocess): each tier's replicas land on the
-    node offering its custom resource; losing that node is an ActorError naming the tier."""
+    """A simulated 4-node cluster (its own Ray, in a subprocess): each tier's replicas land on the
+    node offering its custom resource, fractional-GPU replicas on the GPU node; losing a tier's
+    node is an ActorError naming the tier."""
     import os
     import shutil
     import subprocess
