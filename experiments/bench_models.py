@@ -64,27 +64,35 @@ def load_tiers(model_dir: str, awq_dir: str = "", quanto: bool = True) -> dict:
 
 
 def bench_throughput(tiers: dict, batch_sizes=(1, 4, 16), new_tokens: int = 16, n_cands: int = 20,
-                     repeats: int = 1) -> list:
-    """Rows: tier, batch, gen tok/s, score positions/s, weight bytes."""
-    rows = []
-    for name, be in tiers.items():
-        for b in batch_sizes:
-            prompts = [step_prompt(i) for i in range(b)]
-            be.generate(prompts[:1], SamplingParams(max_new_tokens=2, stop=()))  # warm-up
-            t0, n0 = time.perf_counter(), be.cost.generated_tokens
-            for _ in range(repeats):
+                     repeats: int = 2) -> list:
+    """Rows: tier, batch, gen tok/s, score positions/s, ms per scored step, weight bytes.
+
+    Tiers are timed round-robin and the best of ``repeats`` rounds is kept, so that load from
+    other processes on a shared machine hits every tier alike.
+    """
+    best: dict = {}
+    for b in batch_sizes:
+        prompts = [step_prompt(i) for i in range(b)]
+        for be in tiers.values():  # warm-up (first forward of a compressed model decompresses it)
+            be.generate(prompts[:1], SamplingParams(max_new_tokens=2, stop=()))
+        for _ in range(repeats):
+            for name, be in tiers.items():
+                t0, n0 = time.perf_counter(), be.cost.generated_tokens
                 be.generate(prompts, SamplingParams(max_new_tokens=new_tokens, stop=()))
-            gen_s = time.perf_counter() - t0
-            gen_tok = be.cost.generated_tokens - n0
-            t0, p0 = time.perf_counter(), be.cost.prompt_tokens
-            for _ in range(repeats):
+                gen = (be.cost.generated_tokens - n0) / (time.perf_counter() - t0)
+                t0, p0 = time.perf_counter(), be.cost.prompt_tokens
                 be.score_actions(prompts, [ACTIONS[:n_cands]] * b)
-            sc_s = time.perf_counter() - t0
-            sc_tok = be.cost.prompt_tokens - p0
-            rows.append({"tier": name, "batch": b, "gen_tok_s": gen_tok / gen_s,
-                         "score_pos_s": sc_tok / sc_s, "score_step_ms": 1000 * sc_s / (repeats * b),
-                         "weight_bytes": be.weight_bytes})
-    return rows
+                sc_s = time.perf_counter() - t0
+                row = {"tier": name, "batch": b, "gen_tok_s": gen, "score_pos_s": (be.cost.prompt_tokens - p0) / sc_s,
+                       "score_step_ms": 1000 * sc_s / b, "weight_bytes": be.weight_bytes}
+                old = best.get((name, b))
+                if old is None:
+                    best[(name, b)] = row
+                else:
+                    old["gen_tok_s"] = max(old["gen_tok_s"], row["gen_tok_s"])
+                    old["score_pos_s"] = max(old["score_pos_s"], row["score_pos_s"])
+                    old["score_step_ms"] = min(old["score_step_ms"], row["score_step_ms"])
+    return [best[(name, b)] for name in tiers for b in batch_sizes]
 
 
 def naive_score(be, prompt: str, cands: list) -> np.ndarray:

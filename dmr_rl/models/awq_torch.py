@@ -77,7 +77,7 @@ def _decoder_layers(model):
     return layers
 
 
-def capture_inputs(model, tokenizer, prompts: list, max_rows: int = 2048, max_seq_length: int = 256,
+def capture_inputs(model, tokenizer, prompts: list, max_rows: int = 512, max_seq_length: int = 256,
                    seed: int = 0) -> list:
     """Per decoder layer, a dict of input rows [n, d] to q_proj, o_proj, gate_proj, down_proj.
 
@@ -119,7 +119,7 @@ def capture_inputs(model, tokenizer, prompts: list, max_rows: int = 2048, max_se
 
 
 def apply_awq_scales(model, tokenizer, prompts: list, bits: int, group_size: int, n_grid: int = 20,
-                     max_rows: int = 2048, max_seq_length: int = 256) -> list:
+                     max_rows: int = 512, max_seq_length: int = 256) -> list:
     """Search and fold AWQ scales into ``model`` in place (function-preserving); return a report
     row per scaled group: layer, group, alpha, error with the scale, error without."""
     import torch
@@ -152,7 +152,7 @@ def apply_awq_scales(model, tokenizer, prompts: list, bits: int, group_size: int
 
 
 def awq_torch_quantize(model, tokenizer, prompts: list, bits: int, group_size: int, n_grid: int = 20,
-                       max_rows: int = 2048, max_seq_length: int = 256, symmetric: bool = False,
+                       max_rows: int = 512, max_seq_length: int = 256, symmetric: bool = False,
                        quantize_fn: Optional[callable] = None):
     """Scale search (here) + round-to-nearest and packing (llm-compressor) on ``model`` in place."""
     apply_awq_scales(model, tokenizer, prompts, bits, group_size, n_grid, max_rows, max_seq_length)

@@ -23,7 +23,7 @@ from dmr_rl.models.backends.base import (ActionScores, Backend, Generation, Samp
                                          TokenDistributions)
 
 #: Largest number of logit elements (rows x tokens x vocab) materialised at once while scoring.
-MAX_LOGIT_ELEMENTS = 48_000_000
+MAX_LOGIT_ELEMENTS = 16_000_000
 
 
 class TransformersBackend(Backend):
@@ -209,6 +209,11 @@ class TransformersBackend(Backend):
         return results
 
     def generate(self, prompts: list, sampling: SamplingParams) -> list:
+        """Greedy (temperature 0) or sampled decoding, cut at the first stop string or eos.
+
+        ``Generation.logprobs`` are the model's own log-probs (temperature 1, before top-p) of the
+        kept tokens; ``token_ids`` end with the token that completed the stop string.
+        """
         import torch
         from transformers import StoppingCriteriaList
 
