@@ -156,3 +156,12 @@ def test_bad_model_paths(tmp_path, tiny):
         load_backend(model_path=tiny, dtype="int3")
     cfg = json.loads((corrupt / "config.json").read_text())
     assert cfg["model_type"] in ("llama", "qwen3")
+
+
+def test_load_backend_from_tier_config(tiny):
+    from dmr_rl.config import TierConfig
+
+    be = load_backend(TierConfig(model_path=tiny, dtype="bfloat16"))
+    assert be.name == "transformers" and next(be.model.parameters()).dtype == torch.bfloat16
+    with pytest.raises(ModelError, match="unknown backend 'vllm2'"):
+        load_backend(TierConfig(model_path=tiny, backend="vllm2"))
