@@ -64,3 +64,10 @@ def test_cached_smollm2_scores_sensibly():
     td = be.token_distributions([prompt], [cands[0]], top_k=20)[0]
     np.testing.assert_allclose(np.exp(td.logprobs).sum(-1), 1.0, atol=1e-4)
     np.testing.assert_allclose(td.target_logprobs.sum(), s.sum_logprobs[0], atol=1e-3)
+
+
+def test_cli_fetch_unknown_model(capsys):
+    from dmr_rl.cli import main
+
+    assert main(["models", "fetch", "gpt5"]) == 2
+    assert "unknown model 'gpt5'" in capsys.readouterr().err
