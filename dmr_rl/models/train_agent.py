@@ -62,12 +62,15 @@ class TrainAgentConfig:
     lr: float = 2e-3
     max_candidates: int = 24
     lm_weight: float = 0.2
+    label_smoothing: float = 0.1  # over the candidates: bounded margins, a calibrated action distribution
+    dagger_max_steps: int = 30  # episode cap while rolling out the learner for DAgger
     max_prompt_tokens: int = 320
     dagger_rounds: int = 3
     dagger_beta: float = 0.3
     dagger_games: int = 0  # games per DAgger round (0: all)
     train_share: float = 0.5  # share of the budget for training on the teacher data (rest: DAgger)
     max_steps_episode: int = 0
+    augment: float = 0.5  # share of samples added with entity class names permuted (see rename_entities)
     threads: int = 1  # torch threads; 1 is far faster than 2 on a shared, oversubscribed 2-core box
     prompt: PromptConfig = field(default_factory=lambda: PromptConfig(history_window=2, show_admissible=False))
 
@@ -104,13 +107,15 @@ def _context(task: str, obs: str, history: list, info: dict) -> StepContext:
 
 
 def rollout_labelled(env, teacher, task_index: int, prompt_cfg: PromptConfig, learner=None,
-                     beta: float = 1.0, rng: Optional[np.random.Generator] = None) -> tuple[list, bool]:
+                     beta: float = 1.0, rng: Optional[np.random.Generator] = None,
+                     max_steps: int = 0) -> tuple[list, bool]:
     """Play one episode; label every state with the teacher's action.
 
     The acting policy is the teacher (``learner`` None or with probability ``beta`` per step) or
     the learner (an :class:`LMAgent`). Returns (samples, won)."""
     rng = rng or np.random.default_rng(0)
     obs, info = env.reset(options={"task_index": task_index})
+    cap = max_steps or 10**9
     teacher.reset(env)
     history: list = []
     samples: list = []
@@ -128,8 +133,55 @@ def rollout_labelled(env, teacher, task_index: int, prompt_cfg: PromptConfig, le
                 teacher.observe_action(action)  # a teacher with memory learns what was really done
         obs, _, terminated, truncated, info = env.step(action)
         history.append((action, obs))
-        done = terminated or truncated
+        done = terminated or truncated or len(history) >= cap
     return samples, bool(info.get("won"))
+
+
+#: classes the teacher reaches without the task naming them (clean/heat/cool): never renamed
+FIXED_CLASSES = {"sinkbasin", "microwave", "fridge"}
+
+
+def entity_classes(sample: Sample) -> tuple[set, set]:
+    """(place classes, thing classes) of the numbered entities a sample mentions: a place is
+    something the agent can "go to" ("shelf 1" -> shelf), a thing anything else ("keychain 2")."""
+    import re
+
+    text = (sample.prompt + "\n" + "\n".join(sample.admissible)).lower()
+    places = set(re.findall(r"\bgo to ([a-z]+) \d+\b", text))
+    things = set(re.findall(r"\b([a-z]+) \d+\b", text)) - places
+    return places - FIXED_CLASSES, things - FIXED_CLASSES
+
+
+def rename_entities(sample: Sample, pools: tuple, rng: random.Random) -> Sample:
+    """The same step with its place and thing classes consistently renamed to other classes of the
+    same kind from ``pools`` (prompt, task words, candidates and label alike): a world where, say,
+    the shelf is called a drawer. It teaches the agent to copy names from the task and the
+    observations instead of memorising which object goes where, as unseen pairs need."""
+    import re
+
+    mapping = {}
+    for classes, pool in zip(entity_classes(sample), pools):
+        classes = sorted(classes)
+        if classes and len(pool) >= len(classes):
+            mapping.update(zip(classes, rng.sample(pool, len(classes))))
+    if not mapping:
+        return sample
+    pattern = re.compile(r"\b(" + "|".join(map(re.escape, sorted(mapping))) + r")\b")
+
+    def sub(text: str) -> str:
+        return pattern.sub(lambda m: mapping[m.group(1)], text)
+
+    return Sample(sub(sample.prompt), [sub(a) for a in sample.admissible], sample.target)
+
+
+def augmented(samples: list, share: float, rng: random.Random) -> list:
+    if share <= 0 or not samples:
+        return []
+    kinds = [entity_classes(s) for s in samples]
+    places = sorted(set().union(*(k[0] for k in kinds)))
+    things = sorted(set().union(*(k[1] for k in kinds)) - set(places))
+    chosen = [s for s in samples if rng.random() < share]
+    return [rename_entities(s, (places, things), rng) for s in chosen]
 
 
 # ---- model ---------------------------------------------------------------------------------------
@@ -228,8 +280,9 @@ def pack_batch(batch: list, max_candidates: int, rng: random.Random):
                 target=torch.tensor(targets), C=C)
 
 
-def score_loss(model, packed: dict, lm_weight: float):
-    """(loss, metrics) of one packed batch: candidate cross-entropy + lm_weight x teacher-token NLL."""
+def score_loss(model, packed: dict, lm_weight: float, label_smoothing: float = 0.0):
+    """(loss, metrics) of one packed batch: candidate cross-entropy (label-smoothed over the valid
+    candidates) + lm_weight x the teacher action's per-token NLL."""
     import torch
 
     hidden = model.model(input_ids=packed["ids"], attention_mask=packed["mask"],
@@ -243,8 +296,11 @@ def score_loss(model, packed: dict, lm_weight: float):
     counts = torch.zeros((B, C)).index_put((packed["cand_b"], packed["cand_j"]), torch.ones_like(tok_lp),
                                            accumulate=True)
     logits = sums.masked_fill(~packed["valid"], float("-inf"))
-    ce = torch.nn.functional.cross_entropy(logits, packed["target"])
     ar = torch.arange(B)
+    logq = torch.log_softmax(logits, dim=-1)
+    nll = -logq[ar, packed["target"]]
+    uniform = -(logq.masked_fill(~packed["valid"], 0.0).sum(-1) / packed["valid"].sum(-1))
+    ce = ((1 - label_smoothing) * nll + label_smoothing * uniform).mean()
     lm = -(sums[ar, packed["target"]] / counts[ar, packed["target"]].clamp(min=1)).mean()
     loss = ce + lm_weight * lm
     acc = (logits.argmax(-1) == packed["target"]).float().mean()
@@ -266,7 +322,7 @@ def train_for(model, data: list, seconds: float, cfg: TrainAgentConfig, opt, rng
         batch = [data[i] for i in order[:cfg.batch_size]]
         del order[:cfg.batch_size]
         packed = pack_batch(batch, cfg.max_candidates, rng)
-        loss, metrics = score_loss(model, packed, cfg.lm_weight)
+        loss, metrics = score_loss(model, packed, cfg.lm_weight, cfg.label_smoothing)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -355,7 +411,7 @@ def _train_agent(cfg: TrainAgentConfig, env, val_env, teacher, progress) -> dict
     model = build_model(cfg, tokenizer)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=0.01)
     cache: dict = {}
-    data = encode(samples, tokenizer, cfg.max_prompt_tokens, cache)
+    data = encode(samples + augmented(samples, cfg.augment, rng), tokenizer, cfg.max_prompt_tokens, cache)
     log: list = []
     steps = 0
     rounds = []
@@ -373,12 +429,13 @@ def _train_agent(cfg: TrainAgentConfig, env, val_env, teacher, progress) -> dict
         dgames = games if not cfg.dagger_games else rng.sample(games, min(cfg.dagger_games, len(games)))
         new, wins = [], []
         for i in dgames:
-            s, won = rollout_labelled(env, teacher, i, cfg.prompt, learner=agent, beta=cfg.dagger_beta, rng=nrng)
+            s, won = rollout_labelled(env, teacher, i, cfg.prompt, learner=agent, beta=cfg.dagger_beta, rng=nrng,
+                                      max_steps=cfg.dagger_max_steps)
             new += s
             wins.append(won)
             if time.perf_counter() - round_t0 > 0.45 * left / max(1, n_rounds - r):
                 break
-        data += encode(new, tokenizer, cfg.max_prompt_tokens, cache)
+        data += encode(new + augmented(new, cfg.augment, rng), tokenizer, cfg.max_prompt_tokens, cache)
         samples += new
         left = budget - (time.perf_counter() - t0)
         n = train_for(model, data, left / max(1, n_rounds - r), cfg, opt, rng, log, steps)
@@ -405,10 +462,45 @@ def _train_agent(cfg: TrainAgentConfig, env, val_env, teacher, progress) -> dict
         "train": {k: v for k, v in asdict(cfg).items() if k not in ("prompt", "data", "out")},
         "prompt": cfg.prompt.to_dict(), "steps": steps, "minutes": round(minutes, 2),
         "dagger": rounds, "validation": val, "loss_log": log[-10:],
-        "lp": {"method": "awq", "bits": 3, "group_size": 32},
+        "lp": {"method": "awq", "bits": 3, "group_size": min(32, cfg.hidden)},
     }
     save_agent(model, tokenizer, Path(cfg.out), cfg, info, calib)
     return info
+
+
+def evaluate_tiers(model_dir, env_name: str, data: str, split: str = "valid_unseen", games: int = 0,
+                   lp: Optional[dict] = None, seed: int = 0, progress=print) -> dict:
+    """Quantize the agent as ``lp`` asks (into ``<model_dir>/<lp dir>``, reused when present),
+    play ``games`` games of ``split`` with both tiers, and record the result in training.json."""
+    from environments import make_env
+    from environments.runner import evaluate_policy
+    from dmr_rl.models.agent import calibration_prompts, load_agent, lp_spec
+    from dmr_rl.models.quantize import quantize_checkpoint
+
+    model_dir = Path(model_dir)
+    info_path = model_dir / TRAINING_INFO
+    info = json.loads(info_path.read_text())
+    if lp:
+        info["lp"] = {k: lp[k] for k in ("method", "bits", "group_size")}
+        info_path.write_text(json.dumps(info, indent=1))
+    spec = lp_spec(model_dir)
+    lp_dir = model_dir / spec["dir"]
+    if not (lp_dir / "config.json").exists():
+        q = quantize_checkpoint(str(model_dir), str(lp_dir), spec["method"], int(spec["bits"]),
+                                int(spec["group_size"]), calibration_prompts(model_dir))
+        progress(f"quantized {spec['dir']}: {q.get('packed_bytes')} packed bytes")
+    env = make_env(env_name, data, split)
+    n = min(games or env.num_tasks, env.num_tasks)
+    result = {"data": str(data), "split": split, "games": n}
+    for tier, d in (("hp", model_dir), ("lp", lp_dir)):
+        summary = evaluate_policy(env, AgentPolicy(load_agent(d), seed=seed), n)
+        result[tier] = {k: summary[k] for k in ("success_rate", "mean_steps", "seconds_per_step",
+                                                "success_by_task_type")}
+        result[tier]["success"] = summary["success_rate"]
+        progress(f"{tier} ({d.name}): success {summary['success_rate']:.3f} on {n} {split} games")
+    info["eval"] = result
+    info_path.write_text(json.dumps(info, indent=1))
+    return result
 
 
 # ---- command line --------------------------------------------------------------------------------
@@ -427,6 +519,13 @@ def register_train_agent(train_sub) -> None:
     p.add_argument("--vocab", type=int, default=TrainAgentConfig.vocab)
     p.add_argument("--dagger-rounds", type=int, default=TrainAgentConfig.dagger_rounds)
     p.add_argument("--threads", type=int, default=1, help="torch threads (1 is fastest on a busy 2-core box)")
+    p.add_argument("--eval-data", default="", help="after training: data root whose --eval-split games "
+                   "both tiers play (HP and its low-bit copy); recorded in training.json")
+    p.add_argument("--eval-split", default="valid_unseen")
+    p.add_argument("--eval-games", type=int, default=0, help="0: the whole split")
+    p.add_argument("--lp-method", default="awq", help="low-bit copy: awq | rtn")
+    p.add_argument("--lp-bits", type=int, default=3)
+    p.add_argument("--lp-group-size", type=int, default=32, help="must divide the hidden size")
     p.set_defaults(func=_cmd_train_agent)
 
 
@@ -445,4 +544,11 @@ def _cmd_train_agent(args) -> int:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     info = train_agent(cfg)
     print(json.dumps({k: info[k] for k in ("steps", "minutes", "validation", "data")}, indent=1))
+    if args.eval_data:
+        import torch
+
+        torch.set_num_threads(max(1, args.threads))
+        lp = {"method": args.lp_method, "bits": args.lp_bits, "group_size": args.lp_group_size}
+        result = evaluate_tiers(args.out, args.env, args.eval_data, args.eval_split, args.eval_games, lp, args.seed)
+        print(json.dumps({t: result[t]["success"] for t in ("hp", "lp")}))
     return 0
