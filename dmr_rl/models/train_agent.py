@@ -54,7 +54,7 @@ class TrainAgentConfig:
     max_games: int = 0  # 0: every game of the split
     val_split: str = "valid_seen"
     val_games: int = 12
-    hidden: int = 160
+    hidden: int = 128
     layers: int = 3
     heads: int = 4
     vocab: int = 1024
@@ -70,7 +70,7 @@ class TrainAgentConfig:
     dagger_games: int = 0  # games per DAgger round (0: all)
     train_share: float = 0.5  # share of the budget for training on the teacher data (rest: DAgger)
     max_steps_episode: int = 0
-    augment: float = 0.5  # share of samples added with entity class names permuted (see rename_entities)
+    augment: float = 0.0  # share of samples added with entity names permuted (rename_entities); 0.5 measured worse
     threads: int = 1  # torch threads; 1 is far faster than 2 on a shared, oversubscribed 2-core box
     prompt: PromptConfig = field(default_factory=lambda: PromptConfig(history_window=2, show_admissible=False))
 
