@@ -40,7 +40,20 @@ def torch_threads_set(n):
         torch.set_num_threads(prev)
 
 
-class LocalTierClient:
+class _PlainCalls:
+    """The Backend calls without per-row costs, derived from a client's ``*_costed`` methods."""
+
+    def score_actions(self, prompts, candidates):
+        return self.score_actions_costed(prompts, candidates)[0]
+
+    def token_distributions(self, prompts, continuations, top_k: int = 0):
+        return self.token_distributions_costed(prompts, continuations, top_k)[0]
+
+    def generate(self, prompts, sampling=None):
+        return self.generate_costed(prompts, sampling)[0]
+
+
+class LocalTierClient(_PlainCalls):
     """A tier served in this process: a direct, unbatched call into a Backend."""
 
     def __init__(self, tier: str, backend):
@@ -79,15 +92,6 @@ class LocalTierClient:
         seconds = time.perf_counter() - t0
         return results, apportion_cost(before, self.backend.cost.snapshot(), weights, seconds, results, kind)
 
-    def score_actions(self, prompts, candidates):
-        return self.score_actions_costed(prompts, candidates)[0]
-
-    def token_distributions(self, prompts, continuations, top_k: int = 0):
-        return self.token_distributions_costed(prompts, continuations, top_k)[0]
-
-    def generate(self, prompts, sampling=None):
-        return self.generate_costed(prompts, sampling)[0]
-
     def cost(self) -> dict:
         snap = self.backend.cost.snapshot()
         snap.update(tier=self.tier, replica=0)
@@ -101,7 +105,7 @@ class LocalTierClient:
         pass
 
 
-class TierClient:
+class TierClient(_PlainCalls):
     """Load-balanced calls to the Ray model-server replicas of one tier."""
 
     def __init__(self, tier: str, handles: list, weight_bytes: float = 0.0, offset: int = 0):
@@ -195,15 +199,6 @@ class TierClient:
 
     def generate_costed(self, prompts, sampling=None):
         return self.get(self.generate_ref(prompts, sampling)) if prompts else ([], [])
-
-    def score_actions(self, prompts, candidates):
-        return self.score_actions_costed(prompts, candidates)[0]
-
-    def token_distributions(self, prompts, continuations, top_k: int = 0):
-        return self.token_distributions_costed(prompts, continuations, top_k)[0]
-
-    def generate(self, prompts, sampling=None):
-        return self.generate_costed(prompts, sampling)[0]
 
     # ---- management ----------------------------------------------------------------------
     def _all(self, method: str, timeout_s: Optional[float]) -> list:
