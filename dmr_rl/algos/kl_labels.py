@@ -143,7 +143,8 @@ def budget_cut(kl, rho: float) -> float:
 def label_by_budget(kl, rho: float) -> np.ndarray:
     """Top ``rho`` share of steps by KL -> 1, others 0. kl [N] -> labels [N] int64.
 
-    Exactly ``round(rho * N)`` positives; ties at the cut are broken by step order (stable).
+    At most ``round(rho * N)`` positives; ties at the cut are broken by step order (stable). A step
+    with KL <= 0 (the tiers agree exactly) is never positive, even inside the budget.
     """
     if not 0.0 <= rho <= 1.0:
         raise ValueError(f"rho must be in [0, 1], got {rho}")
@@ -151,6 +152,7 @@ def label_by_budget(kl, rho: float) -> np.ndarray:
     n_pos = int(round(rho * len(kl)))
     labels = np.zeros(len(kl), dtype=np.int64)
     labels[np.argsort(-kl, kind="stable")[:n_pos]] = 1
+    labels[kl <= 0] = 0
     return labels
 
 

@@ -7,9 +7,11 @@ For every recorded step, both tiers are run on the prompt the agent saw (``StepR
 - ``label.kl_space=tokens``: teacher-forced on the action taken, the mean over its tokens of the
   next-token KL (``dmr_rl.models.kl.token_kl_batch``).
 
-Labels: ``label.mode=budget`` marks the top ``label.rho`` share of steps by KL (a step with KL 0
-is never marked); ``threshold`` marks KL >= ``label.kl_threshold``. The soft target of a step is
-``kl / (kl + t)`` with t the labelling threshold (0.5 exactly at the threshold).
+Labels come from :func:`dmr_rl.algos.kl_labels.label_steps`: ``label.mode=budget`` marks the top
+``label.rho`` share of steps by KL (a step with KL 0 is never marked); ``threshold`` marks
+KL >= ``label.kl_threshold``. Every row also carries the soft target of
+:func:`dmr_rl.algos.kl_labels.soft_targets` (0.5 at the cut, on a log-KL scale), used when
+``sft.soft_targets`` is on.
 
 Output: ``<run_dir>/labels/steps.jsonl`` in the labelled-steps format of
 :mod:`dmr_rl.pipeline.train_sft` (``step_row``), and ``<run_dir>/labels/label_stats.json``.
@@ -22,6 +24,7 @@ from typing import Optional
 
 import numpy as np
 
+from dmr_rl.algos.kl_labels import label_steps
 from environments.errors import DataError
 
 
@@ -39,24 +42,6 @@ def kl_stats(kls) -> dict:
     return {"steps": int(k.size), "mean": float(k.mean()), "p50": float(np.percentile(k, 50)),
             "p90": float(np.percentile(k, 90)), "p99": float(np.percentile(k, 99)), "max": float(k[0]),
             "top5_share": float(k[:top].sum() / total) if total > 0 else 0.0}
-
-
-def label_steps(kls, mode: str, rho: float = 0.25, kl_threshold: float = 0.1) -> tuple:
-    """(labels [N] int, threshold used). Budget: the ceil(rho * N) highest-KL steps with KL > 0
-    (ties at the cut broken by order); threshold: KL >= kl_threshold."""
-    k = np.asarray(kls, dtype=np.float64)
-    if mode == "threshold":
-        return (k >= kl_threshold).astype(np.int64), float(kl_threshold)
-    if mode != "budget":
-        raise ValueError(f"unknown label mode {mode!r}; known: budget, threshold")
-    n_pos = int(np.ceil(rho * k.size))
-    labels = np.zeros(k.size, dtype=np.int64)
-    if n_pos == 0 or k.size == 0:
-        return labels, float("inf")
-    order = np.argsort(-k, kind="stable")[:n_pos]
-    labels[order] = 1
-    labels[k <= 0] = 0
-    return labels, float(k[order[-1]])
 
 
 def step_kls(clients: dict, steps: list, space: str, batch_size: int = 16, progress=None) -> np.ndarray:
@@ -125,10 +110,9 @@ def run(cfg, traj_dir: Optional[str] = None, out_path: Optional[str] = None, loc
         if clients and not local:
             launcher.shutdown_all(None, clients)
     with timers("write"):
-        labels, thr = label_steps(kls, lc.mode, lc.rho, lc.kl_threshold)
-        t = thr if np.isfinite(thr) and thr > 0 else max(float(np.median(kls)), 1e-6)
-        rows = [step_row(e, i, float(k), int(y), target=float(k / (k + t)))
-                for (e, i), k, y in zip(index, kls, labels)]
+        labels, targets, thr = label_steps(kls, lc.mode, lc.rho, lc.kl_threshold, soft=True)
+        rows = [step_row(e, i, float(k), int(y), target=float(t))
+                for (e, i), k, y, t in zip(index, kls, labels, targets)]
         path = write_labelled_steps(out_path or labels_path(cfg.run_dir), rows)
     stats = {"labelled_steps": str(path), "trajectories": str(src), "episodes": len(episodes),
              "steps": len(steps), "positives": int(labels.sum()), "positive_rate": float(labels.mean()),
