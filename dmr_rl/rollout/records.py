@@ -9,9 +9,12 @@ from __future__ import annotations
 
 import json
 import os
+import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Iterator, Optional
+
+from environments.errors import DataError
 
 HP, LP = 1, 0
 TIER_NAMES = {HP: "hp", LP: "lp"}
@@ -88,8 +91,9 @@ class EpisodeRecord:
 class TrajectoryStore:
     """Append-only JSONL shards under one directory: ``<dir>/<shard>.jsonl``.
 
-    Each writer (rollout worker) uses its own shard name; readers merge all shards. A partly
-    written last line (a worker killed mid-write) is skipped on read, never fatal.
+    Each writer (rollout worker) uses its own shard name; readers merge all shards. A torn line
+    (a worker killed mid-write) is skipped with a warning; a well-formed line that is not an
+    episode record raises DataError naming the shard and line.
     """
 
     def __init__(self, directory, shard: str = "main"):
@@ -117,11 +121,16 @@ class TrajectoryStore:
             raise FileNotFoundError(f"no trajectory directory at {directory}")
         for shard in sorted(directory.glob("*.jsonl")):
             with open(shard, encoding="utf-8") as f:
-                for line in f:
-                    line = line.strip()
-                    if not line:
-                        continue
-                    try:
-                        yield EpisodeRecord.from_dict(json.loads(line))
-                    except (json.JSONDecodeError, TypeError):
-                        continue  # a torn last line from a killed writer
+                lines = f.read().split("\n")
+            for i, line in enumerate(lines):
+                if not line.strip():
+                    continue
+                try:
+                    obj = json.loads(line)
+                except json.JSONDecodeError:  # a line torn by a writer killed mid-write: unrecoverable
+                    warnings.warn(f"{shard}: skipped a torn record on line {i + 1}", stacklevel=2)
+                    continue
+                try:
+                    yield EpisodeRecord.from_dict(obj)
+                except (TypeError, KeyError) as e:
+                    raise DataError(f"malformed episode record on line {i + 1}: {e}", path=str(shard)) from None
