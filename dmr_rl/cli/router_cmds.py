@@ -90,6 +90,8 @@ def _train_sft(args) -> int:
     metrics = train_sft.fit(cfg, labels, out, log_dir=str(run_dir / "tb" / "sft"), progress=not args.no_progress)
     print(f"train sft: router -> {out}")
     print(json.dumps({k: v for k, v in metrics.items() if not isinstance(v, (list, dict))}, indent=1, default=str))
+    print("held-out steps: " + ", ".join(f"{k} {v:.3f}" for k, v in metrics.get("holdout", {}).items()
+                                         if isinstance(v, float)))
     return 0
 
 

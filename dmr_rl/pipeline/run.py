@@ -129,7 +129,11 @@ class MainJob:
 
         m = train_sft.fit(self.cfg, labels_path(self.run_dir), self.run_dir / "router_sft",
                           log_dir=str(self.run_dir / "tb" / "sft"), progress=self.progress)
-        return {k: v for k, v in m.items() if isinstance(v, (int, float, str))}
+        out = {k: v for k, v in m.items() if isinstance(v, (int, float, str))}
+        out.update({f"holdout_{k}": v for k, v in m.get("holdout", {}).items()})
+        self._say("stage 1 router, held-out steps: " + ", ".join(
+            f"{k} {m.get('holdout', {}).get(k, float('nan')):.3f}" for k in ("auroc", "precision", "recall")))
+        return out
 
     def grpo(self) -> dict:
         from dmr_rl.pipeline import train_grpo
