@@ -461,7 +461,7 @@ def _train_agent(cfg: TrainAgentConfig, env, val_env, teacher, progress) -> dict
                   "vocab": len(tokenizer), "params": int(sum(p.numel() for p in model.parameters()))},
         "train": {k: v for k, v in asdict(cfg).items() if k not in ("prompt", "data", "out")},
         "prompt": cfg.prompt.to_dict(), "steps": steps, "minutes": round(minutes, 2),
-        "dagger": rounds, "validation": val, "loss_log": log[-10:],
+        "dagger": rounds, "validation": val, "loss_log": log[:1] + log[-10:] if len(log) > 11 else log,
         "lp": {"method": "awq", "bits": 3, "group_size": min(32, cfg.hidden)},
     }
     save_agent(model, tokenizer, Path(cfg.out), cfg, info, calib)
