@@ -11,7 +11,8 @@ from dmr_rl.config import TierConfig
 from dmr_rl.errors import ActorError
 from dmr_rl.rollout.envs import EnvSpec
 from dmr_rl.rollout.records import HP, LP, TrajectoryStore
-from dmr_rl.rollout.worker import RolloutGroup, RolloutWorker
+from dmr_rl.rollout.group import RolloutGroup
+from dmr_rl.rollout.worker import RolloutWorker
 from dmr_rl.serving.clients import LocalTierClient
 from dmr_rl.serving.fake_backend import FakeBackend
 

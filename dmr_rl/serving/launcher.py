@@ -207,7 +207,8 @@ def create_rollout_group(cfg, clients: dict, shard_dir, local: bool = False, num
                          envs_per_worker: Optional[int] = None, split: Optional[str] = None, **worker_kw):
     """A RolloutGroup over ``num_workers`` workers (Ray actors, or in-process with ``local=True``)
     hosting ``envs_per_worker`` environments each, configured from ``cfg``."""
-    from dmr_rl.rollout.worker import RolloutGroup, RolloutWorker, worker_kwargs_from_config
+    from dmr_rl.rollout.group import RolloutGroup, worker_kwargs_from_config
+    from dmr_rl.rollout.worker import RolloutWorker
 
     n = int(num_workers or cfg.collect.num_workers)
     kwargs = worker_kwargs_from_config(cfg, shard_dir, envs_per_worker=envs_per_worker, split=split)
