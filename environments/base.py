@@ -37,6 +37,8 @@ class TaskState:
     """What a subclass returns from ``_reset_task``/``_step_task``.
 
     ``done`` means the engine ended the episode (won, bought, lost); the cap is handled by the base.
+    ``invalid``: the engine's own verdict on the command just applied; None (the default) lets the
+    base judge it by membership in the previous state's ``admissible_commands``.
     """
 
     obs: str
@@ -47,6 +49,7 @@ class TaskState:
     score: float = 0.0
     done: bool = False
     reward: float = 0.0
+    invalid: Optional[bool] = None
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -136,9 +139,10 @@ class TextEnv(gym.Env, abc.ABC):
         if self._state.done or self._steps >= self.max_steps:
             raise RuntimeError("step() called on a finished episode; call reset()")
         command = str(action).strip()
-        self._last_invalid = command not in self._state.admissible_commands
+        not_listed = command not in self._state.admissible_commands
         self._steps += 1
         self._state = self._step_task(command)
+        self._last_invalid = not_listed if self._state.invalid is None else bool(self._state.invalid)
         terminated = bool(self._state.done)
         truncated = (not terminated) and self._steps >= self.max_steps
         return self._state.obs, float(self._state.reward), terminated, truncated, self._info()

@@ -217,3 +217,10 @@ def test_synthetic_goals_from_items_ins_v2(webshop_data):
     env = make_env("webshop", webshop_data, "test", human_goals=False)
     summary = evaluate_policy(env, ExpertPolicy(), 20)
     assert summary["success_rate"] >= 0.9
+
+
+def test_a_typed_search_is_valid_though_only_its_placeholder_is_listed(env):
+    _, info = env.reset(options={"task_index": 0})
+    assert info["admissible_commands"] == ["search[<query>]"]
+    _, _, _, _, info = env.step("search[anything at all]")
+    assert not info["invalid"] and info["page"] == "results"

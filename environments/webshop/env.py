@@ -173,7 +173,7 @@ class WebShopEnv(TextEnv):
     def _invalid(self, reason: str) -> TaskState:
         state = self._state_now()
         state.obs = f"Invalid action! {reason}.{SEP}{state.obs}"
-        state.extra["invalid"] = True
+        state.invalid = True
         return state
 
     # ---- rendering ---------------------------------------------------------------------------
@@ -233,7 +233,7 @@ class WebShopEnv(TextEnv):
         commands = ["search[<query>]"] if self.page == "search" else [f"click[{c}]" for c in self._clickables()]
         return TaskState(obs=self._observation(), admissible_commands=commands, task_type=self.goal.category,
                          task=self.goal.instruction_text,
-                         extra={"invalid": False, "page": self.page if self.page != "sub" else self.sub_page})
+                         invalid=False, extra={"page": self.page if self.page != "sub" else self.sub_page})
 
     # ---- the oracle ----------------------------------------------------------------------------
     def expert_query(self) -> str:
