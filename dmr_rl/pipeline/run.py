@@ -15,6 +15,10 @@ from pathlib import Path
 from typing import Optional
 
 STAGES = ("games", "agent", "quantize", "collect", "label", "sft", "grpo", "eval", "report")
+# paths an earlier call's stage put into the config, restored when that stage is skipped:
+# stage -> (config section, field, key in stages.json)
+RESTORED_PATHS = {"games": ("env", "data_dir", "data_dir"), "agent": ("hp", "model_path", "hp_model"),
+                  "quantize": ("lp", "model_path", "lp_model")}
 
 
 class MainJob:
@@ -166,11 +170,9 @@ class MainJob:
         from dmr_rl.config import save_config
 
         self.run_dir.mkdir(parents=True, exist_ok=True)
-        for stage in ("games", "agent", "quantize"):  # paths the later stages read from the config
+        for stage, (section, field, key) in RESTORED_PATHS.items():
             if stage in self.done:
-                key = {"games": "data_dir", "agent": "hp_model", "quantize": "lp_model"}[stage]
-                target = {"games": self.cfg.env, "agent": self.cfg.hp, "quantize": self.cfg.lp}[stage]
-                setattr(target, "data_dir" if stage == "games" else "model_path", self.done[stage][key])
+                setattr(getattr(self.cfg, section), field, self.done[stage][key])
         t0 = time.perf_counter()
         for stage in STAGES:
             self._stage(stage, getattr(self, stage))
