@@ -9,8 +9,7 @@ import pytest
 
 from dmr_rl.cli import main
 from dmr_rl.config import load_config
-from dmr_rl.algos.kl_labels import label_steps
-from dmr_rl.pipeline.label import kl_stats
+from dmr_rl.algos.kl_labels import kl_summary, label_steps
 from dmr_rl.rollout.records import TrajectoryStore
 
 
@@ -97,7 +96,7 @@ def test_label_rules_and_stats_by_hand():
     assert labels.tolist() == [0, 0, 0, 0]  # a zero-KL step is never precision-sensitive
     labels, _, thr = label_steps([0.05, 0.1, 0.2], "threshold", threshold=0.1)
     assert labels.tolist() == [0, 1, 1] and thr == 0.1
-    s = kl_stats([1.0] * 19 + [81.0])
+    s = kl_summary([1.0] * 19 + [81.0])
     assert s["top5_share"] == pytest.approx(81.0 / 100.0) and s["p50"] == 1.0 and s["mean"] == 5.0
 
 

@@ -190,3 +190,16 @@ def label_steps(kl, mode: str = "budget", rho: float = 0.25, threshold: float = 
         raise ValueError(f"label mode must be 'budget' or 'threshold', got {mode!r}")
     targets = soft_targets(kl, cut, temperature) if soft else labels.astype(np.float64)
     return labels, targets, cut
+
+
+def kl_summary(kls) -> dict:
+    """Summary of per-step KL values [N]: steps, mean, p50, p90, p99, max, and ``top5_share``, the
+    share of the total KL held by the top 5% of steps (0.0 when the total is 0). Empty: {"steps": 0}."""
+    k = np.sort(np.asarray(kls, dtype=np.float64))[::-1]
+    if k.size == 0:
+        return {"steps": 0}
+    top = max(1, int(np.ceil(0.05 * k.size)))
+    total = float(k.sum())
+    return {"steps": int(k.size), "mean": float(k.mean()), "p50": float(np.percentile(k, 50)),
+            "p90": float(np.percentile(k, 90)), "p99": float(np.percentile(k, 99)), "max": float(k[0]),
+            "top5_share": float(k[:top].sum() / total) if total > 0 else 0.0}

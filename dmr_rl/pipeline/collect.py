@@ -85,9 +85,9 @@ def run(cfg, local: bool = False, record_kl: bool = False, progress: bool = True
     summary.update(policy=c.policy, trajectories=str(out), stored_episodes=len(episodes),
                    num_tasks=num_tasks, split=cfg.env.train_split, timers_s=timers.as_dict())
     if kls.size:
-        from dmr_rl.pipeline.label import kl_stats
+        from dmr_rl.algos.kl_labels import kl_summary
 
-        summary["kl"] = kl_stats(kls)
+        summary["kl"] = kl_summary(kls)
     timers.write_tensorboard(Path(cfg.run_dir) / "tb" / "collect")
     path = out.parent / "collect_summary.json"
     path.write_text(json.dumps(summary, indent=1, default=float))

@@ -24,24 +24,12 @@ from typing import Optional
 
 import numpy as np
 
-from dmr_rl.algos.kl_labels import label_steps
+from dmr_rl.algos.kl_labels import kl_summary, label_steps
 from environments.errors import DataError
 
 
 def labels_path(run_dir) -> Path:
     return Path(run_dir) / "labels" / "steps.jsonl"
-
-
-def kl_stats(kls) -> dict:
-    """mean, p50, p90, p99, max of per-step KL and the share of total KL in the top 5% of steps."""
-    k = np.sort(np.asarray(kls, dtype=np.float64))[::-1]
-    if k.size == 0:
-        return {"steps": 0}
-    top = max(1, int(np.ceil(0.05 * k.size)))
-    total = float(k.sum())
-    return {"steps": int(k.size), "mean": float(k.mean()), "p50": float(np.percentile(k, 50)),
-            "p90": float(np.percentile(k, 90)), "p99": float(np.percentile(k, 99)), "max": float(k[0]),
-            "top5_share": float(k[:top].sum() / total) if total > 0 else 0.0}
 
 
 def step_kls(clients: dict, steps: list, space: str, batch_size: int = 16, progress=None) -> np.ndarray:
@@ -117,7 +105,7 @@ def run(cfg, traj_dir: Optional[str] = None, out_path: Optional[str] = None, loc
     stats = {"labelled_steps": str(path), "trajectories": str(src), "episodes": len(episodes),
              "steps": len(steps), "positives": int(labels.sum()), "positive_rate": float(labels.mean()),
              "mode": lc.mode, "rho": lc.rho, "threshold": thr, "kl_space": lc.kl_space,
-             "kl": kl_stats(kls), "timers_s": timers.as_dict()}
+             "kl": kl_summary(kls), "timers_s": timers.as_dict()}
     (path.parent / "label_stats.json").write_text(json.dumps(stats, indent=1))
     timers.write_tensorboard(Path(cfg.run_dir) / "tb" / "label")
     return stats

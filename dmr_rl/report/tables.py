@@ -116,14 +116,9 @@ def _causal(causal: Optional[dict], n_boot: int, boot_seed: int) -> Optional[dic
 
 
 def _kl_summary(values: list) -> Optional[dict]:
-    if not values:
-        return None
-    kl = np.sort(np.asarray(values, dtype=float))[::-1]
-    top = max(1, int(math.ceil(0.05 * kl.size)))
-    total = kl.sum()
-    return {"steps": int(kl.size), "mean": float(kl.mean()), "p50": float(np.quantile(kl, 0.5)),
-            "p90": float(np.quantile(kl, 0.9)), "p99": float(np.quantile(kl, 0.99)),
-            "top5_share": float(kl[:top].sum() / total) if total > 0 else float("nan")}
+    from dmr_rl.algos.kl_labels import kl_summary
+
+    return kl_summary(values) if values else None
 
 
 def summarise(run_dir, n_boot: int = 2000, boot_seed: int = 0) -> dict:
