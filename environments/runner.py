@@ -39,12 +39,22 @@ def run_episode(env: TextEnv, policy: Policy, task_index: int, record_actions: b
                          float(info["score"]), int(info["step"]), time.perf_counter() - t0, actions)
 
 
-def evaluate_policy(env: TextEnv, policy: Policy, episodes: int, start: int = 0) -> dict:
-    """Play ``episodes`` episodes over tasks start, start+1, ... (wrapping) and summarise them."""
+def spread_tasks(num_tasks: int, episodes: int) -> list[int]:
+    """``episodes`` task indices spread evenly over ``0..num_tasks-1`` (every task once per pass,
+    wrapping when ``episodes`` exceeds the split). Tasks are stored sorted by id, and ids group
+    games by task type, so the first k tasks would all be of one type; evenly spaced ones are not."""
     if episodes <= 0:
         raise ValueError(f"episodes must be positive, got {episodes}")
-    n = env.num_tasks
-    results = [run_episode(env, policy, (start + k) % n) for k in range(episodes)]
+    if num_tasks <= 0:
+        raise ValueError("the split has no tasks")
+    passes, rest = divmod(episodes, num_tasks)
+    return list(range(num_tasks)) * passes + [k * num_tasks // rest for k in range(rest)]
+
+
+def evaluate_policy(env: TextEnv, policy: Policy, episodes: int) -> dict:
+    """Play ``episodes`` episodes over tasks spread evenly over the split (:func:`spread_tasks`)
+    and summarise them."""
+    results = [run_episode(env, policy, i) for i in spread_tasks(env.num_tasks, episodes)]
     return summarise(results)
 
 

@@ -227,3 +227,18 @@ def test_unsolvable_games_are_skipped_and_bad_pddl_is_named(broken_copy):
     broken_index = [g.game_file for g in env.games].index(other)
     with pytest.raises(DataError, match="game.tw-pddl"):
         env.reset(options={"task_index": broken_index})
+
+
+def test_evaluation_spreads_tasks_over_the_split(seen_env):
+    """A few episodes cover several task types (tasks are stored grouped by type)."""
+    from environments.runner import evaluate_policy, spread_tasks
+
+    assert spread_tasks(10, 4) == [0, 2, 5, 7]
+    assert spread_tasks(3, 7) == [0, 1, 2, 0, 1, 2, 0]
+    with pytest.raises(ValueError):
+        spread_tasks(5, 0)
+    n = len(rooms.TASK_TYPES)
+    from environments.policies import POLICIES
+
+    summary = evaluate_policy(seen_env, POLICIES["expert"](), n)
+    assert len(summary["success_by_task_type"]) >= n // 2
