@@ -26,15 +26,37 @@ def test_parse_task_and_items():
     assert parse_items("nothing.") == []
 
 
-def test_explorer_wins_every_task_type(alfworld_data):
+@pytest.mark.parametrize("prefer_likely", [False, True])
+def test_explorer_wins_every_task_type(alfworld_data, prefer_likely):
     env = make_env("alfworld", alfworld_data, "valid_unseen")
     won = {}
     for i, game in enumerate(env.games):
-        result = run_episode(env, ExplorerExpert(), i, record_actions=True)
+        result = run_episode(env, ExplorerExpert(prefer_likely=prefer_likely), i, record_actions=True)
         won.setdefault(game.task_type, []).append(result.won)
         assert result.steps <= 50
     assert set(won) == set(rooms.TASK_TYPES)
     assert all(all(v) for v in won.values()), won
+
+
+def test_plain_search_visits_places_in_admissible_order(alfworld_data):
+    """Without the prior, the n-th new place searched is the first admissible "go to" place not
+    visited yet: what the agent's prompt lists first under "Unvisited"."""
+    env = make_env("alfworld", alfworld_data, "train")
+    for i in range(min(6, env.num_tasks)):
+        obs, info = env.reset(options={"task_index": i})
+        order = [a[len("go to "):] for a in info["admissible_commands"] if a.startswith("go to ")]
+        teacher, visited, done = ExplorerExpert(), [], False
+        teacher.reset(env)
+        while not done:
+            action = teacher.act(obs, info)
+            place = action[len("go to "):] if action.startswith("go to ") else None
+            if place and place not in visited and teacher.holding is None and not any(
+                    n.rsplit(" ", 1)[0] == teacher.task[1] for n in teacher.seen):
+                assert place == next(p for p in order if p not in visited), (action, visited)
+            if place:
+                visited.append(place)
+            obs, _, terminated, truncated, info = env.step(action)
+            done = terminated or truncated
 
 
 def test_explorer_uses_only_observations(alfworld_data):
