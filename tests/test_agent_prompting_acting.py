@@ -30,7 +30,8 @@ def test_prompt_shows_task_window_memory_and_actions():
     assert "> go to sinkbasin 1" in lines and "> clean apple 1 with sinkbasin 1" in lines
     assert "> take apple 1 from countertop 1" not in lines
     assert p.count("You clean the apple 1 using the sinkbasin 1.") == 1
-    assert "Visited: countertop 1, sinkbasin 1" in lines
+    assert "At: sinkbasin 1" in lines
+    assert "Unvisited: fridge 1" in lines  # the admissible "go to" places not visited yet
     assert "Holding: apple 1" in lines
     assert "Actions: go to fridge 1 | look" in lines
 
@@ -42,11 +43,12 @@ def test_prompt_window_sizes_and_options():
     p4 = build_prompt(ctx(), history_window=4)
     assert sum(line.startswith("> ") for line in p4.split("\n")) == 4
     short = build_prompt(ctx(), 2, PromptConfig(history_window=1, show_admissible=False, show_memory=False))
-    assert "Actions:" not in short and "Visited" not in short
+    assert "Actions:" not in short and "At:" not in short
     assert sum(line.startswith("> ") for line in short.split("\n")) == 1
     assert len(short) < len(p4)
     first = build_prompt(ctx(history=[]), history_window=2)
-    assert "You are in the middle of a room." in first and "Visited" not in first
+    assert "You are in the middle of a room." in first and "At:" not in first
+    assert "Unvisited: fridge 1" in first
     with pytest.raises(ValueError):
         build_prompt(ctx(), history_window=-1)
 
@@ -54,10 +56,12 @@ def test_prompt_window_sizes_and_options():
 def test_memory_ignores_failed_actions_and_tracks_put():
     hist = HISTORY + [("go to fridge 1", "Nothing happens."), ("go to fridge 1", "The fridge 1 is closed."),
                       ("put apple 1 in/on fridge 1", "You put the apple 1 in/on the fridge 1.")]
-    lines = memory_lines(hist)
-    assert lines[0] == "Visited: countertop 1, sinkbasin 1, fridge 1"
+    admissible = ["go to countertop 1", "go to cabinet 2", "go to sinkbasin 1", "examine fridge 1"]
+    lines = memory_lines(hist, admissible=admissible)
+    assert lines[-2:] == ["At: fridge 1", "Unvisited: cabinet 2"]  # in the admissible order
     assert not any(line.startswith("Holding") for line in lines)
-    assert "put apple 1 in/on fridge 1" in lines[-1]
+    assert "put apple 1 in/on fridge 1" in lines[-3]
+    assert not any(line.startswith("Unvisited") for line in memory_lines(hist))
     nxt = context_after(ctx(), "go to fridge 1", "The fridge 1 is closed.", ["open fridge 1"])
     assert nxt.step == ctx().step + 1 and nxt.history[-1] == ("go to fridge 1", "The fridge 1 is closed.")
 

@@ -3,8 +3,9 @@
 The prompt length dominates the cost of a step on a CPU, so the prompt is short and plain:
 
     Task: put a clean apple in fridge.
-    Visited: countertop 1, cabinet 2
     Holding: apple 1
+    At: sinkbasin 1
+    Unvisited: cabinet 1, drawer 1, fridge 1
     > go to sinkbasin 1
     On the sinkbasin 1, you see nothing.
     Actions: clean apple 1 with sinkbasin 1 | go to fridge 1 | ...
@@ -13,10 +14,12 @@ The prompt length dominates the cost of a step on a CPU, so the prompt is short 
 * ``Task`` is the goal text.
 * Memory, read off the history alone (ALFWorld-style commands; for other families these lines
   are simply absent), no privileged state: ``Seen`` says where each object named in the task
-  was last seen; ``Visited`` lists the places the agent went to, compactly and in order (the
-  current place last), so an agent that sees only a short window of steps can still avoid
-  revisiting; ``Holding`` is what the take/put actions leave in hand; ``Done`` lists the other
-  state-changing actions (put, clean, heat, cool, use, slice, ...).
+  was last seen; ``Holding`` is what the take/put actions leave in hand; ``Done`` lists the other
+  state-changing actions (put, clean, heat, cool, use, slice, ...); ``At`` is the place the
+  agent went to last; ``Unvisited`` lists the places it may go to (the ``go to`` commands among
+  the admissible ones, in their order) where it has not been yet, so an agent that sees only a
+  short window of steps can still explore without revisiting (a positive list to copy from is
+  far easier for a small model than a list of places to avoid).
 * The window holds the last ``history_window`` (action, observation) pairs; with an empty
   history the first observation is shown instead. Observations are cut at ``max_obs_chars``.
 * ``Actions`` lists the admissible commands (optional: in score mode the candidates are scored
@@ -85,9 +88,10 @@ def _items_seen(obs: str) -> list[str]:
     return [re.sub(r"^(a|an|some) ", "", p.strip()) for p in parts if p.strip()]
 
 
-def memory_lines(history: list, task: str = "") -> list[str]:
-    """Compact memory of the whole history: sightings of task objects, places visited, what is
-    held, other state-changing actions. ``history`` is [(action, observation)], oldest first.
+def memory_lines(history: list, task: str = "", admissible: tuple = ()) -> list[str]:
+    """Compact memory of the whole history: sightings of task objects, what is held, other
+    state-changing actions, the current place and the places not visited yet (out of the
+    ``go to`` commands in ``admissible``). ``history`` is [(action, observation)], oldest first.
 
     ``Seen`` keeps, for every object whose class word occurs in ``task``, where it was last seen
     (dropped once taken, or once put back by the agent). Returns the lines to show (maybe none)."""
@@ -125,12 +129,16 @@ def memory_lines(history: list, task: str = "") -> list[str]:
     lines = []
     if seen:
         lines.append("Seen: " + "; ".join(f"{n} at {r}" for n, r in seen.items()))
-    if visited:
-        lines.append("Visited: " + ", ".join(visited))
     if holding:
         lines.append("Holding: " + ", ".join(holding))
     if done:
         lines.append("Done: " + "; ".join(done[-6:]))
+    if visited:
+        lines.append("At: " + visited[-1])
+    places = [m.group(1) for a in admissible if (m := _MOVE.match(" ".join(str(a).lower().split())))]
+    unvisited = [p for p in places if p not in visited]
+    if unvisited:
+        lines.append("Unvisited: " + ", ".join(unvisited))
     return lines
 
 
@@ -146,7 +154,7 @@ def build_prompt(ctx: StepContext, history_window: int = 2, config: PromptConfig
     lines = [f"Task: {_clip(ctx.task, 300)}"]
     history = list(ctx.history or [])
     if cfg.show_memory:
-        lines.extend(memory_lines(history, ctx.task))
+        lines.extend(memory_lines(history, ctx.task, ctx.admissible or ()))
     window = history[-cfg.history_window:] if cfg.history_window > 0 else []
     for action, obs in window:
         lines.append(f"{ACTION_PREFIX} {action}")
