@@ -126,7 +126,8 @@ class ExplorerExpert:
             return
         m = re.match(r"You move the ([\w ]+? \d+) to the ([\w ]+? \d+)\.", obs)
         if m:
-            self.placed.add(m.group(1))
+            if self.task and _cls(m.group(2)) == self.task[2]:
+                self.placed.add(m.group(1))  # done with it; elsewhere (a learner's slip) it is fetched again
             self.seen[m.group(1)] = m.group(2)
             self.holding = None
             return
