@@ -11,7 +11,9 @@ The prompt length dominates the cost of a step on a CPU, so the prompt is short 
     Actions: clean apple 1 with sinkbasin 1 | go to fridge 1 | ...
     >
 
-* ``Task`` is the goal text.
+* ``Task`` is the goal text (the first line, or with ``task_last`` the last one before the
+  action: a small model trained from scratch matches the task's verb and object to the candidate
+  actions more reliably when they are close).
 * Memory, read off the history alone (ALFWorld-style commands; for other families these lines
   are simply absent), no privileged state: ``Seen`` says where each object named in the task
   was last seen; ``Holding`` is what the take/put actions leave in hand; ``Done`` lists the other
@@ -54,6 +56,7 @@ class PromptConfig:
     show_memory: bool = True
     max_obs_chars: int = 400
     max_listed_actions: int = 60
+    task_last: bool = False  # the Task line just before the action (small models attend to recent text best)
 
     @classmethod
     def from_dict(cls, d: dict) -> "PromptConfig":
@@ -94,7 +97,7 @@ def memory_lines(history: list, task: str = "", admissible: tuple = ()) -> list[
     ``go to`` commands in ``admissible``). ``history`` is [(action, observation)], oldest first.
 
     ``Seen`` keeps, for every object whose class word occurs in ``task``, where it was last seen
-    (dropped once taken, or once put back by the agent). Returns the lines to show (maybe none)."""
+    (dropped once taken; where the agent put it down once put). Returns the lines to show."""
     task_words = set(re.findall(r"[a-z]+", task.lower()))
     visited: list[str] = []
     holding: list[str] = []
@@ -123,6 +126,8 @@ def memory_lines(history: list, task: str = "", admissible: tuple = ()) -> list[
         elif m := _PUT.match(a):
             if m.group(1) in holding:
                 holding.remove(m.group(1))
+            if m.group(1).rsplit(" ", 1)[0] in task_words:
+                seen[m.group(1)] = m.group(2)
             done.append(a)
         elif a and not a.startswith(_PASSIVE) and not a.startswith("examine") and not _OPEN.match(a):
             done.append(a)
@@ -151,7 +156,8 @@ def build_prompt(ctx: StepContext, history_window: int = 2, config: PromptConfig
     cfg = config or PromptConfig(history_window=history_window)
     if cfg.history_window < 0:
         raise ValueError(f"history_window must be >= 0, got {cfg.history_window}")
-    lines = [f"Task: {_clip(ctx.task, 300)}"]
+    task_line = f"Task: {_clip(ctx.task, 300)}"
+    lines = [] if cfg.task_last else [task_line]
     history = list(ctx.history or [])
     if cfg.show_memory:
         lines.extend(memory_lines(history, ctx.task, ctx.admissible or ()))
@@ -165,6 +171,8 @@ def build_prompt(ctx: StepContext, history_window: int = 2, config: PromptConfig
     if cfg.show_admissible and ctx.admissible:
         listed = list(ctx.admissible)[: cfg.max_listed_actions]
         lines.append("Actions: " + " | ".join(listed))
+    if cfg.task_last:
+        lines.append(task_line)
     return "\n".join(lines) + "\n" + ACTION_PREFIX
 
 
