@@ -146,3 +146,40 @@ def test_agent_policy_from_args_and_bad_input(trained, tmp_path):
         agent_policy_from_args(SimpleNamespace(model="", tier="hp", env="box", seed=0), None)
     with pytest.raises(ModelError, match="action_mode"):
         LMAgent(None, action_mode="beam")
+
+
+def test_packed_candidates_score_like_separate_sequences():
+    """The tree mask makes one packed forward give each candidate the log-likelihood it gets
+    alone after the prompt (what score mode computes at acting time)."""
+    torch = pytest.importorskip("torch")
+    import random
+
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from dmr_rl.models.bc_loss import Encoded, pack_batch
+
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(LlamaConfig(vocab_size=50, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                                         num_attention_heads=4, num_key_value_heads=4, tie_word_embeddings=True))
+    model.config._attn_implementation = "sdpa"
+    model.eval()
+    ex = Encoded(prompt=[3, 7, 9, 11], cands=[[5, 6], [8], [12, 13, 14]], target=2)
+    packed = pack_batch([ex], max_candidates=8, rng=random.Random(0))
+    with torch.no_grad():
+        hidden = model.model(input_ids=packed["ids"], attention_mask=packed["mask"],
+                             position_ids=packed["pos"]).last_hidden_state
+        logp = torch.log_softmax(model.lm_head(hidden[packed["pred_b"], packed["pred_pos"]]), -1)
+        tok = logp.gather(-1, packed["tgt"][:, None])[:, 0]
+        packed_sums = {}
+        for j, v in zip(packed["cand_j"].tolist(), tok.tolist()):
+            packed_sums[j] = packed_sums.get(j, 0.0) + v
+        by_tokens = {}
+        for j in packed_sums:  # which candidate sits in slot j: read its tokens back
+            by_tokens[tuple(t for t, jj in zip(packed["tgt"].tolist(), packed["cand_j"].tolist()) if jj == j)] = j
+        for cand in ex.cands:
+            ids = torch.tensor([ex.prompt + cand])
+            lp = torch.log_softmax(model(ids).logits[0], -1)
+            alone = sum(float(lp[len(ex.prompt) - 1 + t, c]) for t, c in enumerate(cand))
+            assert abs(packed_sums[by_tokens[tuple(cand)]] - alone) < 1e-4
+    assert ex.cands[ex.target] == [t for t, j in zip(packed["tgt"].tolist(), packed["cand_j"].tolist())
+                                   if j == int(packed["target"][0])]

@@ -2,17 +2,14 @@
 
 Recipe (all on CPU, within a wall-clock budget):
 
-1. **Teacher data.** The environment's observation-driven teacher (ALFWorld: ``ExplorerExpert``,
-   which sees only what the agent sees; WebShop: the env's expert) plays the train games; each
-   step gives (prompt, admissible actions, teacher action).
+1. **Teacher data** (:mod:`dmr_rl.models.bc_data`). The environment's observation-driven
+   teacher plays the train games; each step gives (prompt, admissible actions, teacher action).
 2. **Tokenizer and model.** A WordPiece tokenizer trained on those prompts and actions
    (:mod:`dmr_rl.models.agent_tokenizer`) and a transformers ``LlamaForCausalLM`` built from a
    small config (tied embeddings).
-3. **Score-mode loss.** Each step is packed as one sequence ``prompt + a_1 + ... + a_C`` with a
-   tree attention mask (every candidate sees the prompt and itself, not the other candidates), so
-   one forward scores all candidates: ``s_j = sum_t log p(a_j,t | prompt, a_j,<t)``. Loss =
-   cross-entropy of ``softmax(s)`` against the teacher's action (exactly how score mode acts)
-   + ``lm_weight`` x the teacher action's per-token negative log-likelihood.
+3. **Score-mode loss** (:mod:`dmr_rl.models.bc_loss`): one forward scores every candidate
+   action of a step; cross-entropy over the candidates against the teacher's action (exactly
+   how score mode acts) plus a small language-modelling term.
 4. **DAgger.** Later rounds roll out the learner (mixed with the teacher at rate beta), label
    every visited state with the teacher's action and train on the growing aggregate.
 
@@ -33,14 +30,9 @@ import numpy as np
 
 from dmr_rl.errors import ModelError
 from dmr_rl.models.agent import AGENT_CONFIG, TRAINING_INFO, AgentPolicy, LMAgent
-from dmr_rl.models.prompting import PromptConfig, build_prompt
-from dmr_rl.rollout.records import StepContext
-
-#: teacher per environment: "module:Class" of a policy (reset(env), act(obs, info)).
-TEACHERS = {
-    "alfworld": "environments.alfworld.teacher:ExplorerExpert",
-    "webshop": "environments.policies:ExpertPolicy",
-}
+from dmr_rl.models.bc_data import TEACHERS, augmented, make_teacher, rollout_labelled
+from dmr_rl.models.bc_loss import build_model, encode, train_for
+from dmr_rl.models.prompting import PromptConfig
 
 
 @dataclass
@@ -60,7 +52,7 @@ class TrainAgentConfig:
     vocab: int = 1024
     batch_size: int = 32
     lr: float = 2e-3
-    max_candidates: int = 24
+    max_candidates: int = 16  # candidates scored per training step (the teacher's + sampled others)
     lm_weight: float = 0.2
     label_smoothing: float = 0.1  # over the candidates: bounded margins, a calibrated action distribution
     dagger_max_steps: int = 30  # episode cap while rolling out the learner for DAgger
@@ -72,7 +64,9 @@ class TrainAgentConfig:
     max_steps_episode: int = 0
     augment: float = 0.0  # share of samples added with entity names permuted (rename_entities); 0.5 measured worse
     threads: int = 1  # torch threads; 1 is far faster than 2 on a shared, oversubscribed 2-core box
-    prompt: PromptConfig = field(default_factory=lambda: PromptConfig(history_window=2, show_admissible=False))
+    # window 1: the memory lines carry the rest of the history, and shorter prompts train faster
+    prompt: PromptConfig = field(default_factory=lambda: PromptConfig(history_window=1, show_admissible=False,
+                                                                      task_last=True))
 
     def validate(self) -> None:
         if self.minutes <= 0:
@@ -81,257 +75,6 @@ class TrainAgentConfig:
             raise ModelError(f"hidden size {self.hidden} is not divisible by {self.heads} heads")
         if not self.out:
             raise ModelError("--out is required")
-
-
-@dataclass
-class Sample:
-    prompt: str
-    admissible: list
-    target: int  # index of the teacher's action in admissible
-
-
-# ---- teachers and data ---------------------------------------------------------------------------
-def make_teacher(env_name: str):
-    import importlib
-
-    if env_name not in TEACHERS:
-        raise ModelError(f"no teacher for environment {env_name!r}; known: {sorted(TEACHERS)}")
-    module, cls = TEACHERS[env_name].split(":")
-    return getattr(importlib.import_module(module), cls)()
-
-
-def _context(task: str, obs: str, history: list, info: dict) -> StepContext:
-    return StepContext(task=str(info.get("task", task)), obs=obs, history=list(history),
-                       admissible=list(info.get("admissible_commands") or []),
-                       step=len(history), task_type=str(info.get("task_type", "")))
-
-
-def rollout_labelled(env, teacher, task_index: int, prompt_cfg: PromptConfig, learner=None,
-                     beta: float = 1.0, rng: Optional[np.random.Generator] = None,
-                     max_steps: int = 0) -> tuple[list, bool]:
-    """Play one episode; label every state with the teacher's action.
-
-    The acting policy is the teacher (``learner`` None or with probability ``beta`` per step) or
-    the learner (an :class:`LMAgent`). Returns (samples, won)."""
-    rng = rng or np.random.default_rng(0)
-    obs, info = env.reset(options={"task_index": task_index})
-    cap = max_steps or 10**9
-    teacher.reset(env)
-    history: list = []
-    samples: list = []
-    done = False
-    while not done:
-        ctx = _context("", obs, history, info)
-        label = teacher.act(obs, info)
-        if ctx.admissible and label in ctx.admissible:
-            samples.append(Sample(build_prompt(ctx, prompt_cfg.history_window, prompt_cfg),
-                                  ctx.admissible, ctx.admissible.index(label)))
-        action = label
-        if learner is not None and ctx.admissible and rng.random() >= beta:
-            action = learner.act([ctx], rng)[0][0]
-            if action != label and hasattr(teacher, "observe_action"):
-                teacher.observe_action(action)  # a teacher with memory learns what was really done
-        obs, _, terminated, truncated, info = env.step(action)
-        history.append((action, obs))
-        done = terminated or truncated or len(history) >= cap
-    return samples, bool(info.get("won"))
-
-
-#: classes the teacher reaches without the task naming them (clean/heat/cool): never renamed
-FIXED_CLASSES = {"sinkbasin", "microwave", "fridge"}
-
-
-def entity_classes(sample: Sample) -> tuple[set, set]:
-    """(place classes, thing classes) of the numbered entities a sample mentions: a place is
-    something the agent can "go to" ("shelf 1" -> shelf), a thing anything else ("keychain 2")."""
-    import re
-
-    text = (sample.prompt + "\n" + "\n".join(sample.admissible)).lower()
-    places = set(re.findall(r"\bgo to ([a-z]+) \d+\b", text))
-    things = set(re.findall(r"\b([a-z]+) \d+\b", text)) - places
-    return places - FIXED_CLASSES, things - FIXED_CLASSES
-
-
-def rename_entities(sample: Sample, pools: tuple, rng: random.Random) -> Sample:
-    """The same step with its place and thing classes consistently renamed to other classes of the
-    same kind from ``pools`` (prompt, task words, candidates and label alike): a world where, say,
-    the shelf is called a drawer. It teaches the agent to copy names from the task and the
-    observations instead of memorising which object goes where, as unseen pairs need."""
-    import re
-
-    mapping = {}
-    for classes, pool in zip(entity_classes(sample), pools):
-        classes = sorted(classes)
-        if classes and len(pool) >= len(classes):
-            mapping.update(zip(classes, rng.sample(pool, len(classes))))
-    if not mapping:
-        return sample
-    pattern = re.compile(r"\b(" + "|".join(map(re.escape, sorted(mapping))) + r")\b")
-
-    def sub(text: str) -> str:
-        return pattern.sub(lambda m: mapping[m.group(1)], text)
-
-    return Sample(sub(sample.prompt), [sub(a) for a in sample.admissible], sample.target)
-
-
-def augmented(samples: list, share: float, rng: random.Random) -> list:
-    if share <= 0 or not samples:
-        return []
-    kinds = [entity_classes(s) for s in samples]
-    places = sorted(set().union(*(k[0] for k in kinds)))
-    things = sorted(set().union(*(k[1] for k in kinds)) - set(places))
-    chosen = [s for s in samples if rng.random() < share]
-    return [rename_entities(s, (places, things), rng) for s in chosen]
-
-
-# ---- model ---------------------------------------------------------------------------------------
-def build_model(cfg: TrainAgentConfig, tokenizer):
-    import torch
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    torch.manual_seed(cfg.seed)
-    mc = LlamaConfig(vocab_size=len(tokenizer), hidden_size=cfg.hidden, intermediate_size=cfg.hidden * 3,
-                     num_hidden_layers=cfg.layers, num_attention_heads=cfg.heads,
-                     num_key_value_heads=cfg.heads, max_position_embeddings=1024,
-                     tie_word_embeddings=True, pad_token_id=tokenizer.pad_token_id,
-                     eos_token_id=tokenizer.eos_token_id, bos_token_id=None, rms_norm_eps=1e-5)
-    model = LlamaForCausalLM(mc)
-    model.config._attn_implementation = "sdpa"
-    return model
-
-
-@dataclass
-class Encoded:
-    prompt: list
-    cands: list  # list of id lists
-    target: int
-
-
-def encode(samples: list, tokenizer, max_prompt_tokens: int, cache: dict) -> list:
-    out = []
-    for s in samples:
-        p = tokenizer(s.prompt, add_special_tokens=True)["input_ids"][-max_prompt_tokens:]
-        cands = []
-        for a in s.admissible:
-            if a not in cache:
-                cache[a] = tokenizer(a, add_special_tokens=False)["input_ids"] or [tokenizer.eos_token_id]
-            cands.append(cache[a])
-        out.append(Encoded(p, cands, s.target))
-    return out
-
-
-def pack_batch(batch: list, max_candidates: int, rng: random.Random):
-    """Pack each example as prompt + candidates with a tree mask (see the module docstring).
-
-    Returns tensors: ids [B, L], pos [B, L], mask [B, 1, L, L] bool, and for the loss
-    pred_b, pred_pos, tgt, cand_of [N] (one per candidate token), cand_valid [B, C], target [B]."""
-    import torch
-
-    rows, segs, poss = [], [], []
-    pred_b, pred_pos, tgt, cand_of = [], [], [], []
-    targets, n_cands = [], []
-    C = 0
-    for b, ex in enumerate(batch):
-        idx = list(range(len(ex.cands)))
-        if len(idx) > max_candidates:
-            others = [i for i in idx if i != ex.target]
-            idx = [ex.target] + rng.sample(others, max_candidates - 1)
-        rng.shuffle(idx)
-        targets.append(idx.index(ex.target))
-        n_cands.append(len(idx))
-        C = max(C, len(idx))
-        ids, seg = list(ex.prompt), [0] * len(ex.prompt)
-        pos = list(range(len(ex.prompt)))
-        P = len(ex.prompt)
-        for j, ci in enumerate(idx):
-            c = ex.cands[ci]
-            start = len(ids)
-            for t, tok in enumerate(c):
-                pred_b.append(b)
-                pred_pos.append(P - 1 if t == 0 else start + t - 1)
-                tgt.append(tok)
-                cand_of.append(b * 10_000 + j)
-            ids += c
-            seg += [j + 1] * len(c)
-            pos += list(range(P, P + len(c)))
-        rows.append(ids)
-        segs.append(seg)
-        poss.append(pos)
-    L = max(map(len, rows))
-    B = len(batch)
-    ids_t = torch.zeros((B, L), dtype=torch.long)
-    seg_t = torch.full((B, L), -1, dtype=torch.long)
-    pos_t = torch.zeros((B, L), dtype=torch.long)
-    for b in range(B):
-        n = len(rows[b])
-        ids_t[b, :n] = torch.tensor(rows[b])
-        seg_t[b, :n] = torch.tensor(segs[b])
-        pos_t[b, :n] = torch.tensor(poss[b])
-    causal = torch.ones((L, L), dtype=torch.bool).tril()
-    same = (seg_t[:, :, None] == seg_t[:, None, :]) | (seg_t[:, None, :] == 0)
-    mask = (causal[None] & same)[:, None]
-    cand_flat = torch.tensor(cand_of)
-    cand_b, cand_j = cand_flat // 10_000, cand_flat % 10_000
-    valid = torch.zeros((B, C), dtype=torch.bool)
-    for b, n in enumerate(n_cands):
-        valid[b, :n] = True
-    return dict(ids=ids_t, pos=pos_t, mask=mask, pred_b=torch.tensor(pred_b), pred_pos=torch.tensor(pred_pos),
-                tgt=torch.tensor(tgt), cand_b=cand_b, cand_j=cand_j, valid=valid,
-                target=torch.tensor(targets), C=C)
-
-
-def score_loss(model, packed: dict, lm_weight: float, label_smoothing: float = 0.0):
-    """(loss, metrics) of one packed batch: candidate cross-entropy (label-smoothed over the valid
-    candidates) + lm_weight x the teacher action's per-token NLL."""
-    import torch
-
-    hidden = model.model(input_ids=packed["ids"], attention_mask=packed["mask"],
-                         position_ids=packed["pos"]).last_hidden_state
-    h = hidden[packed["pred_b"], packed["pred_pos"]]  # [N, H]
-    logp = torch.log_softmax(model.lm_head(h).float(), dim=-1)
-    tok_lp = logp.gather(-1, packed["tgt"][:, None])[:, 0]  # [N]
-    B, C = packed["valid"].shape
-    sums = torch.zeros((B, C), dtype=tok_lp.dtype).index_put((packed["cand_b"], packed["cand_j"]), tok_lp,
-                                                              accumulate=True)
-    counts = torch.zeros((B, C)).index_put((packed["cand_b"], packed["cand_j"]), torch.ones_like(tok_lp),
-                                           accumulate=True)
-    logits = sums.masked_fill(~packed["valid"], float("-inf"))
-    ar = torch.arange(B)
-    logq = torch.log_softmax(logits, dim=-1)
-    nll = -logq[ar, packed["target"]]
-    uniform = -(logq.masked_fill(~packed["valid"], 0.0).sum(-1) / packed["valid"].sum(-1))
-    ce = ((1 - label_smoothing) * nll + label_smoothing * uniform).mean()
-    lm = -(sums[ar, packed["target"]] / counts[ar, packed["target"]].clamp(min=1)).mean()
-    loss = ce + lm_weight * lm
-    acc = (logits.argmax(-1) == packed["target"]).float().mean()
-    return loss, {"ce": float(ce.detach()), "lm": float(lm.detach()), "acc": float(acc)}
-
-
-def train_for(model, data: list, seconds: float, cfg: TrainAgentConfig, opt, rng: random.Random,
-              log: list, step0: int = 0, max_steps: int = 0) -> int:
-    """Minibatch steps over ``data`` until ``seconds`` pass (or ``max_steps``). Returns steps done."""
-    import torch
-
-    model.train()
-    t_end = time.perf_counter() + seconds
-    order: list = []
-    steps = 0
-    while time.perf_counter() < t_end and (max_steps <= 0 or steps < max_steps):
-        if len(order) < cfg.batch_size:
-            order += rng.sample(range(len(data)), len(data))
-        batch = [data[i] for i in order[:cfg.batch_size]]
-        del order[:cfg.batch_size]
-        packed = pack_batch(batch, cfg.max_candidates, rng)
-        loss, metrics = score_loss(model, packed, cfg.lm_weight, cfg.label_smoothing)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
-        steps += 1
-        if (step0 + steps) % 10 == 0:
-            log.append({"step": step0 + steps, "loss": float(loss.detach()), **metrics})
-    model.eval()
-    return steps
 
 
 def make_agent(model, tokenizer, prompt_cfg: PromptConfig) -> LMAgent:
@@ -364,9 +107,6 @@ def train_agent(cfg: TrainAgentConfig, env=None, val_env=None, teacher=None, pro
     """Run the whole recipe within ``cfg.minutes``; save to ``cfg.out``; return the training info."""
     import torch
 
-    from environments import make_env
-    from dmr_rl.models.agent_tokenizer import train_tokenizer
-
     cfg.validate()
     threads_before = torch.get_num_threads()
     if cfg.threads > 0:
@@ -381,6 +121,7 @@ def _train_agent(cfg: TrainAgentConfig, env, val_env, teacher, progress) -> dict
     import torch
 
     from environments import make_env
+    from environments.runner import spread_tasks
     from dmr_rl.models.agent_tokenizer import train_tokenizer
 
     t0 = time.perf_counter()
@@ -449,7 +190,7 @@ def _train_agent(cfg: TrainAgentConfig, env, val_env, teacher, progress) -> dict
     val = {}
     if cfg.val_games and (val_env is not None or cfg.val_split):
         val_env = val_env or make_env(cfg.env, cfg.data, cfg.val_split, max_steps=cfg.max_steps_episode or None)
-        idx = list(range(min(cfg.val_games, val_env.num_tasks)))
+        idx = spread_tasks(val_env.num_tasks, min(cfg.val_games, val_env.num_tasks))
         val = {"split": cfg.val_split, "games": len(idx), "success": success_rate(val_env, agent, idx, cfg.seed)}
         progress(f"validation ({cfg.val_split}, {len(idx)} games): success {val['success']:.2f}")
     calib = [s.prompt + s.admissible[s.target] for s in rng.sample(samples, min(64, len(samples)))]
