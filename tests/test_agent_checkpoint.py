@@ -16,9 +16,11 @@ def test_committed_agent_files_and_record():
     d = agent_dir("alfworld")
     info = json.loads((d / TRAINING_INFO).read_text())
     assert info["minutes"] <= 20.0
-    # measured HP/LP success is recorded (issue 3 asks HP >= 0.6 and LP >= 15 points worse: not met yet)
+    # measured HP/LP success on generated valid_unseen games is recorded: HP clears issue 3's 60%;
+    # the 2-bit AWQ copy is only a few points worse (issue 3 asks 15; see the README)
     for tier in ("hp", "lp"):
         assert 0.0 <= info["eval"][tier]["success"] <= 1.0 and info["eval"]["games"] >= 20
+    assert info["eval"]["split"] == "valid_unseen" and info["eval"]["hp"]["success"] >= 0.6
     assert (d / lp_checkpoint(d, "alfworld").name / "dmr_quant.json").exists()
     size = sum(f.stat().st_size for f in AGENT.rglob("*") if f.is_file())
     assert size <= 25 * 2**20
