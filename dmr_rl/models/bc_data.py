@@ -34,7 +34,6 @@ class Sample:
     target: int  # index of the teacher's action in admissible
 
 
-# ---- teachers and data ---------------------------------------------------------------------------
 def make_teacher(env_name: str):
     import importlib
 
@@ -72,9 +71,7 @@ def rollout_labelled(env, teacher, task_index: int, prompt_cfg: PromptConfig, le
                                   ctx.admissible, ctx.admissible.index(label)))
         action = label
         if learner is not None and ctx.admissible and rng.random() >= beta:
-            action = learner.act([ctx], rng)[0][0]
-            if action != label and hasattr(teacher, "observe_action"):
-                teacher.observe_action(action)  # a teacher with memory learns what was really done
+            action = learner.act([ctx], rng)[0][0]  # the teacher reads what it did off the next observation
         obs, _, terminated, truncated, info = env.step(action)
         history.append((action, obs))
         done = terminated or truncated or len(history) >= cap

@@ -12,6 +12,7 @@ import random
 import time
 from dataclasses import dataclass
 
+
 def build_model(cfg, tokenizer):
     """A small ``LlamaForCausalLM`` (tied embeddings) sized by ``cfg`` (a TrainAgentConfig)."""
     import torch

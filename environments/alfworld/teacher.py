@@ -5,10 +5,10 @@ a language-model agent that only reads observations cannot imitate. :class:`Expl
 the welcome text (the receptacles and the task sentence) and every later observation, and keeps a
 memory of where it has seen which object. It searches receptacles in the order of the first
 admissible ``go to`` commands (the order an agent's prompt lists unvisited places in), opening
-closed ones, until it has seen what it needs; then it takes the object, uses the appliance (sink basin, microwave, fridge) when the task
-asks, and puts it in the first receptacle of the parent class (or turns on the lamp). Its
-choices depend only on the observation history (and the admissible commands, to check a move),
-so they are deterministic.
+closed ones, until it has seen what it needs; then it takes the object, uses the appliance
+(sink basin, microwave, fridge) when the task asks, and puts it in the first receptacle of the
+parent class (or turns on the lamp). Its choices depend only on the observation history (and the
+admissible commands, to check a move), so they are deterministic.
 
 ``prefer_likely=True`` searches smarter: receptacles whose class ALFRED allows to hold the
 wanted object first, the task's own parent class last. It is off by default because the plain
