@@ -164,7 +164,9 @@ def test_causal_check_forces_lp_exactly_on_the_chosen_steps(setup):
     from dmr_rl.report.tables import summarise
 
     c = summarise(cfg.run_dir, n_boot=100)["causal"]
-    assert c["arms"]["flagged"]["episodes"] == kept and "unflagged_minus_flagged" in c
+    assert c["arms"]["flagged"]["episodes"] == kept and c["unflagged_minus_flagged"]["pairs"] == kept
+    same = c["arms"]["reference_same_tasks"]
+    assert same["episodes"] == kept and same["hp_ratio"] == 1.0
 
 
 def test_plan_forced_by_hand():

@@ -64,6 +64,7 @@ class TrainAgentConfig:
     max_steps_episode: int = 0
     augment: float = 0.0  # share of samples added with entity names permuted (rename_entities); 0.5 measured worse
     threads: int = 1  # torch threads; 1 is far faster than 2 on a shared, oversubscribed 2-core box
+    snapshots: bool = False  # also save the agent after the teacher-data phase and each DAgger round (out/snapshots/)
     # window 1: the memory lines carry the rest of the history, and shorter prompts train faster
     prompt: PromptConfig = field(default_factory=lambda: PromptConfig(history_window=1, show_admissible=False,
                                                                       task_last=True))
@@ -161,6 +162,8 @@ def _train_agent(cfg: TrainAgentConfig, env, val_env, teacher, progress) -> dict
     first = remaining * (cfg.train_share if n_rounds else 1.0)
     steps += train_for(model, data, first, cfg, opt, rng, log, steps)
     progress(f"trained {steps} steps on teacher data; last {log[-1] if log else {}}")
+    snapshot = _snapshot_saver(cfg, model, tokenizer, samples, t0, progress)
+    snapshot("bc", steps)
     for r in range(n_rounds):
         left = budget - (time.perf_counter() - t0)
         if left < 20:
@@ -185,6 +188,7 @@ def _train_agent(cfg: TrainAgentConfig, env, val_env, teacher, progress) -> dict
                        "mixed_success": float(np.mean(wins)) if wins else None, "train_steps": n})
         progress(f"DAgger round {r + 1}: {len(new)} new steps, mixed-policy success "
                  f"{np.mean(wins) if wins else float('nan'):.2f}, {n} steps; last {log[-1] if log else {}}")
+        snapshot(f"dagger{r + 1}", steps)
     minutes = (time.perf_counter() - t0) / 60.0
     agent = make_agent(model, tokenizer, cfg.prompt)
     val = {}
@@ -207,6 +211,21 @@ def _train_agent(cfg: TrainAgentConfig, env, val_env, teacher, progress) -> dict
     }
     save_agent(model, tokenizer, Path(cfg.out), cfg, info, calib)
     return info
+
+
+def _snapshot_saver(cfg: TrainAgentConfig, model, tokenizer, samples: list, t0: float, progress):
+    """``snapshot(name, steps)`` saves the agent as it is now to ``out/snapshots/name`` (when
+    ``cfg.snapshots``), with calibration prompts and the steps and minutes it had trained."""
+    def snapshot(name: str, steps: int) -> None:
+        if not cfg.snapshots:
+            return
+        out = Path(cfg.out) / "snapshots" / name
+        calib = [s.prompt + s.admissible[s.target] for s in random.Random(cfg.seed).sample(samples, min(64, len(samples)))]
+        info = {"env": cfg.env, "snapshot": name, "steps": steps,
+                "minutes": round((time.perf_counter() - t0) / 60.0, 2), "prompt": cfg.prompt.to_dict()}
+        save_agent(model, tokenizer, out, cfg, info, calib)
+        progress(f"snapshot {name} saved to {out}")
+    return snapshot
 
 
 def evaluate_tiers(model_dir, env_name: str, data: str, split: str = "valid_unseen", games: int = 0,
@@ -260,6 +279,8 @@ def register_train_agent(train_sub) -> None:
     p.add_argument("--vocab", type=int, default=TrainAgentConfig.vocab)
     p.add_argument("--dagger-rounds", type=int, default=TrainAgentConfig.dagger_rounds)
     p.add_argument("--threads", type=int, default=1, help="torch threads (1 is fastest on a busy 2-core box)")
+    p.add_argument("--snapshots", action="store_true", help="also save the agent after each training phase "
+                   "(teacher data, each DAgger round) under OUT/snapshots/")
     p.add_argument("--eval-data", default="", help="after training: data root whose --eval-split games "
                    "both tiers play (HP and its low-bit copy); recorded in training.json")
     p.add_argument("--eval-split", default="valid_unseen")
@@ -279,7 +300,8 @@ def _cmd_train_agent(args) -> int:
     cfg = TrainAgentConfig(env=args.env, data=str(data), out=args.out, minutes=args.minutes, seed=args.seed,
                            split=args.split, max_games=args.max_games, val_games=args.val_games,
                            hidden=args.hidden, layers=args.layers, vocab=args.vocab,
-                           dagger_rounds=args.dagger_rounds, threads=args.threads)
+                           dagger_rounds=args.dagger_rounds, threads=args.threads,
+                           snapshots=args.snapshots)
     if args.env == "webshop":
         cfg.prompt = PromptConfig(history_window=2, show_admissible=False, max_obs_chars=600)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")

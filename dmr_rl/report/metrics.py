@@ -77,19 +77,6 @@ def bootstrap_ci(values, n_boot: int = 2000, seed: int = 0, level: float = 0.95,
     return float(lo), float(hi)
 
 
-def bootstrap_diff_ci(a, b, n_boot: int = 2000, seed: int = 0, level: float = 0.95) -> tuple[float, float]:
-    """Percentile bootstrap CI of mean(a) - mean(b) for two independent samples."""
-    a, b = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
-    if a.size == 0 or b.size == 0:
-        return float("nan"), float("nan")
-    rng = np.random.default_rng(seed)
-    ma = a[rng.integers(0, a.size, size=(n_boot, a.size))].mean(axis=1)
-    mb = b[rng.integers(0, b.size, size=(n_boot, b.size))].mean(axis=1)
-    alpha = (1.0 - level) / 2.0
-    lo, hi = np.quantile(ma - mb, [alpha, 1.0 - alpha])
-    return float(lo), float(hi)
-
-
 # ---------------------------------------------------------------------------------------------
 # One run
 # ---------------------------------------------------------------------------------------------

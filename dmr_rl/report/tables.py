@@ -93,25 +93,43 @@ def _vs_random(points: dict, methods: dict, weak: dict, strong: dict) -> dict:
     return out
 
 
+def _arm_summary(by_seed: dict, n_boot: int, boot_seed: int) -> dict:
+    agg = M.aggregate_seeds(by_seed, n_boot=n_boot, boot_seed=boot_seed)
+    forced = [len(e.extra.get("forced_lp_steps", [])) for s in sorted(by_seed) for e in by_seed[s]]
+    return {"success_mean": agg["success_rate_mean"], "success_std": agg["success_rate_std"],
+            "success_ci": agg["success_ci"], "score_mean": agg["mean_score_mean"],
+            "hp_ratio": agg["hp_ratio_mean"], "episodes": agg["episodes"],
+            "seeds": agg["seeds"], "forced_lp_per_episode": float(np.mean(forced)) if forced else 0.0}
+
+
+def _by_task(by_seed: dict) -> dict:
+    """{(seed, task_index): won} over an arm's episodes."""
+    return {(int(s), int(e.task_index)): bool(e.won) for s, eps in by_seed.items() for e in eps}
+
+
 def _causal(causal: Optional[dict], n_boot: int, boot_seed: int) -> Optional[dict]:
+    """Each arm's success, plus ``reference_same_tasks`` (the HP reference restricted to the tasks
+    the arms replayed: the reference over all tasks is not comparable, flagged tasks differ) and
+    the paired difference unflagged - flagged over (seed, task) pairs present in both arms."""
     if causal is None:
         return None
+    arms = dict(causal["arms"])
     out: dict = {"params": causal["params"], "arms": {}}
-    won = {}
-    for arm, by_seed in causal["arms"].items():
-        agg = M.aggregate_seeds(by_seed, n_boot=n_boot, boot_seed=boot_seed)
-        eps = [e for s in sorted(by_seed) for e in by_seed[s]]
-        forced = [len(e.extra.get("forced_lp_steps", [])) for e in eps]
-        won[arm] = M.per_episode_arrays(eps)["won"]
-        out["arms"][arm] = {"success_mean": agg["success_rate_mean"], "success_std": agg["success_rate_std"],
-                            "success_ci": agg["success_ci"], "score_mean": agg["mean_score_mean"],
-                            "hp_ratio": agg["hp_ratio_mean"], "episodes": agg["episodes"],
-                            "seeds": agg["seeds"], "forced_lp_per_episode": float(np.mean(forced))}
-    if "flagged" in won and "unflagged" in won:
-        diff = float(won["unflagged"].mean() - won["flagged"].mean())
-        lo, hi = M.bootstrap_diff_ci(won["unflagged"], won["flagged"], n_boot, boot_seed)
-        out["unflagged_minus_flagged"] = {"success_diff": diff, "ci": [lo, hi],
-                                          "kl_predicts_harm": bool(lo > 0)}
+    if "reference" in arms and "flagged" in arms:
+        kept = set(_by_task(arms["flagged"]))
+        same = {s: [e for e in eps if (int(s), int(e.task_index)) in kept] for s, eps in arms["reference"].items()}
+        same = {s: eps for s, eps in same.items() if eps}
+        if same:
+            arms["reference_same_tasks"] = same
+    for arm, by_seed in arms.items():
+        out["arms"][arm] = _arm_summary(by_seed, n_boot, boot_seed)
+    if "flagged" in arms and "unflagged" in arms:
+        fl, un = _by_task(arms["flagged"]), _by_task(arms["unflagged"])
+        pairs = sorted(set(fl) & set(un))
+        diffs = np.array([float(un[k]) - float(fl[k]) for k in pairs])
+        lo, hi = M.bootstrap_ci(diffs, n_boot, boot_seed) if pairs else (float("nan"), float("nan"))
+        out["unflagged_minus_flagged"] = {"success_diff": float(diffs.mean()) if pairs else float("nan"),
+                                          "ci": [lo, hi], "pairs": len(pairs), "kl_predicts_harm": bool(lo > 0)}
     return out
 
 
@@ -222,7 +240,9 @@ def markdown(results: dict, plots: Optional[list] = None) -> str:
     if c:
         lines += ["", "## Causal check: does per-step KL predict what matters?", "",
                   "Each episode is replayed with HP everywhere except a forced set of steps run on LP: "
-                  "the steps the router flags (highest P(HP)) versus the same number of unflagged steps.", "",
+                  "the steps the router flags (highest P(HP)) versus the same number of unflagged steps. "
+                  "`reference_same_tasks` is the all-HP reference on the tasks the arms replayed; the "
+                  "difference below is paired by (seed, task).", "",
                   "| arm | success | 95% CI | HP ratio | forced LP steps/episode | episodes |", "|---|---|---|---|---|---|"]
         for arm, a in c["arms"].items():
             lines.append(f"| {arm} | {_f(a['success_mean'])} +- {_f(a['success_std'])} | {_ci(a['success_ci'])} "
@@ -231,8 +251,8 @@ def markdown(results: dict, plots: Optional[list] = None) -> str:
         if d:
             verdict = ("forcing LP on flagged steps hurts more than on unflagged ones (CI excludes 0)"
                        if d["kl_predicts_harm"] else "no significant difference (CI includes 0 or is negative)")
-            lines += ["", f"Success(unflagged) - success(flagged) = {_f(d['success_diff'])}, 95% CI "
-                          f"{_ci(d['ci'])}: {verdict}."]
+            lines += ["", f"Success(unflagged) - success(flagged) = {_f(d['success_diff'])} over {d['pairs']} "
+                          f"paired episodes, 95% CI {_ci(d['ci'])}: {verdict}."]
     k = results.get("kl")
     if k:
         lines += ["", "## Per-step KL(HP || LP)", "",
