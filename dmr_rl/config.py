@@ -130,6 +130,7 @@ class EvalConfig:
     bootstrap: int = doc(2000, "Bootstrap resamples for 95% confidence intervals.")
     baseline_sweeps: dict = doc({}, "Knob values per baseline for the Pareto sweep, e.g. {random: [0.1, 0.3], first_k: [1, 3]}; missing baselines use dmr_rl.pipeline.evaluate.BASELINE_SWEEPS.")
     causal_episodes: int = doc(0, "Causal check: episodes per seed (0: skip the check).")
+    causal_flag_share: float = doc(0.0, "Causal check: flag this share of each seed's reference steps (highest router P(HP)); 0 flags the steps at or above the router's own threshold.")
 
 
 @dataclass
@@ -179,6 +180,7 @@ RANGES = {
     ("sft", "holdout"): (0.0, 0.9),
     ("grpo", "clip_eps"): (0.0, 1.0),
     ("router", "threshold"): (0.0, 1.0),
+    ("eval", "causal_flag_share"): (0.0, 0.9),
 }
 POSITIVE = {("collect", "episodes"), ("collect", "num_workers"), ("collect", "envs_per_worker"),
             ("grpo", "iterations"), ("grpo", "group_size"), ("grpo", "tasks_per_iter"),

@@ -13,9 +13,7 @@ def register(sub, groups) -> None:
     e.add_argument("--methods", nargs="*", default=None,
                    help="restrict to these methods (baseline names and/or router NAMEs); default: all")
     e.add_argument("--causal", action="store_true",
-                   help="also run the causal check (needs one --router-ckpt; episodes: eval.causal_episodes)")
-    e.add_argument("--causal-share", type=float, default=None, metavar="SHARE",
-                   help="causal check: flag the top SHARE of each seed's steps by P(HP) (default: the router's threshold)")
+                   help="also run the causal check (needs one --router-ckpt; eval.causal_episodes, eval.causal_flag_share)")
     e.add_argument("--report", action="store_true", help="write the report afterwards (dmr report)")
     e.add_argument("--no-progress", action="store_true")
     e.set_defaults(func=_eval)
@@ -72,8 +70,7 @@ def _eval(args) -> int:
         if args.causal:
             from dmr_rl.pipeline import causal
 
-            cpath = causal.run(cfg, dirs[0], group=group, flag_share=args.causal_share,
-                               progress=not args.no_progress)
+            cpath = causal.run(cfg, dirs[0], group=group, progress=not args.no_progress)
             print(f"causal check: {cpath}")
     finally:
         evaluate.stop_group(group, clients)

@@ -109,7 +109,8 @@ def run(cfg, router_ckpt, group=None, episodes: Optional[int] = None, max_forced
 
     ``episodes``: tasks per seed (default ``eval.causal_episodes``, else ``eval.episodes``).
     Flagged = P(HP) >= ``threshold`` (default: the checkpoint's own threshold); with
-    ``flag_share`` instead, the top share of the seed's reference steps by P(HP).
+    ``flag_share`` (default ``eval.causal_flag_share``; 0 means none) instead, the top share of
+    the seed's reference steps by P(HP).
     ``group``: an existing RolloutGroup; otherwise one is started (and stopped) here.
     """
     from tqdm import tqdm
@@ -120,6 +121,8 @@ def run(cfg, router_ckpt, group=None, episodes: Optional[int] = None, max_forced
     router = make_router("transformer", path=str(router_ckpt), num_threads=1)
     thr = float(router.threshold if threshold is None else threshold)
     n_eps = int(episodes or cfg.eval.causal_episodes or cfg.eval.episodes)
+    if flag_share is None:
+        flag_share = float(cfg.eval.causal_flag_share) or None
     run_dir = Path(cfg.run_dir)
     root = layout.causal_dir(run_dir)
     own, clients = group is None, None
