@@ -68,8 +68,8 @@ def trained(tmp_path_factory):
     from dmr_rl.models.train_agent import TrainAgentConfig, train_agent
 
     out = tmp_path_factory.mktemp("agent")
-    cfg = TrainAgentConfig(env="box", out=str(out), minutes=0.5, hidden=32, layers=1, heads=2, vocab=200,
-                           batch_size=16, lr=3e-3, dagger_rounds=1, val_games=0, val_split="",
+    cfg = TrainAgentConfig(env="box", out=str(out), minutes=0.7, hidden=32, layers=1, heads=2, vocab=200,
+                           batch_size=16, lr=3e-3, dagger_rounds=1, val_games=0, val_split="", snapshots=True, train_share=0.3,
                            prompt=PromptConfig(history_window=1, show_admissible=False))
     logs = []
     info = train_agent(cfg, env=BoxEnv(8), teacher=BoxTeacher(), progress=logs.append)
@@ -87,6 +87,33 @@ def test_training_improves_loss_and_writes_checkpoint(trained):
     assert log[-1]["acc"] >= 0.9
     for name in ("config.json", "model.safetensors", "tokenizer.json", "agent_config.json", "calib_prompts.json"):
         assert (out / name).exists(), name
+
+
+def test_snapshots_after_each_phase(trained):
+    from safetensors.torch import load_file
+
+    out, info = trained
+    rounds = [f"dagger{r['round']}" for r in info["dagger"]]
+    assert sorted(p.name for p in (out / "snapshots").iterdir()) == sorted(["bc"] + rounds)
+    for name in ["bc"] + rounds:
+        d = out / "snapshots" / name
+        for f in ("config.json", "model.safetensors", "tokenizer.json", "agent_config.json", "calib_prompts.json"):
+            assert (d / f).exists(), d / f
+        assert json.loads((d / "training.json").read_text())["snapshot"] == name
+    bc_steps = json.loads((out / "snapshots" / "bc" / "training.json").read_text())["steps"]
+    assert bc_steps == info["steps"] - sum(r["train_steps"] for r in info["dagger"]) > 0
+    if rounds:  # training went on after the first snapshot, and the last one is the final model
+        final = load_file(str(out / "model.safetensors"))
+        early = load_file(str(out / "snapshots" / "bc" / "model.safetensors"))
+        last = load_file(str(out / "snapshots" / rounds[-1] / "model.safetensors"))
+        assert any(not torch_equal(early[k], final[k]) for k in final)
+        assert all(torch_equal(last[k], final[k]) for k in final)
+
+
+def torch_equal(a, b) -> bool:
+    import torch
+
+    return bool(torch.equal(a, b))
 
 
 def test_trained_agent_plays_episodes_end_to_end(trained):

@@ -276,6 +276,7 @@ def register_train_agent(train_sub) -> None:
     p.add_argument("--val-games", type=int, default=12, help="valid_seen games checked after training (0: none)")
     p.add_argument("--hidden", type=int, default=TrainAgentConfig.hidden)
     p.add_argument("--layers", type=int, default=TrainAgentConfig.layers)
+    p.add_argument("--heads", type=int, default=TrainAgentConfig.heads, help="attention heads (must divide --hidden)")
     p.add_argument("--vocab", type=int, default=TrainAgentConfig.vocab)
     p.add_argument("--dagger-rounds", type=int, default=TrainAgentConfig.dagger_rounds)
     p.add_argument("--threads", type=int, default=1, help="torch threads (1 is fastest on a busy 2-core box)")
@@ -299,7 +300,7 @@ def _cmd_train_agent(args) -> int:
         raise FileNotFoundError(f"data directory {data} does not exist")
     cfg = TrainAgentConfig(env=args.env, data=str(data), out=args.out, minutes=args.minutes, seed=args.seed,
                            split=args.split, max_games=args.max_games, val_games=args.val_games,
-                           hidden=args.hidden, layers=args.layers, vocab=args.vocab,
+                           hidden=args.hidden, layers=args.layers, heads=args.heads, vocab=args.vocab,
                            dagger_rounds=args.dagger_rounds, threads=args.threads,
                            snapshots=args.snapshots)
     if args.env == "webshop":
