@@ -10,6 +10,11 @@ Sections (each a function returning rows, so other sections can be added beside 
 - :func:`bench_ray_overhead` (``--ray-overhead``): a Ray model-server call against an in-process one.
 - :func:`bench_score_actions`: the rollout hot path, one step = one prompt and C admissible
   actions: batched KV-reuse ``score_actions`` against a naive one-forward-per-candidate loop.
+- :func:`bench_step_kl` (``--kl-games N``, default 12; 0 skips): per-step KL(HP || LP) on expert
+  trajectories of generated ALFWorld valid_unseen games, between the committed agent and its
+  low-bit copy: over the admissible actions and teacher-forced over the expert's action tokens
+  (mean, p50, p90, p99, share of the total in the top 5% of steps), the share of steps where the
+  two tiers' greedy actions differ, and the HP agent's margin (top-1 minus top-2 log-prob).
 
 On this CPU, low-bit tiers do not run faster (weights are decompressed, or dequantized per
 forward); the wall-clock gain of low precision shows on GPUs, hence the modelled bytes column.
@@ -162,6 +167,59 @@ def default_model() -> tuple:
     return str(src), str(tmp / "awq")
 
 
+def bench_step_kl(n_games: int = 12, data_dir: str = "", agent: str = "", lp: str = "") -> dict:
+    """KL statistics of ``agent`` (default: the committed ALFWorld agent) against ``lp`` (default:
+    its low-bit copy) on the explorer expert's trajectories of ``n_games`` valid_unseen games of
+    ``data_dir`` (default: games generated into a temporary directory)."""
+    from dmr_rl.algos.kl_labels import kl_summary
+    from dmr_rl.models import load_backend
+    from dmr_rl.models.acting import action_logits
+    from dmr_rl.models.agent import agent_dir, lp_checkpoint, read_agent_config
+    from dmr_rl.models.bc_data import make_teacher, rollout_labelled
+    from dmr_rl.models.kl import action_kl_batch, step_kl
+    from dmr_rl.models.prompting import PromptConfig
+    from environments import make_env
+    from environments.runner import spread_tasks
+
+    agent = agent or str(agent_dir("alfworld"))
+    lp = lp or str(lp_checkpoint(agent, "alfworld"))
+    if not data_dir:
+        from environments.alfworld.generator import generate
+
+        data_dir = tempfile.mkdtemp(prefix="dmr_bench_games_")
+        generate(data_dir, n=3 * n_games, seed=0)
+    env = make_env("alfworld", data_dir, "valid_unseen")
+    prompt_cfg = PromptConfig.from_dict(read_agent_config(agent).get("prompt", {}))
+    teacher = make_teacher("alfworld")
+    samples = [s for i in spread_tasks(env.num_tasks, min(n_games, env.num_tasks))
+               for s in rollout_labelled(env, teacher, i, prompt_cfg)[0]]
+    hp_be, lp_be = load_backend(model_path=agent), load_backend(model_path=lp)
+    prompts, adm = [s.prompt for s in samples], [list(s.admissible) for s in samples]
+    actions = [s.admissible[s.target] for s in samples]
+    hs, ls = hp_be.score_actions(prompts, adm), lp_be.score_actions(prompts, adm)
+    kl_actions = action_kl_batch(hs, ls)
+    kl_tokens = step_kl(hp_be, lp_be, prompts, actions, space="tokens")["kl_mean"]
+    hp_logits, lp_logits = [action_logits(s) for s in hs], [action_logits(s) for s in ls]
+    differ = np.mean([np.argmax(a) != np.argmax(b) for a, b in zip(hp_logits, lp_logits)])
+    margins = [np.diff(np.sort(x)[-2:])[0] for x in hp_logits if len(x) > 1]
+    return {"agent": agent, "lp": lp, "games": min(n_games, env.num_tasks), "steps": len(samples),
+            "kl_actions": kl_summary(kl_actions), "kl_tokens": kl_summary(kl_tokens),
+            "greedy_differs": float(differ),
+            "hp_margin_pct": dict(zip(("p5", "p25", "p50"), np.percentile(margins, [5, 25, 50]).round(2).tolist()))}
+
+
+def format_kl(r: dict) -> str:
+    lines = [f"agent {r['agent']}\nlp    {r['lp']}\n{r['games']} games, {r['steps']} expert steps"]
+    for space in ("kl_actions", "kl_tokens"):
+        k = r[space]
+        lines.append(f"  {space:<10s} mean {k['mean']:.4f}  p50 {k['p50']:.4f}  p90 {k['p90']:.4f}  "
+                     f"p99 {k['p99']:.4f}  max {k['max']:.3f}  top 5% of steps hold {100 * k['top5_share']:.1f}%")
+    m = r["hp_margin_pct"]
+    lines.append(f"  greedy action differs on {100 * r['greedy_differs']:.1f}% of steps; HP margin "
+                 f"(top-1 minus top-2 log-prob) p5 {m['p5']}  p25 {m['p25']}  p50 {m['p50']}")
+    return "\n".join(lines)
+
+
 def bench_ray_overhead(model_dir: str, n_envs=(1, 4, 16), repeats: int = 20) -> list:
     """Ray call overhead per rollout step: one ``score_actions`` call of ``n`` environments through
     a ModelServer actor against the same call in-process (both one torch thread). Rows for the
@@ -201,6 +259,10 @@ def main(argv=None) -> int:
     ap.add_argument("--no-quanto", action="store_true")
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     ap.add_argument("--ray-overhead", action="store_true", help="also time a Ray model-server call against an in-process one")
+    ap.add_argument("--kl-games", type=int, default=12, help="valid_unseen games for the KL section (0: skip it)")
+    ap.add_argument("--kl-data", default="", help="generated ALFWorld games for the KL section (default: generate)")
+    ap.add_argument("--kl-agent", default="", help="HP agent for the KL section (default: the committed one)")
+    ap.add_argument("--kl-lp", default="", help="its low-bit copy (default: the agent's configured LP)")
     args = ap.parse_args(argv)
     import torch
 
@@ -219,6 +281,9 @@ def main(argv=None) -> int:
         for r in bench_ray_overhead(model):
             print(f"  {r['backend']:<5s} n_envs={r['n_envs']:<3d} in-process {r['local_ms']:8.2f}   "
                   f"ray {r['ray_ms']:8.2f}   overhead {r['overhead_ms']:6.2f}   actor ping {r['actor_ping_ms']:.2f}")
+    if args.kl_games:
+        print("\n== per-step KL(HP || LP) on expert trajectories (generated ALFWorld valid_unseen) ==")
+        print(format_kl(bench_step_kl(args.kl_games, args.kl_data, args.kl_agent, args.kl_lp)))
     return 0
 
 

@@ -58,3 +58,23 @@ def test_committed_agent_beats_random_on_valid_unseen(alfworld_data):
     won_agent = evaluate_policy(env, agent, n)["success_rate"]
     won_random = evaluate_policy(env, RandomPolicy(seed=0), n)["success_rate"]
     assert won_agent > won_random
+
+
+def test_bench_step_kl_on_expert_trajectories(alfworld_data):
+    """experiments/bench_models.py's KL section: zero between a tier and itself, positive against
+    the 2-bit copy, and the same expert steps in both runs."""
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "experiments"))
+    import bench_models
+
+    d = agent_dir("alfworld")
+    same = bench_models.bench_step_kl(4, str(alfworld_data), agent=str(d), lp=str(d))
+    low = bench_models.bench_step_kl(4, str(alfworld_data), agent=str(d))
+    assert same["steps"] == low["steps"] >= 10
+    assert same["kl_actions"]["max"] < 1e-6 and same["kl_tokens"]["max"] < 1e-6 and same["greedy_differs"] == 0
+    for space in ("kl_actions", "kl_tokens"):
+        k = low[space]
+        assert k["mean"] > 1e-4 and k["p50"] <= k["p90"] <= k["p99"] <= k["max"] and 0.05 <= k["top5_share"] <= 1
+    assert f"{low['steps']} expert steps" in bench_models.format_kl(low)
