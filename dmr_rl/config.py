@@ -130,7 +130,7 @@ class EvalConfig:
     bootstrap: int = doc(2000, "Bootstrap resamples for 95% confidence intervals.")
     baseline_sweeps: dict = doc({}, "Knob values per baseline for the Pareto sweep, e.g. {random: [0.1, 0.3], first_k: [1, 3]}; missing baselines use dmr_rl.pipeline.evaluate.BASELINE_SWEEPS.")
     causal_episodes: int = doc(0, "Causal check: episodes per seed (0: skip the check).")
-    causal_flag_share: float = doc(0.0, "Causal check: flag this share of each seed's reference steps (highest router P(HP)); 0 flags the steps at or above the router's own threshold.")
+    causal_flag_share: float = doc(0.0, "Causal check: flag this share of each reference episode's steps (highest router P(HP), at least one); 0 flags the steps at or above the router's own threshold.")
 
 
 @dataclass

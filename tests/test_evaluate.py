@@ -150,13 +150,14 @@ def test_causal_check_forces_lp_exactly_on_the_chosen_steps(setup):
         flagged = {e.task: e for e in TrajectoryStore.read(layout.seed_dir(root / "flagged", s))}
         unflagged = {e.task: e for e in TrajectoryStore.read(layout.seed_dir(root / "unflagged", s))}
         assert set(flagged) == set(unflagged)
-        thr = meta["counts"][str(s)]["threshold"]
+        assert meta["counts"][str(s)]["kept"] == len({e.task for e in ref if len(e.steps) >= 2})  # every task
         ref_by_task = {e.task: e for e in ref}
         for task, ep in flagged.items():
             f, u = ep.extra["forced_lp_steps"], unflagged[task].extra["forced_lp_steps"]
             assert len(f) == len(u) >= 1 and not set(f) & set(u)
             probs = {st.step: st.router_prob for st in ref_by_task[task].steps}
-            assert all(probs[i] >= thr for i in f) and all(probs[i] < thr for i in u)
+            assert len(f) == min(2, max(1, round(0.3 * len(probs))))
+            assert min(probs[i] for i in f) >= max(probs[i] for i in u)  # the episode's top P(HP) steps
             for e, forced in ((ep, f), (unflagged[task], u)):
                 assert all(st.tier == (LP if st.step in forced else HP) for st in e.steps)
             kept += 1
@@ -182,6 +183,11 @@ def test_plan_forced_by_hand():
     assert flagged == {"a": [0, 2]}
     assert len(unflagged["a"]) == 2 and set(unflagged["a"]) <= {1, 3, 4}
     assert counts == {"reference": 4, "no_flagged_step": 1, "too_few_unflagged": 1, "duplicate_task": 1, "kept": 1}
+    # per episode: the top share of each episode's own steps, whatever their P(HP)
+    flagged, unflagged, counts = plan_forced(refs, threshold=0.5, seed=0, max_forced=3, flag_share=0.4)
+    assert flagged == {"a": [0, 2], "b": [1], "c": [1]}
+    assert set(unflagged["a"]) <= {1, 3, 4} and unflagged["b"] == [0] and set(unflagged["c"]) <= {0, 2}
+    assert counts["kept"] == 3 and counts["no_flagged_step"] == 0 and counts["duplicate_task"] == 1
 
 
 def test_eval_and_causal_over_ray_actors(ray_session, setup, tmp_path):

@@ -4,7 +4,9 @@ Per-step KL is a proxy; what matters is downstream success. For each evaluation 
 
 1. **Reference.** Play the episode with HP at every step while the learned router scores each
    step (:class:`ShadowRouter`: it records P(HP) but always answers HP). Flagged steps are those
-   with P(HP) >= the router's threshold.
+   with P(HP) >= the router's threshold or, with ``flag_share``, the top share of each episode's
+   own steps by P(HP) (at least one): every task then takes part, where a threshold flags mostly
+   the long, looping episodes that HP loses anyway.
 2. **Arms.** Replay the task with HP everywhere except a forced set of step indices, run on LP
    (:class:`ForcedLPRouter`):
    * ``flagged``: the flagged steps (at most ``max_forced`` of them, highest P(HP) first);
@@ -68,10 +70,14 @@ class ForcedLPRouter(Router):
         return RouteDecision(tiers=tiers, p_hp=tiers.astype(float), logprobs=np.zeros(len(contexts)))
 
 
-def plan_forced(reference: list, threshold: float, seed: int, max_forced: int = 3) -> tuple[dict, dict, dict]:
+def plan_forced(reference: list, threshold: float, seed: int, max_forced: int = 3,
+                flag_share: Optional[float] = None) -> tuple[dict, dict, dict]:
     """From reference episodes (HP trajectories with router scores), the two arms' forced sets.
 
-    Returns (flagged {task: steps}, unflagged {task: steps}, counts). Pure: no Ray, no models.
+    Flagged: the steps with P(HP) >= ``threshold``, or with ``flag_share`` the top
+    ``max(1, round(flag_share * steps))`` of the episode's steps; highest P(HP) first, at most
+    ``max_forced``. Returns (flagged {task: steps}, unflagged {task: steps}, counts). Pure: no
+    Ray, no models.
     """
     flagged, unflagged = {}, {}
     counts = {"reference": len(reference), "no_flagged_step": 0, "too_few_unflagged": 0, "duplicate_task": 0}
@@ -83,12 +89,16 @@ def plan_forced(reference: list, threshold: float, seed: int, max_forced: int = 
         seen.add(ep.task)
         p = np.array([s.router_prob for s in ep.steps], dtype=float)
         steps = np.array([s.step for s in ep.steps])
-        is_flag = p >= threshold
-        flag_idx = steps[is_flag][np.argsort(-p[is_flag], kind="stable")][:max_forced]
+        order = np.argsort(-p, kind="stable")
+        if flag_share is None:
+            order = order[p[order] >= threshold]
+        else:
+            order = order[: max(1, int(round(flag_share * len(p))))] if len(p) else order
+        flag_idx = steps[order][:max_forced]
         if flag_idx.size == 0:
             counts["no_flagged_step"] += 1
             continue
-        pool = steps[~is_flag]
+        pool = np.setdiff1d(steps, flag_idx) if flag_share is not None else steps[p < threshold]
         if pool.size < flag_idx.size:
             counts["too_few_unflagged"] += 1
             continue
@@ -110,7 +120,7 @@ def run(cfg, router_ckpt, group=None, episodes: Optional[int] = None, max_forced
     ``episodes``: tasks per seed (default ``eval.causal_episodes``, else ``eval.episodes``).
     Flagged = P(HP) >= ``threshold`` (default: the checkpoint's own threshold); with
     ``flag_share`` (default ``eval.causal_flag_share``; 0 means none) instead, the top share of
-    the seed's reference steps by P(HP).
+    each reference episode's steps by P(HP) (see :func:`plan_forced`).
     ``group``: an existing RolloutGroup; otherwise one is started (and stopped) here.
     """
     from tqdm import tqdm
@@ -141,11 +151,8 @@ def run(cfg, router_ckpt, group=None, episodes: Optional[int] = None, max_forced
             ref = group.run_episodes(tasks, "router", seed=s, return_episodes=True)["episode_records"]
             _write(root / "reference", s, ref, "reference", {})
             bar.update(1)
-            if flag_share is not None:
-                probs = [st.router_prob for ep in ref for st in ep.steps]
-                thr = float(np.quantile(probs, 1.0 - flag_share)) if probs else thr
-            flagged, unflagged, counts = plan_forced(ref, thr, s, max_forced)
-            counts["threshold"] = thr
+            flagged, unflagged, counts = plan_forced(ref, thr, s, max_forced, flag_share)
+            counts["threshold"] = None if flag_share is not None else thr
             counts_by_seed[str(s)] = counts
             keep = [ep.task_index for ep in ref if ep.task in flagged]
             for arm, forced in (("flagged", flagged), ("unflagged", unflagged)):

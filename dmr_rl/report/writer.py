@@ -60,7 +60,7 @@ def _tensorboard(results: dict, directory: Path) -> bool:
     c = results.get("causal")
     if c:
         for arm, a in c["arms"].items():
-            w.add_scalar(f"causal/{arm}/success", a["success_mean"], 0)
+            w.add_scalar(f"causal/{arm}/success", a["success"], 0)
     w.close()
     return True
 
