@@ -171,7 +171,7 @@ def test_causal_check_forces_lp_exactly_on_the_chosen_steps(setup):
 
 
 def test_plan_forced_by_hand():
-    from dmr_rl.pipeline.causal import plan_forced
+    from dmr_rl.pipeline.causal import _first_index_per_task, plan_forced
     from dmr_rl.rollout.records import EpisodeRecord, StepRecord
 
     def ep(task, idx, probs):
@@ -188,6 +188,8 @@ def test_plan_forced_by_hand():
     assert flagged == {"a": [0, 2], "b": [1], "c": [1]}
     assert set(unflagged["a"]) <= {1, 3, 4} and unflagged["b"] == [0] and set(unflagged["c"]) <= {0, 2}
     assert counts["kept"] == 3 and counts["no_flagged_step"] == 0 and counts["duplicate_task"] == 1
+    # replayed: the episode each plan came from, not the later game with the same task text
+    assert _first_index_per_task(refs, flagged) == [0, 1, 2]
 
 
 def test_eval_and_causal_over_ray_actors(ray_session, setup, tmp_path):

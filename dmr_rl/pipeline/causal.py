@@ -109,6 +109,18 @@ def plan_forced(reference: list, threshold: float, seed: int, max_forced: int = 
     return flagged, unflagged, counts
 
 
+def _first_index_per_task(reference: list, flagged: dict) -> list:
+    """Task indices to replay: per flagged task text, the first reference episode with it (the one
+    :func:`plan_forced` planned from; a later task index with the same text would be forced on
+    steps planned for another game)."""
+    out, seen = [], set()
+    for ep in reference:
+        if ep.task in flagged and ep.task not in seen:
+            seen.add(ep.task)
+            out.append(ep.task_index)
+    return out
+
+
 def _distinct_tasks(episodes_tasks: list) -> list:
     return list(dict.fromkeys(episodes_tasks))
 
@@ -154,7 +166,7 @@ def run(cfg, router_ckpt, group=None, episodes: Optional[int] = None, max_forced
             flagged, unflagged, counts = plan_forced(ref, thr, s, max_forced, flag_share)
             counts["threshold"] = None if flag_share is not None else thr
             counts_by_seed[str(s)] = counts
-            keep = [ep.task_index for ep in ref if ep.task in flagged]
+            keep = _first_index_per_task(ref, flagged)
             for arm, forced in (("flagged", flagged), ("unflagged", unflagged)):
                 if keep:
                     group.set_router(ForcedLPRouter(forced))
