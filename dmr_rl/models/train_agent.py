@@ -279,6 +279,10 @@ def register_train_agent(train_sub) -> None:
     p.add_argument("--heads", type=int, default=TrainAgentConfig.heads, help="attention heads (must divide --hidden)")
     p.add_argument("--vocab", type=int, default=TrainAgentConfig.vocab)
     p.add_argument("--dagger-rounds", type=int, default=TrainAgentConfig.dagger_rounds)
+    p.add_argument("--lm-weight", type=float, default=TrainAgentConfig.lm_weight,
+                   help="weight of the token-level LM loss on the teacher's action (generate mode needs it)")
+    p.add_argument("--label-smoothing", type=float, default=TrainAgentConfig.label_smoothing,
+                   help="label smoothing of the loss over the candidate actions")
     p.add_argument("--threads", type=int, default=1, help="torch threads (1 is fastest on a busy 2-core box)")
     p.add_argument("--snapshots", action="store_true", help="also save the agent after each training phase "
                    "(teacher data, each DAgger round) under OUT/snapshots/")
@@ -302,6 +306,7 @@ def _cmd_train_agent(args) -> int:
                            split=args.split, max_games=args.max_games, val_games=args.val_games,
                            hidden=args.hidden, layers=args.layers, heads=args.heads, vocab=args.vocab,
                            dagger_rounds=args.dagger_rounds, threads=args.threads,
+                           lm_weight=args.lm_weight, label_smoothing=args.label_smoothing,
                            snapshots=args.snapshots)
     if args.env == "webshop":
         cfg.prompt = PromptConfig(history_window=2, show_admissible=False, max_obs_chars=600)
