@@ -93,7 +93,7 @@ def plan_forced(reference: list, threshold: float, seed: int, max_forced: int = 
         if flag_share is None:
             order = order[p[order] >= threshold]
         else:
-            order = order[: max(1, int(round(flag_share * len(p))))] if len(p) else order
+            order = order[: max(1, int(round(flag_share * len(p))))]
         flag_idx = steps[order][:max_forced]
         if flag_idx.size == 0:
             counts["no_flagged_step"] += 1
