@@ -186,8 +186,9 @@ def bench_step_kl(n_games: int = 12, data_dir: str = "", agent: str = "", lp: st
     if not data_dir:
         from environments.alfworld.generator import generate
 
-        data_dir = tempfile.mkdtemp(prefix="dmr_bench_games_")
-        generate(data_dir, n=3 * n_games, seed=0)
+        with tempfile.TemporaryDirectory(prefix="dmr_bench_games_") as tmp:
+            generate(tmp, n=3 * n_games, seed=0)
+            return bench_step_kl(n_games, tmp, agent, lp)
     env = make_env("alfworld", data_dir, "valid_unseen")
     prompt_cfg = PromptConfig.from_dict(read_agent_config(agent).get("prompt", {}))
     teacher = make_teacher("alfworld")

@@ -197,7 +197,7 @@ def _train_agent(cfg: TrainAgentConfig, env, val_env, teacher, progress) -> dict
         idx = spread_tasks(val_env.num_tasks, min(cfg.val_games, val_env.num_tasks))
         val = {"split": cfg.val_split, "games": len(idx), "success": success_rate(val_env, agent, idx, cfg.seed)}
         progress(f"validation ({cfg.val_split}, {len(idx)} games): success {val['success']:.2f}")
-    calib = [s.prompt + s.admissible[s.target] for s in rng.sample(samples, min(64, len(samples)))]
+    calib = calibration_sample(samples, rng)
     info = {
         "env": cfg.env, "data": {"dir": str(cfg.data), "split": cfg.split, "games": len(games),
                                   "teacher": TEACHERS.get(cfg.env, type(teacher).__name__), "teacher_success": float(np.mean(teacher_wins)),
@@ -213,6 +213,11 @@ def _train_agent(cfg: TrainAgentConfig, env, val_env, teacher, progress) -> dict
     return info
 
 
+def calibration_sample(samples: list, rng: random.Random, n: int = 64) -> list:
+    """Up to ``n`` teacher-labelled steps as prompt + action text: the AWQ calibration prompts."""
+    return [s.prompt + s.admissible[s.target] for s in rng.sample(samples, min(n, len(samples)))]
+
+
 def _snapshot_saver(cfg: TrainAgentConfig, model, tokenizer, samples: list, t0: float, progress):
     """``snapshot(name, steps)`` saves the agent as it is now to ``out/snapshots/name`` (when
     ``cfg.snapshots``), with calibration prompts and the steps and minutes it had trained."""
@@ -220,7 +225,7 @@ def _snapshot_saver(cfg: TrainAgentConfig, model, tokenizer, samples: list, t0: 
         if not cfg.snapshots:
             return
         out = Path(cfg.out) / "snapshots" / name
-        calib = [s.prompt + s.admissible[s.target] for s in random.Random(cfg.seed).sample(samples, min(64, len(samples)))]
+        calib = calibration_sample(samples, random.Random(cfg.seed))
         info = {"env": cfg.env, "snapshot": name, "steps": steps,
                 "minutes": round((time.perf_counter() - t0) / 60.0, 2), "prompt": cfg.prompt.to_dict()}
         save_agent(model, tokenizer, out, cfg, info, calib)
