@@ -43,8 +43,8 @@ def make_teacher(env_name: str):
     return getattr(importlib.import_module(module), cls)()
 
 
-def _context(task: str, obs: str, history: list, info: dict) -> StepContext:
-    return StepContext(task=str(info.get("task", task)), obs=obs, history=list(history),
+def _context(obs: str, history: list, info: dict) -> StepContext:
+    return StepContext(task=str(info.get("task", "")), obs=obs, history=list(history),
                        admissible=list(info.get("admissible_commands") or []),
                        step=len(history), task_type=str(info.get("task_type", "")))
 
@@ -64,7 +64,7 @@ def rollout_labelled(env, teacher, task_index: int, prompt_cfg: PromptConfig, le
     samples: list = []
     done = False
     while not done:
-        ctx = _context("", obs, history, info)
+        ctx = _context(obs, history, info)
         label = teacher.act(obs, info)
         if ctx.admissible and label in ctx.admissible:
             samples.append(Sample(build_prompt(ctx, prompt_cfg.history_window, prompt_cfg),

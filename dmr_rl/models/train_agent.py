@@ -84,15 +84,6 @@ def make_agent(model, tokenizer, prompt_cfg: PromptConfig) -> LMAgent:
     return LMAgent(TransformersBackend(model, tokenizer), action_mode="score", prompt=prompt_cfg)
 
 
-def success_rate(env, agent: LMAgent, task_indices: list, seed: int = 0) -> float:
-    from environments.runner import run_episode
-
-    if not task_indices:
-        return float("nan")
-    policy = AgentPolicy(agent, seed=seed)
-    return float(np.mean([run_episode(env, policy, i).won for i in task_indices]))
-
-
 def save_agent(model, tokenizer, out: Path, cfg: TrainAgentConfig, info: dict, calib: list) -> None:
     out.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(str(out))
@@ -122,7 +113,7 @@ def _train_agent(cfg: TrainAgentConfig, env, val_env, teacher, progress) -> dict
     import torch
 
     from environments import make_env
-    from environments.runner import spread_tasks
+    from environments.runner import evaluate_policy
     from dmr_rl.models.agent_tokenizer import train_tokenizer
 
     t0 = time.perf_counter()
@@ -194,9 +185,10 @@ def _train_agent(cfg: TrainAgentConfig, env, val_env, teacher, progress) -> dict
     val = {}
     if cfg.val_games and (val_env is not None or cfg.val_split):
         val_env = val_env or make_env(cfg.env, cfg.data, cfg.val_split, max_steps=cfg.max_steps_episode or None)
-        idx = spread_tasks(val_env.num_tasks, min(cfg.val_games, val_env.num_tasks))
-        val = {"split": cfg.val_split, "games": len(idx), "success": success_rate(val_env, agent, idx, cfg.seed)}
-        progress(f"validation ({cfg.val_split}, {len(idx)} games): success {val['success']:.2f}")
+        n = min(cfg.val_games, val_env.num_tasks)
+        won = evaluate_policy(val_env, AgentPolicy(agent, seed=cfg.seed), n)["success_rate"] if n else float("nan")
+        val = {"split": cfg.val_split, "games": n, "success": won}
+        progress(f"validation ({cfg.val_split}, {n} games): success {val['success']:.2f}")
     calib = calibration_sample(samples, rng)
     info = {
         "env": cfg.env, "data": {"dir": str(cfg.data), "split": cfg.split, "games": len(games),
