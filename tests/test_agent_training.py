@@ -110,6 +110,53 @@ def test_snapshots_after_each_phase(trained):
         assert all(torch_equal(last[k], final[k]) for k in final)
 
 
+def test_fine_tune_from_a_checkpoint_trains_only_the_top_layers(trained, tmp_path):
+    """``--init DIR``: the checkpoint's tokenizer and weights; embeddings frozen, the top layer trained."""
+    from safetensors.torch import load_file
+
+    from dmr_rl.errors import ModelError
+    from dmr_rl.models.prompting import PromptConfig
+    from dmr_rl.models.train_agent import TrainAgentConfig, train_agent
+
+    base, _ = trained
+    out = tmp_path / "tuned"
+    cfg = TrainAgentConfig(env="box", out=str(out), minutes=0.1, init=str(base), train_layers=1, batch_size=8,
+                           lr=1e-2, dagger_rounds=0, val_games=0, val_split="",
+                           prompt=PromptConfig(history_window=1, show_admissible=False))
+    info = train_agent(cfg, env=BoxEnv(8), teacher=BoxTeacher(), progress=lambda m: None)
+    assert info["model"]["init"] == str(base) and info["steps"] > 0
+    assert 0 < info["model"]["trained_params"] < info["model"]["params"]
+    before, after = load_file(str(base / "model.safetensors")), load_file(str(out / "model.safetensors"))
+    assert torch_equal(before["model.embed_tokens.weight"], after["model.embed_tokens.weight"])
+    assert any(not torch_equal(before[k], after[k]) for k in after if k.startswith("model.layers.0."))
+    vocab = [json.loads((d / "tokenizer.json").read_text())["model"]["vocab"] for d in (base, out)]
+    assert vocab[0] == vocab[1]
+    with pytest.raises(ModelError, match="--train-layers 5"):
+        train_agent(TrainAgentConfig(env="box", out=str(tmp_path / "x"), minutes=0.1, init=str(base), train_layers=5,
+                                     val_games=0, val_split=""), env=BoxEnv(8), teacher=BoxTeacher(),
+                    progress=lambda m: None)
+    with pytest.raises(ModelError, match="nope"):
+        train_agent(TrainAgentConfig(env="box", out=str(tmp_path / "y"), minutes=0.1, init=str(tmp_path / "nope"),
+                                     val_games=0, val_split=""), env=BoxEnv(8), teacher=BoxTeacher(),
+                    progress=lambda m: None)
+
+
+def test_train_agent_flags_with_init_take_fine_tuning_defaults():
+    from dmr_rl.cli import build_parser
+    from dmr_rl.models.train_agent import FINE_TUNE_DEFAULTS, TrainAgentConfig, config_from_args
+
+    base = ["train", "agent", "--env", "alfworld", "--data", "D", "--out", "O"]
+    plain = config_from_args(build_parser().parse_args(base))
+    assert (plain.init, plain.lr, plain.dagger_rounds) == ("", TrainAgentConfig.lr, TrainAgentConfig.dagger_rounds)
+    tuned = config_from_args(build_parser().parse_args(base + ["--init", "smollm2"]))
+    assert tuned.init == "smollm2"
+    assert {k: getattr(tuned, k) for k in FINE_TUNE_DEFAULTS} == FINE_TUNE_DEFAULTS
+    given = config_from_args(build_parser().parse_args(base + ["--init", "smollm2", "--lr", "0.01",
+                                                               "--dagger-rounds", "2", "--train-layers", "4"]))
+    assert (given.lr, given.dagger_rounds, given.train_layers, given.batch_size) == (
+        0.01, 2, 4, FINE_TUNE_DEFAULTS["batch_size"])
+
+
 def torch_equal(a, b) -> bool:
     import torch
 
@@ -153,6 +200,26 @@ def test_lmagent_batched_score_and_generate_modes(trained):
     assert sum(a == f"take {c} ball" for (a, _), c in zip(g_acts, COLORS)) >= 3
     sampled = LMAgent.from_checkpoint(out, backend, temperature=1.0)
     assert all(a in adm for a, _ in sampled.act(ctxs, np.random.default_rng(1)))
+
+
+def test_model_dir_with_tier_lp_plays_its_low_bit_copy(trained, tmp_path, monkeypatch):
+    """``dmr env eval --policy agent --model DIR --tier lp``: the copy is made once, then reused."""
+    from types import SimpleNamespace
+
+    from dmr_rl.models.agent import agent_policy_from_args
+    from environments.runner import run_episode
+
+    monkeypatch.setenv("DMR_CACHE", str(tmp_path))
+    out, _ = trained
+    args = SimpleNamespace(model=str(out), tier="lp", env="box", seed=0)
+    policy = agent_policy_from_args(args, BoxEnv())
+    made = tmp_path / "agents" / "box" / "lp-awq-w3g32"
+    quant = json.loads((made / "dmr_quant.json").read_text())
+    assert (quant["method"], quant["bits"], quant["group_size"]) == ("awq", 3, 32)
+    assert run_episode(BoxEnv(4), policy, 2).steps >= 1
+    stamp = (made / "dmr_quant.json").stat().st_mtime_ns
+    agent_policy_from_args(args, BoxEnv())
+    assert (made / "dmr_quant.json").stat().st_mtime_ns == stamp
 
 
 def test_agent_policy_from_args_and_bad_input(trained, tmp_path):

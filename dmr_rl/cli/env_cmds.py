@@ -30,8 +30,10 @@ def register(sub, groups) -> None:
                     help="expert | random | agent (agent: the LM agent, see --tier and --model)")
     ev.add_argument("--episodes", type=int, default=20)
     ev.add_argument("--seed", type=int, default=0, help="seed of the random policy / agent sampling")
-    ev.add_argument("--tier", default="hp", help="with --policy agent: hp or lp tier of the run config")
-    ev.add_argument("--model", default="", help="with --policy agent: a checkpoint directory (overrides --tier)")
+    ev.add_argument("--tier", default="hp", help="with --policy agent: hp (full precision) or lp (the agent's "
+                    "low-bit copy named in its training.json, made once if missing)")
+    ev.add_argument("--model", default="", help="with --policy agent: a trained agent's directory "
+                    "(default: the committed agent of --env)")
     ev.set_defaults(func=_eval)
     pl = esub.add_parser("play", help="play one task: given actions, or typed at the prompt")
     _common(pl)

@@ -182,7 +182,7 @@ def lp_spec(model_dir) -> dict:
     """The low-bit copy the agent's ``training.json`` asks for (defaults: AWQ 3 bits, group 32)."""
     info_path = Path(model_dir) / TRAINING_INFO
     info = json.loads(info_path.read_text()) if info_path.exists() else {}
-    spec = {"method": "awq", "bits": 3, "group_size": 32}
+    spec = {"method": "awq", "bits": 3, "group_size": 32, "engine": "llmcompressor"}
     spec.update(info.get("lp", {}))
     spec.setdefault("dir", f"lp-{spec['method']}-w{spec['bits']}g{spec['group_size']}")
     return spec
@@ -201,7 +201,7 @@ def lp_checkpoint(model_dir, env_name: str = "") -> Path:
     calib = calibration_prompts(model_dir)
     out.parent.mkdir(parents=True, exist_ok=True)
     quantize_checkpoint(str(model_dir), str(out), spec["method"], int(spec["bits"]),
-                        int(spec["group_size"]), calib)
+                        int(spec["group_size"]), calib, engine=spec["engine"])
     return out
 
 
@@ -230,13 +230,13 @@ def agent_policy_from_args(args, env) -> AgentPolicy:
     model = getattr(args, "model", "") or ""
     tier = (getattr(args, "tier", "hp") or "hp").lower()
     env_name = getattr(args, "env", "") or getattr(env, "name", "")
-    if model:
-        model_dir = Path(model)
+    if tier not in ("hp", "lp"):
+        raise ModelError(f"unknown tier {tier!r}; known: hp, lp")
+    if model:  # a trained agent's directory: its low-bit copy with --tier lp
+        model_dir = lp_checkpoint(Path(model), env_name) if tier == "lp" else Path(model)
     elif tier == "hp":
         model_dir = agent_dir(env_name)
-    elif tier == "lp":
-        model_dir = lp_checkpoint(agent_dir(env_name), env_name)
     else:
-        raise ModelError(f"unknown tier {tier!r}; known: hp, lp")
+        model_dir = lp_checkpoint(agent_dir(env_name), env_name)
     temperature = 0.0 if getattr(args, "temperature", None) is None else args.temperature
     return AgentPolicy(load_agent(model_dir, temperature=temperature), seed=getattr(args, "seed", 0))

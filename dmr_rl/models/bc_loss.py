@@ -29,6 +29,33 @@ def build_model(cfg, tokenizer):
     return model
 
 
+def load_init_model(init: str, train_layers: int):
+    """(model, tokenizer) to fine-tune instead of building one: ``init`` is ``smollm2`` (the
+    registry's SmolLM2-135M-Instruct, converted once, see :mod:`dmr_rl.models.smollm2`) or a local
+    checkpoint directory. Only the top ``train_layers`` decoder layers and the final norm train
+    (0: every parameter); the frozen rest needs no backward pass, which is what makes a 135M model
+    trainable on 2 CPU cores."""
+    from dmr_rl.errors import ModelError
+    from dmr_rl.models.checkpoints import load_causal_lm, load_tokenizer
+
+    if init == "smollm2":
+        from dmr_rl.models.smollm2 import fetch_smollm2
+
+        path = str(fetch_smollm2())
+    else:
+        path = init
+    tokenizer = load_tokenizer(path)
+    model = load_causal_lm(path, "float32", "cpu")
+    layers = model.model.layers
+    if train_layers < 0 or train_layers > len(layers):
+        raise ModelError(f"--train-layers {train_layers} is outside 0..{len(layers)} (the layers of {path})")
+    if train_layers:
+        model.requires_grad_(False)
+        for module in list(layers[len(layers) - train_layers:]) + [model.model.norm]:
+            module.requires_grad_(True)
+    return model, tokenizer
+
+
 @dataclass
 class Encoded:
     prompt: list

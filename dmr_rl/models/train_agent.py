@@ -6,7 +6,11 @@ Recipe (all on CPU, within a wall-clock budget):
    teacher plays the train games; each step gives (prompt, admissible actions, teacher action).
 2. **Tokenizer and model.** A WordPiece tokenizer trained on those prompts and actions
    (:mod:`dmr_rl.models.agent_tokenizer`) and a transformers ``LlamaForCausalLM`` built from a
-   small config (tied embeddings).
+   small config (tied embeddings). Or, with ``init`` (``--init smollm2`` or a checkpoint dir),
+   a pretrained model and its tokenizer, of which only the top ``train_layers`` layers train.
+   Why both: an agent trained from scratch for minutes keeps wide action margins and shrugs off
+   2-bit weights (its low-bit copy is a few points worse); a pretrained model fine-tuned the same
+   way inherits a dense, precision-sensitive network (its 3-bit copy loses most of its wins).
 3. **Score-mode loss** (:mod:`dmr_rl.models.bc_loss`): one forward scores every candidate
    action of a step; cross-entropy over the candidates against the teacher's action (exactly
    how score mode acts) plus a small language-modelling term.
@@ -31,7 +35,7 @@ import numpy as np
 from dmr_rl.errors import ModelError
 from dmr_rl.models.agent import AGENT_CONFIG, TRAINING_INFO, AgentPolicy, LMAgent
 from dmr_rl.models.bc_data import TEACHERS, augmented, make_teacher, rollout_labelled
-from dmr_rl.models.bc_loss import build_model, encode, train_for
+from dmr_rl.models.bc_loss import build_model, encode, load_init_model, train_for
 from dmr_rl.models.prompting import PromptConfig
 
 
@@ -64,6 +68,8 @@ class TrainAgentConfig:
     max_steps_episode: int = 0
     augment: float = 0.0  # share of samples added with entity names permuted (rename_entities); 0.5 measured worse
     threads: int = 1  # torch threads; 1 is far faster than 2 on a shared, oversubscribed 2-core box
+    init: str = ""  # "" builds a model from hidden/layers/heads with its own tokenizer; "smollm2" or a checkpoint dir fine-tunes that
+    train_layers: int = 8  # with init: only the top N decoder layers (and the final norm) train; 0: all
     snapshots: bool = False  # also save the agent after the teacher-data phase and each DAgger round (out/snapshots/)
     # window 1: the memory lines carry the rest of the history, and shorter prompts train faster
     prompt: PromptConfig = field(default_factory=lambda: PromptConfig(history_window=1, show_admissible=False,
@@ -72,10 +78,20 @@ class TrainAgentConfig:
     def validate(self) -> None:
         if self.minutes <= 0:
             raise ModelError(f"--minutes must be positive, got {self.minutes}")
-        if self.hidden % self.heads:
+        if not self.init and self.hidden % self.heads:
             raise ModelError(f"hidden size {self.hidden} is not divisible by {self.heads} heads")
         if not self.out:
             raise ModelError("--out is required")
+        if self.init and self.init != "smollm2" and not Path(self.init).is_dir():
+            raise ModelError(f"--init {self.init}: no such checkpoint directory (or use --init smollm2)")
+        if self.train_layers < 0:
+            raise ModelError(f"--train-layers must be >= 0, got {self.train_layers}")
+
+
+#: what ``--init`` changes unless given: a pretrained model fine-tunes with a small learning rate,
+#: small batches (a step costs ~100x a tiny agent's) and no DAgger (rolling a 135M learner out
+#: costs ~1 s a step on 2 cores, so a round would eat the budget)
+FINE_TUNE_DEFAULTS = {"lr": 1.5e-4, "batch_size": 8, "max_candidates": 8, "dagger_rounds": 0}
 
 
 def make_agent(model, tokenizer, prompt_cfg: PromptConfig) -> LMAgent:
@@ -139,10 +155,13 @@ def _train_agent(cfg: TrainAgentConfig, env, val_env, teacher, progress) -> dict
     progress(f"teacher: {len(samples)} steps from {len(teacher_wins)} games, "
              f"teacher success {np.mean(teacher_wins):.2f} ({time.perf_counter() - t0:.0f}s)")
 
-    texts = [s.prompt for s in samples] + [a for s in samples for a in s.admissible]
-    tokenizer = train_tokenizer(texts, vocab_size=cfg.vocab)
-    model = build_model(cfg, tokenizer)
-    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=0.01)
+    if cfg.init:
+        model, tokenizer = load_init_model(cfg.init, cfg.train_layers)
+    else:
+        texts = [s.prompt for s in samples] + [a for s in samples for a in s.admissible]
+        tokenizer = train_tokenizer(texts, vocab_size=cfg.vocab)
+        model = build_model(cfg, tokenizer)
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=cfg.lr, weight_decay=0.01)
     cache: dict = {}
     data = encode(samples + augmented(samples, cfg.augment, rng), tokenizer, cfg.max_prompt_tokens, cache)
     log: list = []
@@ -194,15 +213,22 @@ def _train_agent(cfg: TrainAgentConfig, env, val_env, teacher, progress) -> dict
         "env": cfg.env, "data": {"dir": str(cfg.data), "split": cfg.split, "games": len(games),
                                   "teacher": TEACHERS.get(cfg.env, type(teacher).__name__), "teacher_success": float(np.mean(teacher_wins)),
                                   "samples": len(samples)},
-        "model": {"arch": "LlamaForCausalLM", "hidden": cfg.hidden, "layers": cfg.layers, "heads": cfg.heads,
-                  "vocab": len(tokenizer), "params": int(sum(p.numel() for p in model.parameters()))},
+        "model": model_summary(model, tokenizer, cfg),
         "train": {k: v for k, v in asdict(cfg).items() if k not in ("prompt", "data", "out")},
         "prompt": cfg.prompt.to_dict(), "steps": steps, "minutes": round(minutes, 2),
         "dagger": rounds, "validation": val, "loss_log": log[:1] + log[-10:] if len(log) > 11 else log,
-        "lp": {"method": "awq", "bits": 3, "group_size": min(32, cfg.hidden)},
+        "lp": {"method": "awq", "bits": 3, "group_size": min(32, model.config.hidden_size)},
     }
     save_agent(model, tokenizer, Path(cfg.out), cfg, info, calib)
     return info
+
+
+def model_summary(model, tokenizer, cfg: TrainAgentConfig) -> dict:
+    mc = model.config
+    return {"arch": (mc.architectures or [type(model).__name__])[0], "init": cfg.init or "random",
+            "hidden": mc.hidden_size, "layers": mc.num_hidden_layers, "heads": mc.num_attention_heads,
+            "vocab": len(tokenizer), "params": int(sum(p.numel() for p in model.parameters())),
+            "trained_params": int(sum(p.numel() for p in model.parameters() if p.requires_grad))}
 
 
 def calibration_sample(samples: list, rng: random.Random, n: int = 64) -> list:
@@ -238,13 +264,13 @@ def evaluate_tiers(model_dir, env_name: str, data: str, split: str = "valid_unse
     info_path = model_dir / TRAINING_INFO
     info = json.loads(info_path.read_text())
     if lp:
-        info["lp"] = {k: lp[k] for k in ("method", "bits", "group_size")}
+        info["lp"] = {k: lp[k] for k in ("method", "bits", "group_size", "engine") if k in lp}
         info_path.write_text(json.dumps(info, indent=1))
     spec = lp_spec(model_dir)
     lp_dir = model_dir / spec["dir"]
     if not (lp_dir / "config.json").exists():
         q = quantize_checkpoint(str(model_dir), str(lp_dir), spec["method"], int(spec["bits"]),
-                                int(spec["group_size"]), calibration_prompts(model_dir))
+                                int(spec["group_size"]), calibration_prompts(model_dir), engine=spec["engine"])
         progress(f"quantized {spec['dir']}: {q.get('packed_bytes')} packed bytes")
     env = make_env(env_name, data, split)
     n = min(games or env.num_tasks, env.num_tasks)
@@ -275,7 +301,18 @@ def register_train_agent(train_sub) -> None:
     p.add_argument("--layers", type=int, default=TrainAgentConfig.layers)
     p.add_argument("--heads", type=int, default=TrainAgentConfig.heads, help="attention heads (must divide --hidden)")
     p.add_argument("--vocab", type=int, default=TrainAgentConfig.vocab)
-    p.add_argument("--dagger-rounds", type=int, default=TrainAgentConfig.dagger_rounds)
+    p.add_argument("--init", default="", help="fine-tune a pretrained model instead of building one: "
+                   "smollm2 (the registry's SmolLM2-135M-Instruct) or a checkpoint directory")
+    p.add_argument("--train-layers", type=int, default=TrainAgentConfig.train_layers,
+                   help="with --init: train only the top N decoder layers (0: all)")
+    p.add_argument("--dagger-rounds", type=int, default=None,
+                   help=f"DAgger rounds (default {TrainAgentConfig.dagger_rounds}; with --init 0)")
+    p.add_argument("--lr", type=float, default=None, help=f"learning rate (default {TrainAgentConfig.lr}; "
+                   f"with --init {FINE_TUNE_DEFAULTS['lr']})")
+    p.add_argument("--batch-size", type=int, default=None, help=f"steps per batch (default "
+                   f"{TrainAgentConfig.batch_size}; with --init {FINE_TUNE_DEFAULTS['batch_size']})")
+    p.add_argument("--max-candidates", type=int, default=None, help="candidate actions scored per step "
+                   f"(default {TrainAgentConfig.max_candidates}; with --init {FINE_TUNE_DEFAULTS['max_candidates']})")
     p.add_argument("--lm-weight", type=float, default=TrainAgentConfig.lm_weight,
                    help="weight of the token-level LM loss on the teacher's action (generate mode needs it)")
     p.add_argument("--label-smoothing", type=float, default=TrainAgentConfig.label_smoothing,
@@ -290,7 +327,28 @@ def register_train_agent(train_sub) -> None:
     p.add_argument("--lp-method", default="awq", help="low-bit copy: awq | rtn")
     p.add_argument("--lp-bits", type=int, default=3)
     p.add_argument("--lp-group-size", type=int, default=32, help="must divide the hidden size")
+    p.add_argument("--lp-engine", default="llmcompressor", help="who searches the AWQ scales: llmcompressor "
+                   "or torch (same checkpoint format, ~6x faster on CPU; see dmr quantize --engine)")
     p.set_defaults(func=_cmd_train_agent)
+
+
+def config_from_args(args) -> TrainAgentConfig:
+    """The TrainAgentConfig ``dmr train agent`` runs: flags given win, then FINE_TUNE_DEFAULTS
+    (with ``--init``), then the dataclass defaults."""
+    cfg = TrainAgentConfig(env=args.env, data=str(args.data), out=args.out, minutes=args.minutes, seed=args.seed,
+                           split=args.split, max_games=args.max_games, val_games=args.val_games,
+                           hidden=args.hidden, layers=args.layers, heads=args.heads, vocab=args.vocab,
+                           threads=args.threads, lm_weight=args.lm_weight, label_smoothing=args.label_smoothing,
+                           snapshots=args.snapshots, init=args.init, train_layers=args.train_layers)
+    for name in ("lr", "batch_size", "max_candidates", "dagger_rounds"):
+        given = getattr(args, name)
+        if given is not None:
+            setattr(cfg, name, given)
+        elif args.init:
+            setattr(cfg, name, FINE_TUNE_DEFAULTS[name])
+    if args.env == "webshop":
+        cfg.prompt = PromptConfig(history_window=2, show_admissible=False, max_obs_chars=600)
+    return cfg
 
 
 def _cmd_train_agent(args) -> int:
@@ -299,14 +357,7 @@ def _cmd_train_agent(args) -> int:
     data = Path(args.data)
     if not data.exists():
         raise FileNotFoundError(f"data directory {data} does not exist")
-    cfg = TrainAgentConfig(env=args.env, data=str(data), out=args.out, minutes=args.minutes, seed=args.seed,
-                           split=args.split, max_games=args.max_games, val_games=args.val_games,
-                           hidden=args.hidden, layers=args.layers, heads=args.heads, vocab=args.vocab,
-                           dagger_rounds=args.dagger_rounds, threads=args.threads,
-                           lm_weight=args.lm_weight, label_smoothing=args.label_smoothing,
-                           snapshots=args.snapshots)
-    if args.env == "webshop":
-        cfg.prompt = PromptConfig(history_window=2, show_admissible=False, max_obs_chars=600)
+    cfg = config_from_args(args)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     info = train_agent(cfg)
     print(json.dumps({k: info[k] for k in ("steps", "minutes", "validation", "data")}, indent=1))
@@ -314,7 +365,8 @@ def _cmd_train_agent(args) -> int:
         import torch
 
         torch.set_num_threads(max(1, args.threads))
-        lp = {"method": args.lp_method, "bits": args.lp_bits, "group_size": args.lp_group_size}
+        lp = {"method": args.lp_method, "bits": args.lp_bits, "group_size": args.lp_group_size,
+              "engine": args.lp_engine}
         result = evaluate_tiers(args.out, args.env, args.eval_data, args.eval_split, args.eval_games, lp, args.seed)
         print(json.dumps({t: result[t]["success"] for t in ("hp", "lp")}))
     return 0
