@@ -10,11 +10,11 @@ from dmr_rl.report import metrics as M
 from dmr_rl.rollout.records import HP, LP, EpisodeRecord, StepRecord
 
 
-def _ep(won, tiers, score=None, wb_hp=10.0, wb_lp=3.0, seed=0, task_type="t"):
+def _ep(won, tiers, score=None, wb_hp=10.0, wb_lp=3.0, seed=0, task_type="t", task_index=0):
     steps = [StepRecord(step=i, obs="", action="a", tier=t, prompt_tokens=5, gen_tokens=1,
                         weight_bytes=wb_hp if t == HP else wb_lp, latency_s=0.2 if t == HP else 0.1)
              for i, t in enumerate(tiers)]
-    return EpisodeRecord(episode_id="e", task_index=0, task_id="x", task_type=task_type, task="",
+    return EpisodeRecord(episode_id="e", task_index=task_index, task_id="x", task_type=task_type, task="",
                          seed=seed, won=won, score=float(won) if score is None else score, steps=steps)
 
 
@@ -65,13 +65,29 @@ def test_bootstrap_coverage_over_many_samples():
     assert 0.88 <= hits / 200 <= 0.99
 
 
-def test_stratified_bootstrap_keeps_group_sizes():
-    # group 0 always 1, group 1 always 0: any within-group resample has mean exactly 0.5
-    vals = [1.0] * 5 + [0.0] * 5
-    groups = [0] * 5 + [1] * 5
-    assert M.bootstrap_ci(vals, 300, groups=groups) == (0.5, 0.5)
-    lo, hi = M.bootstrap_ci(vals, 300)  # unstratified varies
-    assert lo < 0.5 < hi
+def test_cluster_bootstrap_counts_a_replayed_task_once():
+    rng = np.random.default_rng(2)
+    x = rng.binomial(1, 0.7, size=40).astype(float)
+    # one value per cluster: exactly the plain bootstrap (same draws)
+    assert M.bootstrap_ci(x, 500, seed=4, clusters=list(range(40))) == M.bootstrap_ci(x, 500, seed=4)
+    # three seeds replaying the same 40 tasks the same way: the interval of the 40 tasks, not
+    # the narrower one that 120 independent episodes would give
+    copies, tasks = np.tile(x, 3), list(range(40)) * 3
+    clustered = M.bootstrap_ci(copies, 2000, seed=4, clusters=tasks)
+    assert clustered == pytest.approx(M.bootstrap_ci(x, 2000, seed=4))
+    naive = M.bootstrap_ci(copies, 2000, seed=4)
+    assert (naive[1] - naive[0]) < 0.75 * (clustered[1] - clustered[0])
+    with pytest.raises(ValueError, match="clusters"):
+        M.bootstrap_ci(x, 10, clusters=[0, 1])
+
+
+def test_cluster_bootstrap_weights_clusters_by_their_episodes():
+    # a task with 3 episodes all won, three tasks with 1 episode each all lost. A resample of 4
+    # tasks drawing the big one k times has mean 3k / (3k + 4 - k): 0, .5, .75, .9, 1 for k = 0..4.
+    # P(k = 0) = (3/4)^4 = .32 > .025, P(k >= 3) = .051 > .025 > P(k = 4) = .004: CI (0, .9)
+    vals, tasks = [1.0, 1.0, 1.0, 0.0, 0.0, 0.0], ["a", "a", "a", "b", "c", "d"]
+    assert M.bootstrap_ci(vals, 4000, seed=0, clusters=tasks) == (0.0, 0.9)
+    assert M.bootstrap_ci([1.0, 1.0, 0.5], 100, clusters=["a", "a", "b"]) != (1.0, 1.0)
 
 
 def test_aggregate_seeds():
@@ -83,7 +99,12 @@ def test_aggregate_seeds():
     assert a["success_rate_std"] == pytest.approx(0.5)  # sample std of 1, .5, 0
     assert a["hp_ratio_mean"] == pytest.approx(1 / 3)
     lo, hi = a["success_ci"]
-    assert lo <= 0.5 <= hi and a["episodes"] == 6
+    assert lo <= 0.5 <= hi and a["episodes"] == 6 and a["tasks"] == 1
+    # one task replayed by every seed is one cluster: nothing to resample
+    assert (lo, hi) == (0.5, 0.5)
+    distinct = {s: [_ep(e.won, [HP], task_index=2 * s + k) for k, e in enumerate(eps)] for s, eps in by_seed.items()}
+    b = M.aggregate_seeds(distinct, n_boot=200)
+    assert b["tasks"] == 6 and b["success_ci"][0] < 0.5 < b["success_ci"][1]
 
 
 def test_pareto_front():

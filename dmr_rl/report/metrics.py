@@ -49,29 +49,32 @@ def mean_std(values: Sequence[float]) -> tuple[float, float]:
 
 
 def bootstrap_ci(values, n_boot: int = 2000, seed: int = 0, level: float = 0.95,
-                 groups: Optional[Sequence] = None) -> tuple[float, float]:
+                 clusters: Optional[Sequence] = None) -> tuple[float, float]:
     """Percentile bootstrap CI of the mean of ``values`` [N].
 
-    ``groups`` [N] (e.g. the seed of each episode): resample within each group (stratified), so
-    every resample keeps each seed's episode count. Deterministic for a ``seed``.
+    ``clusters`` [N] (e.g. the task of each episode; any hashable ids): resample whole clusters
+    with replacement and take the mean over the episodes they hold. Episodes of one task are not
+    independent (every seed replays it; a deterministic policy plays it the same way each time),
+    so resampling episodes alone would count one task several times as independent evidence and
+    give too narrow an interval. With one value per cluster this is the plain bootstrap.
+    Deterministic for a ``seed``.
     """
     x = np.asarray(values, dtype=float)
     if x.size == 0:
         return float("nan"), float("nan")
     rng = np.random.default_rng(seed)
-    if groups is None:
+    if clusters is None:
         idx = rng.integers(0, x.size, size=(n_boot, x.size))
         means = x[idx].mean(axis=1)
     else:
-        g = np.asarray(groups)
-        if g.shape != x.shape:
-            raise ValueError(f"groups has shape {g.shape}, values {x.shape}")
-        total = np.zeros(n_boot)
-        for key in np.unique(g):
-            part = x[g == key]
-            idx = rng.integers(0, part.size, size=(n_boot, part.size))
-            total += part[idx].sum(axis=1)
-        means = total / x.size
+        if len(clusters) != x.size:
+            raise ValueError(f"clusters has {len(clusters)} entries, values {x.size}")
+        ids = {c: i for i, c in enumerate(dict.fromkeys(clusters))}
+        inv = np.array([ids[c] for c in clusters], dtype=np.int64)
+        sums = np.bincount(inv, weights=x, minlength=len(ids))
+        counts = np.bincount(inv, minlength=len(ids)).astype(float)
+        draw = rng.integers(0, len(ids), size=(n_boot, len(ids)))
+        means = sums[draw].sum(axis=1) / counts[draw].sum(axis=1)
     alpha = (1.0 - level) / 2.0
     lo, hi = np.quantile(means, [alpha, 1.0 - alpha])
     return float(lo), float(hi)
@@ -139,8 +142,8 @@ def aggregate_seeds(episodes_by_seed: dict, n_boot: int = 2000, boot_seed: int =
     """Summary of one operating point over seeds: {seed: [EpisodeRecord]} -> dict.
 
     For each metric in SEED_METRICS: ``<m>_mean`` and ``<m>_std`` over the per-seed values.
-    ``success_ci`` / ``score_ci``: 95% bootstrap CI of the pooled mean, episodes resampled
-    within seeds. Also the per-seed numbers under ``per_seed``.
+    ``success_ci`` / ``score_ci`` / ``hp_ratio_ci``: 95% bootstrap CI of the pooled mean, tasks
+    resampled (each with all its episodes over the seeds). Also the per-seed numbers under ``per_seed``.
     """
     if not episodes_by_seed:
         raise ValueError("aggregate_seeds: no seeds")
@@ -150,12 +153,11 @@ def aggregate_seeds(episodes_by_seed: dict, n_boot: int = 2000, boot_seed: int =
         vals = [v[m] for v in per_seed.values() if not math.isnan(v[m])]
         out[f"{m}_mean"], out[f"{m}_std"] = mean_std(vals)
     pooled = [ep for s in sorted(episodes_by_seed) for ep in episodes_by_seed[s]]
-    groups = [int(s) for s in sorted(episodes_by_seed) for _ in episodes_by_seed[s]]
+    tasks = [int(ep.task_index) for ep in pooled]
     arr = per_episode_arrays(pooled)
-    out["episodes"] = len(pooled)
-    out["success_ci"] = list(bootstrap_ci(arr["won"], n_boot, boot_seed, groups=groups))
-    out["score_ci"] = list(bootstrap_ci(arr["score"], n_boot, boot_seed, groups=groups))
-    out["hp_ratio_ci"] = list(bootstrap_ci(arr["hp_ratio"], n_boot, boot_seed, groups=groups))
+    out["episodes"], out["tasks"] = len(pooled), len(set(tasks))
+    for key, name in (("won", "success_ci"), ("score", "score_ci"), ("hp_ratio", "hp_ratio_ci")):
+        out[name] = list(bootstrap_ci(arr[key], n_boot, boot_seed, clusters=tasks))
     return out
 
 

@@ -22,7 +22,7 @@ def _point_summary(entry: dict, n_boot: int, boot_seed: int) -> dict:
     agg = M.aggregate_seeds(entry["by_seed"], n_boot=n_boot, boot_seed=boot_seed)
     return {
         "params": entry["params"], "default": entry["default"], "seeds": agg["seeds"],
-        "episodes": agg["episodes"],
+        "episodes": agg["episodes"], "tasks": agg["tasks"],
         "success_mean": agg["success_rate_mean"], "success_std": agg["success_rate_std"],
         "success_ci": agg["success_ci"],
         "score_mean": agg["mean_score_mean"], "score_std": agg["mean_score_std"], "score_ci": agg["score_ci"],
@@ -131,7 +131,7 @@ def _causal(causal: Optional[dict], n_boot: int, boot_seed: int) -> Optional[dic
         fl, un = _by_task(arms["flagged"]), _by_task(arms["unflagged"])
         pairs = sorted(set(fl) & set(un))
         diffs = np.array([float(un[k]) - float(fl[k]) for k in pairs])
-        lo, hi = M.bootstrap_ci(diffs, n_boot, boot_seed) if pairs else (float("nan"), float("nan"))
+        lo, hi = M.bootstrap_ci(diffs, n_boot, boot_seed, clusters=[t for _, t in pairs]) if pairs else (float("nan"), float("nan"))
         out["unflagged_minus_flagged"] = {"success_diff": float(diffs.mean()) if pairs else float("nan"),
                                           "ci": [lo, hi], "pairs": len(pairs), "kl_predicts_harm": bool(lo > 0)}
     return out
@@ -194,19 +194,20 @@ def _bytes(x) -> str:
 def markdown(results: dict, plots: Optional[list] = None) -> str:
     lines = [f"# DMR evaluation report: `{results['run_dir']}`", "",
              "All numbers are computed from the episode shards in this run directory. Success and "
-             "score: mean +- std over seeds, 95% bootstrap CI over episodes (resampled within "
-             "seeds). HP ratio: share of steps acted by the high-precision model. Cost: modelled "
+             "score: mean +- std over seeds, 95% bootstrap CI resampling tasks (each task with all its "
+             "episodes over the seeds: a task replayed by every seed is one piece of evidence, not "
+             "several). HP ratio: share of steps acted by the high-precision model. Cost: modelled "
              "weight bytes read per episode; cost (norm.): 0 = LP-only, 1 = HP-only.", "",
              "## Methods and operating points", "",
-             "| method | point | success | 95% CI | score | HP ratio | cost/episode | cost (norm.) | steps | seeds | episodes |",
-             "|---|---|---|---|---|---|---|---|---|---|---|"]
+             "| method | point | success | 95% CI | score | HP ratio | cost/episode | cost (norm.) | steps | seeds | episodes | tasks |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for m, pts in results["methods"].items():
         for name, p in sorted(pts.items(), key=lambda kv: kv[1]["hp_ratio"]):
             mark = " *" if p.get("default") else ""
             lines.append(
                 f"| {m} | {name}{mark} | {_f(p['success_mean'])} +- {_f(p['success_std'])} | {_ci(p['success_ci'])} "
                 f"| {_f(p['score_mean'])} | {_f(p['hp_ratio'])} | {_bytes(p['cost'])} | {_f(p.get('cost_norm'))} "
-                f"| {_f(p['mean_length'], '{:.1f}')} | {len(p['seeds'])} | {p['episodes']} |")
+                f"| {_f(p['mean_length'], '{:.1f}')} | {len(p['seeds'])} | {p['episodes']} | {p.get('tasks', '-')} |")
     lines += ["", "`*` marks a router's default threshold.", "",
               "### Cost detail", "",
               "Tokens per episode (prompt + generated, both tiers); mean measured seconds of a step acted "
