@@ -75,7 +75,8 @@ class RouterConfig:
     n_layers: int = doc(2, "Transformer encoder layers (the paper uses 2).")
     n_heads: int = doc(4, "Attention heads.")
     max_tokens: int = doc(256, "Context tokens the router reads (task, observation, recent actions).")
-    features: str = doc("tokens", "Feature extractor: tokens, or lp_hidden (the LP model's last hidden state).")
+    features: str = doc("tokens", "Feature extractor: tokens, or lp_hidden (also the LP model's last hidden state of the "
+                              "prompt: one LP prompt pass per step, recorded while collecting and charged when routing).")
     threshold: float = doc(0.5, "Route to HP when P(HP) >= threshold (deterministic evaluation).")
 
 

@@ -60,3 +60,27 @@ def test_fresh_run_dir_never_overwrites(tmp_path):
     (used / "x").write_text("keep")
     assert fresh_run_dir(str(tmp_path / "unused")) == str(tmp_path / "unused")
     assert fresh_run_dir(str(used)) == str(tmp_path / "r-2")
+
+
+def test_main_job_with_an_lp_hidden_router(ray_session, alfworld_data, tmp_path):
+    """router.features=lp_hidden end to end: collection records the LP model's prompt state, the
+    labels carry it, stage 1 sizes the router by it, GRPO and evaluation route with it."""
+    from dmr_rl.pipeline import run as main_job
+    from dmr_rl.rollout.records import TrajectoryStore
+    from dmr_rl.router.transformer import TransformerRouter
+
+    run_dir = tmp_path / "run"
+    cfg = load_config(None, TINY + [f"run_dir={run_dir}", f"env.data_dir={alfworld_data}",
+                                    "router.features=lp_hidden", "eval.baselines=[hp_only]"])
+    main_job.run(cfg, progress=False)
+    hidden_size = json.loads((ASSETS / "alfworld" / "config.json").read_text())["hidden_size"]
+    rows = [json.loads(line) for line in (run_dir / "labels" / "steps.jsonl").read_text().splitlines()]
+    assert rows and all(len(r["lp_hidden"]) == hidden_size for r in rows)
+    for stage in ("router_sft", "router_grpo/router"):
+        router = TransformerRouter.load(run_dir / stage)
+        assert router.needs_lp_hidden and router.features.hidden_dim == hidden_size
+    grpo_steps = [s for e in TrajectoryStore.read(run_dir / "trajectories" / "grpo") for s in e.steps]
+    assert grpo_steps and all("lp" in s.extra["paid"] and len(s.extra["lp_hidden"]) == hidden_size
+                              for s in grpo_steps)
+    results = json.loads((run_dir / "report" / "results.json").read_text())
+    assert {"grpo", "sft", "hp_only"} <= set(results["methods"])

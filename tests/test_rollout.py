@@ -150,3 +150,42 @@ def test_dead_model_server_surfaces_from_a_rollout_as_actor_error(ray_session, a
         group.shutdown()
         for c in clients.values():
             c.shutdown()
+
+
+def test_lp_hidden_router_reads_the_lp_prompt_state_and_pays_for_it(alfworld_data, tmp_path):
+    from dmr_rl.config import RouterConfig
+    from dmr_rl.router.transformer import TransformerRouter
+    from dmr_rl.serving.fake_backend import HIDDEN
+
+    spec = EnvSpec("alfworld", alfworld_data, "train", max_steps=3)
+    router = TransformerRouter(RouterConfig(d_model=16, n_heads=2, max_tokens=64, features="lp_hidden"),
+                               hidden_dim=HIDDEN, threshold=0.0)  # P(HP) >= 0: always HP
+    assert router.needs_lp_hidden
+    clients = _clients()
+    w = RolloutWorker(0, clients, spec, num_envs=2, shard_dir=str(tmp_path), router=router)
+    w.run_episodes([0, 1], method="router")
+    steps = [s for e in TrajectoryStore.read(tmp_path) for s in e.steps]
+    assert steps and all(s.tier == HP for s in steps)
+    lp_backend = clients["lp"].backend
+    for s in steps:
+        # the vector the LP backend gives for this very prompt, recorded for stage 1 / GRPO
+        want = lp_backend.prompt_hidden([s.prompt])[0]
+        np.testing.assert_allclose(s.extra["lp_hidden"], want, atol=1e-5)
+        assert s.extra["paid"] == ["hp", "lp"] and s.weight_bytes == HP_BYTES + LP_BYTES
+    assert lp_backend.cost.snapshot()["by_call"]["hidden"] >= len(steps) // 2
+    # a baseline on the same worker neither reads nor pays the LP pass
+    w.run_episodes([0], method="hp_only")
+    last = TrajectoryStore.read(tmp_path)[-1]
+    assert all("lp_hidden" not in s.extra and s.weight_bytes == HP_BYTES for s in last.steps)
+
+
+def test_record_hidden_keeps_the_lp_state_on_hp_trajectories_and_needs_an_lp_tier(alfworld_data, tmp_path):
+    spec = EnvSpec("alfworld", alfworld_data, "train", max_steps=2)
+    w = RolloutWorker(0, _clients(), spec, num_envs=1, shard_dir=str(tmp_path), record_hidden=True)
+    w.run_episodes([0], method="hp")
+    steps = TrajectoryStore.read(tmp_path)[0].steps
+    assert all(len(s.extra["lp_hidden"]) == 8 and s.tier == HP for s in steps)
+    only_hp = {"hp": _clients()["hp"]}
+    w2 = RolloutWorker(1, only_hp, spec, num_envs=1, shard_dir=str(tmp_path / "b"), record_hidden=True)
+    with pytest.raises(ValueError, match="needs the LP tier"):
+        w2.run_episodes([0], method="hp")

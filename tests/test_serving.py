@@ -73,8 +73,10 @@ def test_batched_ray_serving_matches_unbatched_calls(ray_session, tiny_model):
     try:
         refs = [client.score_actions_ref([p], [c]) for p, c in zip(PROMPTS, CANDS)]
         td_refs = [client.token_distributions_ref([p], [c[0]]) for p, c in zip(PROMPTS, CANDS)]
+        hid_refs = [client.prompt_hidden_ref([p]) for p in PROMPTS]
         got = [client.get(r)[0][0] for r in refs]
         got_td = [client.get(r)[0][0] for r in td_refs]
+        got_hid = [client.get(r)[0][0] for r in hid_refs]
         stats = client.cost()
         local = LocalTierClient("hp", _load(tiny_model)())
         for (p, c), g in zip(zip(PROMPTS, CANDS), got):
@@ -84,7 +86,9 @@ def test_batched_ray_serving_matches_unbatched_calls(ray_session, tiny_model):
         for (p, c), g in zip(zip(PROMPTS, CANDS), got_td):
             want = local.token_distributions([p], [c[0]])[0]
             np.testing.assert_allclose(np.exp(g.logprobs), np.exp(want.logprobs), atol=1e-5)
-        assert stats["requests"] == 8
+        for p, g in zip(PROMPTS, got_hid):  # batched with other prompts (left padding) = alone
+            np.testing.assert_allclose(g, local.prompt_hidden([p])[0], atol=1e-4)
+        assert stats["requests"] == 12
         assert stats["batches"] < 8, f"requests were not batched: {stats}"
     finally:
         client.shutdown()

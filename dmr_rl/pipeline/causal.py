@@ -46,8 +46,12 @@ class ShadowRouter(Router):
     def __init__(self, inner: Router):
         self.inner = inner
 
-    def route(self, contexts, rng, sample=False, lp_action_probs=None, hp_action_probs=None, **_):
-        d = self.inner.route(contexts, rng, sample=False)
+    @property
+    def needs_lp_hidden(self) -> bool:
+        return bool(getattr(self.inner, "needs_lp_hidden", False))
+
+    def route(self, contexts, rng, sample=False, lp_action_probs=None, hp_action_probs=None, **kw):
+        d = self.inner.route(contexts, rng, sample=False, **kw)
         n = len(contexts)
         return RouteDecision(tiers=np.ones(n, dtype=np.int64), p_hp=np.asarray(d.p_hp, dtype=float),
                              logprobs=np.zeros(n))

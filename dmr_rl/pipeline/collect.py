@@ -60,7 +60,8 @@ def run(cfg, local: bool = False, record_kl: bool = False, progress: bool = True
     timers = Timers()
     c = cfg.collect
     out = collect_dir(cfg.run_dir)
-    tiers = ("hp", "lp") if record_kl else TIERS_FOR[c.policy]
+    record_hidden = cfg.router.features == "lp_hidden"  # stage 1 of an lp_hidden router reads them
+    tiers = ("hp", "lp") if record_kl or record_hidden else TIERS_FOR[c.policy]
     group = clients = None
     try:
         with timers("start"):
@@ -68,7 +69,8 @@ def run(cfg, local: bool = False, record_kl: bool = False, progress: bool = True
                 launcher.ray_init(cfg.ray, cfg.run_dir)
             _fresh_dir(out)
             clients = launcher.create_tier_clients(cfg, tiers, local=local, backend_specs=backend_specs)
-            group = launcher.create_rollout_group(cfg, clients, out, local=local, record_kl=record_kl)
+            group = launcher.create_rollout_group(cfg, clients, out, local=local, record_kl=record_kl,
+                                                  record_hidden=record_hidden)
             num_tasks = group.num_tasks()
         tasks = task_order(num_tasks, c.episodes, c.seed)
         with timers("rollout"), torch_threads_set(torch_threads if local else None), \

@@ -99,7 +99,7 @@ def run(cfg, traj_dir: Optional[str] = None, out_path: Optional[str] = None, loc
             launcher.shutdown_all(None, clients)
     with timers("write"):
         labels, targets, thr = label_steps(kls, lc.mode, lc.rho, lc.kl_threshold, soft=True)
-        rows = [step_row(e, i, float(k), int(y), target=float(t))
+        rows = [step_row(e, i, float(k), int(y), target=float(t), lp_hidden=e.steps[i].extra.get("lp_hidden"))
                 for (e, i), k, y, t in zip(index, kls, labels, targets)]
         path = write_labelled_steps(out_path or labels_path(cfg.run_dir), rows)
     stats = {"labelled_steps": str(path), "trajectories": str(src), "episodes": len(episodes),

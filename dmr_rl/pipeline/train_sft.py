@@ -184,7 +184,9 @@ def fit(cfg, labelled_path, out_dir, *, log_dir: Optional[str] = None, learner_g
             overrides = {}
             if cfg.router.features == "lp_hidden":
                 if "lp_hidden" not in rows[0]:
-                    raise DataError(f"{labelled_path}: router.features=lp_hidden needs an 'lp_hidden' field per step")
+                    raise DataError(f"{labelled_path}: router.features=lp_hidden needs an 'lp_hidden' field per "
+                                    "step; collect and label again with router.features=lp_hidden "
+                                    "(collection then records the LP hidden state of every step)")
                 overrides["hidden_dim"] = len(rows[0]["lp_hidden"])
             ncfg = net_config(cfg.router, **overrides)
             router = TransformerRouter(ncfg, threshold=cfg.router.threshold, seed=cfg.seed)

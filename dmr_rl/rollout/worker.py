@@ -4,6 +4,8 @@
 ``dmr_rl.serving.launcher``). Each step of its active environments:
 
 1. build one :class:`StepContext` and prompt per environment;
+   (``lp_hidden`` routers, or ``record_hidden=True``: the LP tier's last hidden state of each
+   prompt, one batched call, paid as an LP forward and kept in ``extra["lp_hidden"]``);
 2. ask the router for all of them at once (a learned router, or a baseline by name);
 3. send each environment's request to the chosen tier's client, one batched call per tier
    (cascade routers: LP for all first, then HP for the flagged ones, both paid;
@@ -55,7 +57,7 @@ class RolloutWorker:
 
     def __init__(self, worker_index: int, clients: dict, env_spec, num_envs: int, shard_dir: str,
                  acting: Optional[ActingSpec] = None, router=None, record_kl: bool = False,
-                 shard_prefix: str = "worker"):
+                 shard_prefix: str = "worker", record_hidden: bool = False):
         from environments.base import BatchTextEnv
 
         self.worker_index = int(worker_index)
@@ -67,6 +69,7 @@ class RolloutWorker:
 
         self.prompt_config = PromptConfig.from_dict(self.acting.prompt)
         self.record_kl = bool(record_kl)
+        self.record_hidden = bool(record_hidden)
         self._router_spec = router
         self._router = router if hasattr(router, "route") else None
         self._baselines: dict = {}
@@ -175,21 +178,24 @@ class RolloutWorker:
         everyone = list(range(len(active)))
         outs = {HP: {}, LP: {}}
         paid = [set() for _ in active]
+        wants_hidden = bool(getattr(router, "needs_lp_hidden", False))
+        hidden, hidden_costs = self._hidden(prompts) if wants_hidden or self.record_hidden else (None, None)
+        kw = {"lp_hidden": hidden} if wants_hidden else {}
         if router.needs_both or self.record_kl:
             outs[HP], outs[LP] = self._act([("hp", everyone), ("lp", everyone)], ctxs, prompts, rng)
             dec = router.route(ctxs, rng, sample, lp_action_probs=[outs[LP][k].probs for k in everyone],
-                               hp_action_probs=[outs[HP][k].probs for k in everyone])
+                               hp_action_probs=[outs[HP][k].probs for k in everyone], **kw)
             for k in everyone:
                 paid[k] = {HP, LP} if router.needs_both else {int(dec.tiers[k])}
         elif router.needs_lp_first:
             outs[LP], = self._act([("lp", everyone)], ctxs, prompts, rng)
-            dec = router.route(ctxs, rng, sample, lp_action_probs=[outs[LP][k].probs for k in everyone])
+            dec = router.route(ctxs, rng, sample, lp_action_probs=[outs[LP][k].probs for k in everyone], **kw)
             flagged = [k for k in everyone if int(dec.tiers[k]) == HP]
             outs[HP], = self._act([("hp", flagged)], ctxs, prompts, rng)
             for k in everyone:
                 paid[k] = {LP, HP} if k in outs[HP] else {LP}
         else:
-            dec = router.route(ctxs, rng, sample)
+            dec = router.route(ctxs, rng, sample, **kw)
             outs[HP], outs[LP] = self._act([(TIER_NAMES[t], [k for k in everyone if int(dec.tiers[k]) == t])
                                             for t in (HP, LP)], ctxs, prompts, rng)
             for k in everyone:
@@ -209,6 +215,12 @@ class RolloutWorker:
             gen = sum(c.get("generated_tokens", 0) for c in costs)
             wbytes = sum(self.clients[TIER_NAMES[t]].weight_bytes * (1 + outs[t][k].cost.get("generated_tokens", 0))
                          for t in paid[k])
+            extra = {}
+            if hidden is not None:  # the LP prompt pass the router read: one more LP forward
+                costs.append(hidden_costs[k])
+                wbytes += self.clients["lp"].weight_bytes
+                extra["lp_hidden"] = [round(float(x), 5) for x in np.asarray(hidden[k]).reshape(-1)]
+            paid_names = sorted({TIER_NAMES[t] for t in paid[k]} | ({"lp"} if hidden is not None else set()))
             ctx = ctxs[k]
             rec = StepRecord(step=ctx.step, obs=ctx.obs, action=actions[i], tier=tier,
                              admissible=list(ctx.admissible), prompt=prompts[k],
@@ -217,11 +229,19 @@ class RolloutWorker:
                              gen_tokens=int(gen), weight_bytes=float(wbytes),
                              latency_s=float(sum(c["latency_s"] for c in costs)),
                              kl=None if kls[k] is None else float(kls[k]),
-                             extra={"paid": sorted(TIER_NAMES[t] for t in paid[k]),
-                                    "invalid": bool(info.get("invalid", False)),
-                                    "action_prob": float(outs[tier][k].probs[outs[tier][k].index])})
+                             extra={"paid": paid_names, "invalid": bool(info.get("invalid", False)),
+                                    "action_prob": float(outs[tier][k].probs[outs[tier][k].index]), **extra})
             slot[i][1].steps.append(rec)
             slot[i][2] = context_after(ctx, actions[i], obs, list(info.get("admissible_commands") or []))
+
+    def _hidden(self, prompts: list) -> tuple:
+        """The LP tier's last hidden state of every prompt: (vectors, per-row costs)."""
+        client = self.clients.get("lp")
+        if client is None:
+            raise ValueError("lp_hidden routing needs the LP tier, but this worker has no 'lp' client")
+        if hasattr(client, "prompt_hidden_ref"):
+            return client.get(client.prompt_hidden_ref(prompts))
+        return client.prompt_hidden_costed(prompts)
 
     def _act(self, requests: list, ctxs: list, prompts: list, rng) -> list:
         """Batched calls, one per (tier, contexts in ``which``) in ``requests``; with Ray clients

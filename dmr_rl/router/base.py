@@ -30,6 +30,10 @@ class Router(abc.ABC):
     #: True for references that need both tiers' action distributions at every step (KL oracle):
     #: the rollout computes both and passes them; the cost of both is charged.
     needs_both: bool = False
+    #: True for routers that read the LP model's hidden state of the prompt (``lp_hidden``
+    #: features): the rollout runs the LP prompt pass first, charges it, and passes
+    #: ``lp_hidden=[vector per context]`` to ``route``.
+    needs_lp_hidden: bool = False
 
     @abc.abstractmethod
     def route(self, contexts: list, rng: np.random.Generator, sample: bool = False,

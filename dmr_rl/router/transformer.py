@@ -128,6 +128,10 @@ class TransformerRouter(Router):
         if weights is not None:
             self.set_weights(weights)
 
+    @property
+    def needs_lp_hidden(self) -> bool:
+        return getattr(self.features, "name", "") == "lp_hidden"
+
     # -- inference ------------------------------------------------------------------------
     def logits(self, contexts: list, lp_hidden: Optional[list] = None) -> np.ndarray:
         """[B] HP logits for a list of StepContexts."""

@@ -52,6 +52,9 @@ class _PlainCalls:
     def generate(self, prompts, sampling=None):
         return self.generate_costed(prompts, sampling)[0]
 
+    def prompt_hidden(self, prompts):
+        return self.prompt_hidden_costed(prompts)[0]
+
 
 class LocalTierClient(_PlainCalls):
     """A tier served in this process: a direct, unbatched call into a Backend."""
@@ -82,6 +85,9 @@ class LocalTierClient(_PlainCalls):
 
             sampling = SamplingParams()
         return self._costed("generate", [len(p) for p in prompts], prompts, sampling)
+
+    def prompt_hidden_costed(self, prompts):
+        return self._costed("prompt_hidden", [len(p) for p in prompts], prompts)
 
     def _costed(self, kind, weights, *args, **kw):
         if not weights:
@@ -191,6 +197,9 @@ class TierClient(_PlainCalls):
     def generate_ref(self, prompts, sampling=None):
         return self._send("generate", list(prompts), sampling)
 
+    def prompt_hidden_ref(self, prompts):
+        return self._send("prompt_hidden", list(prompts))
+
     def score_actions_costed(self, prompts, candidates):
         return self.get(self.score_actions_ref(prompts, candidates)) if prompts else ([], [])
 
@@ -199,6 +208,9 @@ class TierClient(_PlainCalls):
 
     def generate_costed(self, prompts, sampling=None):
         return self.get(self.generate_ref(prompts, sampling)) if prompts else ([], [])
+
+    def prompt_hidden_costed(self, prompts):
+        return self.get(self.prompt_hidden_ref(prompts)) if prompts else ([], [])
 
     # ---- management ----------------------------------------------------------------------
     def _all(self, method: str, timeout_s: Optional[float]) -> list:

@@ -16,6 +16,7 @@ import numpy as np
 from dmr_rl.models.backends.base import ActionScores, Backend, Generation, TokenDistributions
 
 VOCAB = 16
+HIDDEN = 8  # size of prompt_hidden vectors
 
 
 def _unit(*parts) -> float:
@@ -66,6 +67,13 @@ class FakeBackend(Backend):
                 out.append(TokenDistributions(token_ids=ids, logprobs=full, target_logprobs=tgt))
                 t.record(prompt_tokens=len(self._tokens(p)) + len(targets), forwards=0)
             t.record(forwards=1)
+        return out
+
+    def prompt_hidden(self, prompts: list) -> list:
+        with self.timed("hidden") as t:
+            time.sleep(self.delay_s)
+            out = [np.array([_unit(self.salt, "hid", p, i) for i in range(HIDDEN)], dtype=np.float32) for p in prompts]
+            t.record(prompt_tokens=sum(len(self._tokens(p)) for p in prompts))
         return out
 
     def generate(self, prompts: list, sampling) -> list:

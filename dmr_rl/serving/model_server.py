@@ -46,7 +46,8 @@ class _Request:
 
 
 class ModelServer:
-    """Hosts one Backend; ``score_actions`` / ``token_distributions`` / ``generate`` are batched."""
+    """Hosts one Backend; ``score_actions`` / ``token_distributions`` / ``generate`` /
+    ``prompt_hidden`` are batched."""
 
     def __init__(self, tier: str, replica: int, backend_spec, max_batch_size: int = 64,
                  max_wait_ms: float = 2.0):
@@ -86,6 +87,10 @@ class ModelServer:
         key = repr(dataclasses.asdict(sampling)) if dataclasses.is_dataclass(sampling) else repr(sampling)
         rows = [(p,) for p in prompts]
         return await self._submit("generate", key, sampling, rows, [len(p) for p in prompts])
+
+    async def prompt_hidden(self, prompts: list):
+        rows = [(p,) for p in prompts]
+        return await self._submit("prompt_hidden", None, None, rows, [len(p) for p in prompts])
 
     def ready(self) -> dict:
         """Cheap liveness/identity check; the launcher waits on it after creating a replica."""
@@ -201,7 +206,9 @@ class ModelServer:
                                                        top_k=head.args)
         elif head.kind == "generate":
             results = self.backend.generate([r[0] for r in rows], head.args)
-        else:  # pragma: no cover - only the three public calls enqueue
+        elif head.kind == "prompt_hidden":
+            results = self.backend.prompt_hidden([r[0] for r in rows])
+        else:  # pragma: no cover - only the public calls enqueue
             raise ValueError(f"unknown call kind {head.kind!r}")
         seconds = time.perf_counter() - t0
         if len(results) != len(rows):

@@ -109,6 +109,13 @@ class Backend(abc.ABC):
         """Batched teacher-forced distributions over each continuation's tokens (top_k=0: full vocab);
         one :class:`TokenDistributions` per (prompt, continuation)."""
 
+    def prompt_hidden(self, prompts: list) -> list:
+        """Batched: the model's last hidden state at each prompt's last token, one float32 [H]
+        vector per prompt (what an ``lp_hidden`` router reads). Backends without access to hidden
+        states keep this default."""
+        raise NotImplementedError(f"the {self.name} backend does not expose hidden states "
+                                  "(router.features=lp_hidden needs a transformers-based LP tier)")
+
     def timed(self, kind: str):
         """Context manager helper: ``with self.timed('score') as t: ...; t.record(...)``."""
         return _Timer(self, kind)

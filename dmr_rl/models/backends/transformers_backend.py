@@ -175,6 +175,27 @@ class TransformersBackend(Backend):
             k += n
         return out
 
+    def prompt_hidden(self, prompts: list) -> list:
+        import torch
+
+        if not prompts:
+            return []
+        with self.timed("hidden") as t:
+            ids = self._prompt_ids(prompts)
+            n, width = len(ids), max(map(len, ids))
+            x = torch.full((n, width), self.tokenizer.pad_token_id, dtype=torch.long)
+            mask = torch.zeros((n, width), dtype=torch.long)
+            for i, r in enumerate(ids):  # left padding: every prompt ends at the last column
+                x[i, width - len(r):] = torch.tensor(r)
+                mask[i, width - len(r):] = 1
+            pos = (mask.cumsum(-1) - 1).clamp(min=0)
+            with self._no_grad():
+                out = self.model(input_ids=x.to(self.device), attention_mask=mask.to(self.device),
+                                 position_ids=pos.to(self.device), output_hidden_states=True, logits_to_keep=1)
+                last = out.hidden_states[-1][:, -1, :].float().cpu().numpy()
+            t.record(prompt_tokens=sum(map(len, ids)))
+        return [row.copy() for row in last]
+
     def token_distributions(self, prompts: list, continuations: list, top_k: int = 0) -> list:
         import torch
 
