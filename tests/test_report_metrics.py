@@ -77,6 +77,9 @@ def test_cluster_bootstrap_counts_a_replayed_task_once():
     assert clustered == pytest.approx(M.bootstrap_ci(x, 2000, seed=4))
     naive = M.bootstrap_ci(copies, 2000, seed=4)
     assert (naive[1] - naive[0]) < 0.75 * (clustered[1] - clustered[0])
+    # the interval does not depend on the order the episodes were read in
+    order = rng.permutation(120)
+    assert M.bootstrap_ci(copies[order], 2000, seed=4, clusters=[tasks[i] for i in order]) == clustered
     with pytest.raises(ValueError, match="clusters"):
         M.bootstrap_ci(x, 10, clusters=[0, 1])
 

@@ -69,7 +69,11 @@ def bootstrap_ci(values, n_boot: int = 2000, seed: int = 0, level: float = 0.95,
     else:
         if len(clusters) != x.size:
             raise ValueError(f"clusters has {len(clusters)} entries, values {x.size}")
-        ids = {c: i for i, c in enumerate(dict.fromkeys(clusters))}
+        try:  # cluster ids in sorted order, not the episodes' order: the CI is order-free
+            keys = sorted(set(clusters))
+        except TypeError:
+            keys = sorted(set(clusters), key=repr)
+        ids = {c: i for i, c in enumerate(keys)}
         inv = np.array([ids[c] for c in clusters], dtype=np.int64)
         sums = np.bincount(inv, weights=x, minlength=len(ids))
         counts = np.bincount(inv, minlength=len(ids)).astype(float)
