@@ -67,6 +67,14 @@ def _specs(cfg, args):
             "lp": functools.partial(FakeBackend, salt="lp", delay_s=d, weight_bytes=1e8)}
 
 
+def _router_kwargs(cfg, hidden_dim: int) -> dict:
+    """TransformerRouter keyword arguments for the config's router (sized for lp_hidden inputs)."""
+    kw = {"config": cfg.router, "num_threads": 1}
+    if cfg.router.features == "lp_hidden":
+        kw["hidden_dim"] = int(hidden_dim)
+    return kw
+
+
 def routing_overhead(cfg, specs, reps: int) -> dict:
     from dmr_rl.router.transformer import TransformerRouter
     from dmr_rl.serving import launcher
@@ -76,21 +84,25 @@ def routing_overhead(cfg, specs, reps: int) -> dict:
     cands = [c.admissible for c in ctxs]
     local = LocalTierClient("lp", specs["lp"])
     lp_s = _median_s(lambda: local.score_actions_costed(prompts, cands), reps)
-    router = TransformerRouter(cfg.router, num_threads=1)
+    hidden = local.prompt_hidden(prompts) if cfg.router.features == "lp_hidden" else None
+    hidden_s = _median_s(lambda: local.prompt_hidden_costed(prompts), reps) if hidden is not None else 0.0
+    router = TransformerRouter(**_router_kwargs(cfg, len(hidden[0]) if hidden else 0))
     rng = np.random.default_rng(0)
-    router_s = _median_s(lambda: router.route(ctxs, rng), reps)
+    router_s = _median_s(lambda: router.route(ctxs, rng, **({"lp_hidden": hidden} if hidden else {})), reps)
     remote = launcher.create_model_servers("lp", cfg.lp, specs["lp"])
     try:
         ray_lp_s = _median_s(lambda: remote.score_actions_costed(prompts, cands), reps)
     finally:
         launcher.shutdown_all(None, {"lp": remote})
     ray_s = max(0.0, ray_lp_s - lp_s)
-    return {"envs_per_step": len(ctxs), "lp_step_ms": 1e3 * lp_s, "router_ms": 1e3 * router_s,
+    return {"envs_per_step": len(ctxs), "features": cfg.router.features, "lp_step_ms": 1e3 * lp_s,
+            "router_ms": 1e3 * router_s, "lp_hidden_ms": 1e3 * hidden_s, "hidden_dim": len(hidden[0]) if hidden else 0,
             "ray_ms": 1e3 * ray_s, "lp_step_via_ray_ms": 1e3 * ray_lp_s,
-            "router_pct_of_lp_step": 100 * router_s / lp_s, "overhead_pct_of_lp_step": 100 * (router_s + ray_s) / lp_s}
+            "router_pct_of_lp_step": 100 * (router_s + hidden_s) / lp_s,
+            "overhead_pct_of_lp_step": 100 * (router_s + hidden_s + ray_s) / lp_s}
 
 
-def throughput(cfg, specs, workers: list, episodes: int) -> list:
+def throughput(cfg, specs, workers: list, episodes: int, hidden_dim: int = 0) -> list:
     from dmr_rl.pipeline.evaluate import num_tasks_of, task_sample
     from dmr_rl.serving import launcher
 
@@ -99,7 +111,9 @@ def throughput(cfg, specs, workers: list, episodes: int) -> list:
     try:
         for n in workers:
             with tempfile.TemporaryDirectory() as shards:
-                group = launcher.create_rollout_group(cfg, clients, shards, num_workers=n, split=cfg.env.eval_split)
+                group = launcher.create_rollout_group(cfg, clients, shards, num_workers=n, split=cfg.env.eval_split,
+                                                      router={"name": "transformer",
+                                                              "kwargs": _router_kwargs(cfg, hidden_dim)})
                 try:
                     tasks = task_sample(num_tasks_of(group), episodes, seed=0)
                     t0 = time.perf_counter()
@@ -120,7 +134,7 @@ def throughput(cfg, specs, workers: list, episodes: int) -> list:
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--config", default=None)
+    ap.add_argument("--config", default=None, help="preset (default: experiments/default.yaml, as dmr run)")
     ap.add_argument("--set", dest="overrides", action="append", default=[])
     ap.add_argument("--workers", type=int, nargs="+", default=[1, 2, 4])
     ap.add_argument("--episodes", type=int, default=16)
@@ -131,20 +145,22 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
 
     from dmr_rl.config import load_config
+    from dmr_rl.pipeline.run import default_preset
     from dmr_rl.serving import launcher
 
-    cfg = load_config(args.config, args.overrides)
+    cfg = load_config(args.config or default_preset(), args.overrides)
     launcher.ray_init(cfg.ray, cfg.run_dir)
     specs = _specs(cfg, args)
     over = routing_overhead(cfg, specs, args.reps)
-    rows = throughput(cfg, specs, args.workers, args.episodes)
+    rows = throughput(cfg, specs, args.workers, args.episodes, over["hidden_dim"])
     out = {"env": cfg.env.name, "fake": args.fake, "routing": over, "throughput": rows}
     if args.json:
         print(json.dumps(out))
         return 0
     print(f"routing overhead per step ({over['envs_per_step']} envs, {cfg.env.name}, "
           f"{'fake tiers' if args.fake else 'config tiers'}):")
-    print(f"  LP step {over['lp_step_ms']:.2f} ms | router {over['router_ms']:.2f} ms | Ray adds {over['ray_ms']:.2f} ms"
+    hid = f" + LP prompt pass {over['lp_hidden_ms']:.2f} ms" if over["features"] == "lp_hidden" else ""
+    print(f"  LP step {over['lp_step_ms']:.2f} ms | router {over['router_ms']:.2f} ms{hid} | Ray adds {over['ray_ms']:.2f} ms"
           f" -> overhead {over['overhead_pct_of_lp_step']:.1f}% of an LP step (router alone {over['router_pct_of_lp_step']:.1f}%)")
     print(f"rollout throughput, {args.episodes} episodes:")
     print(f"  {'workers':>7} {'envs/w':>6} {'steps':>6} {'seconds':>8} {'steps/s':>8} {'eps/s':>6} {'speedup':>7}")
