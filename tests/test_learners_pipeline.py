@@ -244,3 +244,13 @@ def test_remote_learner_trains_the_router(ray_session):
         assert last < first
     finally:
         lg.shutdown()
+
+
+def test_grpo_with_lp_hidden_features_needs_the_stage1_router(tmp_path):
+    from dmr_rl.config import ConfigError, load_config
+    from dmr_rl.pipeline.train_grpo import fit
+
+    cfg = load_config(None, ["router.features=lp_hidden", f"run_dir={tmp_path}"])
+    with pytest.raises(ConfigError, match="stage-1 router"):
+        fit(cfg, lambda *a: [], tmp_path / "out", num_tasks=4, progress=False)
+    assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())

@@ -154,6 +154,11 @@ def fit(cfg, rollout_fn: Callable, out_dir, *, num_tasks: int, init_router: Opti
         if init_router:
             ref = TransformerRouter.load(init_router)
         else:
+            if cfg.router.features == "lp_hidden":
+                from dmr_rl.config import ConfigError
+
+                raise ConfigError("router.features=lp_hidden: GRPO needs the stage-1 router (it fixes the LP "
+                                  "hidden size); run `dmr train sft` first or pass its directory as init")
             ref = TransformerRouter(cfg.router, seed=cfg.seed)
         policy = TransformerRouter(ref.config, threshold=ref.threshold, weights=ref.get_weights())
         with timers("build_learners"):
