@@ -131,7 +131,8 @@ def _causal(causal: Optional[dict], n_boot: int, boot_seed: int) -> Optional[dic
         fl, un = _by_task(arms["flagged"]), _by_task(arms["unflagged"])
         pairs = sorted(set(fl) & set(un))
         diffs = np.array([float(un[k]) - float(fl[k]) for k in pairs])
-        lo, hi = M.bootstrap_ci(diffs, n_boot, boot_seed, clusters=[t for _, t in pairs]) if pairs else (float("nan"), float("nan"))
+        lo, hi = (M.bootstrap_ci(diffs, n_boot, boot_seed, clusters=[t for _, t in pairs]) if pairs
+                  else (float("nan"), float("nan")))
         out["unflagged_minus_flagged"] = {"success_diff": float(diffs.mean()) if pairs else float("nan"),
                                           "ci": [lo, hi], "pairs": len(pairs), "kl_predicts_harm": bool(lo > 0)}
     return out

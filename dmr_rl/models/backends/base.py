@@ -113,8 +113,10 @@ class Backend(abc.ABC):
         """Batched: the model's last hidden state at each prompt's last token, one float32 [H]
         vector per prompt (what an ``lp_hidden`` router reads). Backends without access to hidden
         states keep this default."""
-        raise NotImplementedError(f"the {self.name} backend does not expose hidden states "
-                                  "(router.features=lp_hidden needs a transformers-based LP tier)")
+        from dmr_rl.errors import ModelError
+
+        raise ModelError(f"the {self.name} backend does not expose hidden states "
+                         "(router.features=lp_hidden needs a transformers-based LP tier)")
 
     def timed(self, kind: str):
         """Context manager helper: ``with self.timed('score') as t: ...; t.record(...)``."""
