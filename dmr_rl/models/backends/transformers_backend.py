@@ -77,6 +77,19 @@ class TransformersBackend(Backend):
     # ------------------------------------------------------------------------------------------
     # the shared scoring engine
     # ------------------------------------------------------------------------------------------
+    def _left_padded(self, prompt_ids: list) -> tuple:
+        """(ids, attention mask, position ids), each [P, longest] int64 on the CPU; left padding,
+        so every prompt ends at the last column."""
+        import torch
+
+        P, width = len(prompt_ids), max(len(r) for r in prompt_ids)
+        ids = torch.full((P, width), self.tokenizer.pad_token_id, dtype=torch.long)
+        mask = torch.zeros((P, width), dtype=torch.long)
+        for i, r in enumerate(prompt_ids):
+            ids[i, width - len(r):] = torch.tensor(r)
+            mask[i, width - len(r):] = 1
+        return ids, mask, (mask.cumsum(-1) - 1).clamp(min=0)
+
     def _suffix_logprobs(self, prompt_ids: list, suffixes: list, consume: Callable) -> int:
         """Teacher-force every suffix after its prompt and hand its next-token log-probs on.
 
@@ -88,14 +101,7 @@ class TransformersBackend(Backend):
 
         pad = self.tokenizer.pad_token_id
         dev = self.device
-        P = len(prompt_ids)
-        lp_max = max(len(r) for r in prompt_ids)
-        p_ids = torch.full((P, lp_max), pad, dtype=torch.long)
-        p_mask = torch.zeros((P, lp_max), dtype=torch.long)
-        for i, r in enumerate(prompt_ids):  # left padding
-            p_ids[i, lp_max - len(r):] = torch.tensor(r)
-            p_mask[i, lp_max - len(r):] = 1
-        p_pos = (p_mask.cumsum(-1) - 1).clamp(min=0)
+        p_ids, p_mask, p_pos = self._left_padded(prompt_ids)
         p_len = p_mask.sum(-1)
         forwards = 1
         with self._no_grad():
@@ -176,19 +182,11 @@ class TransformersBackend(Backend):
         return out
 
     def prompt_hidden(self, prompts: list) -> list:
-        import torch
-
         if not prompts:
             return []
         with self.timed("hidden") as t:
             ids = self._prompt_ids(prompts)
-            n, width = len(ids), max(map(len, ids))
-            x = torch.full((n, width), self.tokenizer.pad_token_id, dtype=torch.long)
-            mask = torch.zeros((n, width), dtype=torch.long)
-            for i, r in enumerate(ids):  # left padding: every prompt ends at the last column
-                x[i, width - len(r):] = torch.tensor(r)
-                mask[i, width - len(r):] = 1
-            pos = (mask.cumsum(-1) - 1).clamp(min=0)
+            x, mask, pos = self._left_padded(ids)
             with self._no_grad():
                 out = self.model(input_ids=x.to(self.device), attention_mask=mask.to(self.device),
                                  position_ids=pos.to(self.device), output_hidden_states=True, logits_to_keep=1)
