@@ -32,7 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 def _contexts(cfg, n: int):
     from dmr_rl.models.prompting import PromptConfig, build_prompt
     from dmr_rl.rollout.envs import env_spec_from_config
-    from dmr_rl.rollout.records import StepContext
+    from dmr_rl.step import StepContext
 
     env = env_spec_from_config(cfg, cfg.env.eval_split).make()
     ctxs, prompts = [], []

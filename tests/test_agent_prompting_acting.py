@@ -7,7 +7,7 @@ import pytest
 from dmr_rl.models.acting import choose_action, match_action, normalise_command
 from dmr_rl.models.backends.base import ActionScores
 from dmr_rl.models.prompting import PromptConfig, build_prompt, context_after, memory_lines
-from dmr_rl.rollout.records import StepContext
+from dmr_rl.step import StepContext
 
 HISTORY = [("go to countertop 1", "On the countertop 1, you see a apple 1."),
            ("take apple 1 from countertop 1", "You pick up the apple 1 from the countertop 1."),

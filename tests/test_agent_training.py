@@ -178,7 +178,7 @@ def test_trained_agent_plays_episodes_end_to_end(trained):
 def test_lmagent_batched_score_and_generate_modes(trained):
     from dmr_rl.models import load_backend
     from dmr_rl.models.agent import LMAgent
-    from dmr_rl.rollout.records import StepContext
+    from dmr_rl.step import StepContext
 
     out, _ = trained
     backend = load_backend(model_path=str(out))

@@ -15,7 +15,8 @@ torch = pytest.importorskip("torch")
 pytest.importorskip("ray.rllib")
 
 from dmr_rl.config import load_config  # noqa: E402
-from dmr_rl.rollout.records import EpisodeRecord, StepContext, StepRecord  # noqa: E402
+from dmr_rl.rollout.records import EpisodeRecord, StepRecord  # noqa: E402
+from dmr_rl.step import StepContext  # noqa: E402
 
 WORDS = "apple cabinet fridge drawer table lamp mug towel sink counter shelf box bed key".split()
 

@@ -8,7 +8,7 @@ import time
 import numpy as np
 import pytest
 
-from dmr_rl.rollout.records import StepContext
+from dmr_rl.step import StepContext
 from dmr_rl.router import ROUTERS, make_router
 
 torch = pytest.importorskip("torch")

@@ -30,7 +30,7 @@ import numpy as np
 from dmr_rl.errors import ModelError
 from dmr_rl.models.acting import choose_action, match_action, one_hot
 from dmr_rl.models.prompting import PromptConfig, build_prompt
-from dmr_rl.rollout.records import StepContext
+from dmr_rl.step import StepContext
 
 ACTION_MODES = ("score", "generate")
 AGENT_CONFIG = "agent_config.json"
@@ -203,6 +203,16 @@ def lp_checkpoint(model_dir, env_name: str = "") -> Path:
     quantize_checkpoint(str(model_dir), str(out), spec["method"], int(spec["bits"]),
                         int(spec["group_size"]), calib, engine=spec["engine"])
     return out
+
+
+def tier_model_dir(cfg, tier: str) -> str:
+    """The checkpoint a tier serves: ``<tier>.model_path``, else the project's agent for the env
+    (HP: the agent; LP: its low-bit copy, produced once if missing)."""
+    t = getattr(cfg, tier)
+    if t.model_path:
+        return t.model_path
+    base = agent_dir(cfg.env.name)
+    return str(base if t.quant_method == "none" and t.bits == 16 else lp_checkpoint(base, cfg.env.name))
 
 
 def calibration_prompts(model_dir, limit: int = 64) -> list[str]:

@@ -18,7 +18,7 @@ import numpy as np
 
 from dmr_rl.errors import ModelError
 from dmr_rl.models.prompting import PromptConfig, build_prompt
-from dmr_rl.rollout.records import StepContext
+from dmr_rl.step import StepContext
 
 #: teacher per environment: "module:Class" of a policy (reset(env), act(obs, info)).
 TEACHERS = {

@@ -37,7 +37,7 @@ from __future__ import annotations
 import re
 from dataclasses import asdict, dataclass, fields
 
-from dmr_rl.rollout.records import StepContext
+from dmr_rl.step import StepContext
 
 ACTION_PREFIX = ">"
 _MOVE = re.compile(r"^go to (.+)$")

@@ -245,7 +245,7 @@ def calib_prompts_from_env(env_name: str, n_prompts: int = 64, seed: int = 0, da
         from dmr_rl.models.prompting import build_prompt
     except ImportError as e:  # the agent's prompt builder lives beside this module
         raise ModelError(f"--calib-from-env needs dmr_rl.models.prompting ({e})") from None
-    from dmr_rl.rollout.records import StepContext
+    from dmr_rl.step import StepContext
 
     with tempfile.TemporaryDirectory(prefix="dmr_calib_") as tmp:
         root = data_dir or tmp

@@ -128,7 +128,7 @@ def split_by_episode(rows: list, holdout: float, seed: int = 0):
 
 
 def _features(extractor, rows: list) -> dict:
-    from dmr_rl.rollout.records import StepContext
+    from dmr_rl.step import StepContext
     from dmr_rl.router.features import features_in_chunks
 
     ctxs = [StepContext(task=r["task"], obs=r["obs"], history=[tuple(h) for h in r["history"]],

@@ -26,18 +26,13 @@ def merge_summaries(parts: list) -> dict:
 def worker_kwargs_from_config(cfg, shard_dir, envs_per_worker: Optional[int] = None,
                               split: Optional[str] = None, record_kl: bool = False) -> dict:
     """RolloutWorker keyword arguments (all picklable) from the root config."""
+    from dmr_rl.models.agent import read_agent_config, tier_model_dir
     from dmr_rl.rollout.envs import env_spec_from_config
 
-    prompt, saved = {"history_window": cfg.agent.history_window}, {}
-    try:  # a trained agent is prompted (and scores actions) the way it was trained
-        from dmr_rl.models.agent import read_agent_config
-        from dmr_rl.serving.launcher import tier_model_dir
-
-        saved = read_agent_config(tier_model_dir(cfg, "hp"))
-        if saved.get("prompt"):
-            prompt = dict(saved["prompt"])
-    except Exception:  # no agent_config.json beside the checkpoint: the config's settings
-        saved = {}
+    # a trained agent is prompted (and scores actions) the way it was trained: its agent_config.json
+    # (an unreadable one is a ModelError naming the file); a checkpoint without one uses the config's
+    saved = read_agent_config(tier_model_dir(cfg, "hp"))
+    prompt = dict(saved["prompt"]) if saved.get("prompt") else {"history_window": cfg.agent.history_window}
     acting = ActingSpec(action_mode=cfg.agent.action_mode, temperature=cfg.agent.temperature,
                         max_new_tokens=cfg.agent.max_new_tokens, prompt=prompt,
                         length_normalised=bool(saved.get("length_normalised", False)))

@@ -1,7 +1,7 @@
 """What a rollout records, and the durable store it goes to.
 
-One :class:`StepContext` is what the agent and the router see at a decision step; one
-:class:`StepRecord` is what happened there; one :class:`EpisodeRecord` is a whole trajectory.
+One :class:`StepRecord` is what happened at a decision step (its context is a
+:class:`dmr_rl.step.StepContext`); one :class:`EpisodeRecord` is a whole trajectory.
 Finished episodes are appended, one JSON line each, to a per-worker shard and flushed to disk
 at once (``fsync``), so a worker that dies loses no finished trajectory.
 """
@@ -18,18 +18,6 @@ from environments.errors import DataError
 
 HP, LP = 1, 0
 TIER_NAMES = {HP: "hp", LP: "lp"}
-
-
-@dataclass
-class StepContext:
-    """The decision context at one step: the goal, what the agent has seen and done, what it may do."""
-
-    task: str
-    obs: str
-    history: list = field(default_factory=list)  # [(action, observation)], oldest first
-    admissible: list = field(default_factory=list)
-    step: int = 0
-    task_type: str = ""
 
 
 @dataclass

@@ -28,7 +28,8 @@ from typing import Optional
 
 import numpy as np
 
-from dmr_rl.rollout.records import HP, LP, TIER_NAMES, EpisodeRecord, StepContext, StepRecord, TrajectoryStore
+from dmr_rl.rollout.records import HP, LP, TIER_NAMES, EpisodeRecord, StepRecord, TrajectoryStore
+from dmr_rl.step import StepContext
 
 METHOD_ALIASES = {"hp": ("hp_only", {}), "lp": ("lp_only", {}), "mixed": ("random", {"hp_ratio": 0.5})}
 

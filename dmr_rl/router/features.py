@@ -155,7 +155,7 @@ def contexts_from_episode(episode) -> list:
     history at step t = [(action_i, obs_{i+1}) for i < t] (each action with the observation it
     led to), as the agent builds it.
     """
-    from dmr_rl.rollout.records import StepContext
+    from dmr_rl.step import StepContext
 
     steps = episode.steps
     out = []

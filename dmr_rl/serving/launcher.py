@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Optional
 
 from dmr_rl.errors import ActorError
+from dmr_rl.models.agent import tier_model_dir
 from dmr_rl.serving.clients import LocalTierClient, TierClient
 
 SERVER_CPUS = 0.25  # CPU share reserved per model-server replica (scheduling only)
@@ -78,18 +79,6 @@ def _redirect_ray_results(path: Path) -> None:
 
 
 # ---- tiers ----------------------------------------------------------------------------------
-def tier_model_dir(cfg, tier: str) -> str:
-    """The checkpoint a tier serves: ``<tier>.model_path``, else the project's agent for the env
-    (HP: the agent; LP: its low-bit copy, produced once if missing)."""
-    t = getattr(cfg, tier)
-    if t.model_path:
-        return t.model_path
-    from dmr_rl.models.agent import agent_dir, lp_checkpoint
-
-    base = agent_dir(cfg.env.name)
-    return str(base if t.quant_method == "none" and t.bits == 16 else lp_checkpoint(base, cfg.env.name))
-
-
 def load_tier_backend(tier_cfg, model_dir: str):
     """Picklable backend factory target: the Backend for ``tier_cfg`` over ``model_dir``."""
     from dmr_rl.models import load_backend
