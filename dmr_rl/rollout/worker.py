@@ -217,6 +217,8 @@ class RolloutWorker:
             wbytes = sum(self.clients[TIER_NAMES[t]].weight_bytes * (1 + outs[t][k].cost.get("generated_tokens", 0))
                          for t in paid[k])
             extra = {}
+            if k in outs[HP] and k in outs[LP]:  # both tiers ran: did their greedy actions agree?
+                extra["tiers_agree"] = bool(outs[HP][k].index == outs[LP][k].index)
             if hidden is not None:  # the LP prompt pass the router read: one more LP forward
                 costs.append(hidden_costs[k])
                 wbytes += self.clients["lp"].weight_bytes
