@@ -26,12 +26,18 @@ def merge_summaries(parts: list) -> dict:
 def worker_kwargs_from_config(cfg, shard_dir, envs_per_worker: Optional[int] = None,
                               split: Optional[str] = None, record_kl: bool = False) -> dict:
     """RolloutWorker keyword arguments (all picklable) from the root config."""
-    from dmr_rl.models.agent import read_agent_config, tier_model_dir
+    from dmr_rl.errors import ModelError
+    from dmr_rl.models.agent import agent_dir, read_agent_config
     from dmr_rl.rollout.envs import env_spec_from_config
 
     # a trained agent is prompted (and scores actions) the way it was trained: its agent_config.json
-    # (an unreadable one is a ModelError naming the file); a checkpoint without one uses the config's
-    saved = read_agent_config(tier_model_dir(cfg, "hp"))
+    # (an unreadable one is a ModelError naming the file); a checkpoint without one, or an env with no
+    # project agent and no hp.model_path (then the tiers' backends are given explicitly), uses the config's
+    try:
+        hp_dir = cfg.hp.model_path or str(agent_dir(cfg.env.name))
+    except ModelError:
+        hp_dir = ""
+    saved = read_agent_config(hp_dir) if hp_dir else {}
     prompt = dict(saved["prompt"]) if saved.get("prompt") else {"history_window": cfg.agent.history_window}
     acting = ActingSpec(action_mode=cfg.agent.action_mode, temperature=cfg.agent.temperature,
                         max_new_tokens=cfg.agent.max_new_tokens, prompt=prompt,
