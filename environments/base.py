@@ -63,6 +63,9 @@ class TextEnv(gym.Env, abc.ABC):
     metadata: ClassVar[dict] = {"render_modes": ["ansi"]}
     default_max_steps: ClassVar[int] = 50
     name: ClassVar[str] = "text"
+    # the same task and the same commands give the same observations (ALFWorld's PDDL engine, WebShop's
+    # state machine): a greedy agent then replays one episode under every seed, and evaluation plays it once
+    deterministic: ClassVar[bool] = True
 
     def __init__(self, max_steps: Optional[int] = None):
         super().__init__()

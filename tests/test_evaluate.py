@@ -1,8 +1,10 @@
 """`dmr eval` and the causal check on in-process rollout workers (WebShop, model-free backends).
 
 The backends are FakeBackend (deterministic pseudo-random action scores): success numbers are
-meaningless here; the tests check that every method routes as it claims, every operating point
-and seed is written where the report reads it, and that results.json matches those files.
+meaningless here; the tests check that thresholds come from the validation split, every method
+routes as it claims and plays every task, deterministic methods play once and stochastic ones
+under every seed, random and first-k run at the routers' realised HP ratios, and the causal check
+forces LP exactly where it says.
 """
 from __future__ import annotations
 
@@ -27,9 +29,9 @@ def setup(webshop_data, tmp_path_factory):
     run_dir = tmp_path_factory.mktemp("evalrun")
     cfg = load_config(overrides=[
         f"run_dir={run_dir}", "env.name=webshop", f"env.data_dir={webshop_data}", "env.max_steps=8",
-        "eval.episodes=4", "eval.seeds=[0, 1, 2]", "eval.thresholds=[0.3, 0.7]", "eval.bootstrap=200",
-        "eval.baselines=[hp_only, lp_only, random, first_k, cascade]",
-        "eval.baseline_sweeps={random: [0.2, 0.8], first_k: [1, 3], cascade: [0.6]}",
+        "eval.episodes=4", "eval.seeds=[0, 1, 2]", "eval.target_hp_ratios=[0.3, 0.7]", "eval.bootstrap=200",
+        "eval.calib_episodes=5", "eval.baselines=[hp_only, lp_only, random, first_k, cascade]",
+        "eval.baseline_sweeps={cascade: [0.6]}",
         "router.d_model=16", "router.n_heads=2", "router.n_layers=1", "router.threshold=0.3"])
     ckpt = run_dir / "router_ckpt"
     TransformerRouter(cfg.router, seed=0).save(ckpt)
@@ -38,7 +40,7 @@ def setup(webshop_data, tmp_path_factory):
     clients = launcher.create_tier_clients(cfg, ("hp", "lp"), local=True, backend_specs=specs)
     group = launcher.create_rollout_group(cfg, clients, run_dir / "eval" / "_worker_shards", local=True,
                                           num_workers=2, envs_per_worker=2, split=cfg.env.eval_split)
-    yield cfg, ckpt, group
+    yield cfg, ckpt, group, clients
     group.shutdown()
 
 
@@ -46,52 +48,107 @@ def setup(webshop_data, tmp_path_factory):
 def evaluated(setup):
     from dmr_rl.pipeline import evaluate
 
-    cfg, ckpt, group = setup
-    path = evaluate.run(cfg, str(ckpt), group=group, progress=False)
+    cfg, ckpt, group, clients = setup
+    path = evaluate.run(cfg, str(ckpt), group=group, clients=clients, progress=False)
     return cfg, ckpt, group, path
+
 
 
 def _eps(cfg, method, point, seed):
     return TrajectoryStore.read(layout.seed_dir(layout.point_dir(cfg.run_dir, method, point), seed))
 
 
-def test_every_point_and_seed_is_written(evaluated):
-    cfg, _, _, path = evaluated
-    expected = {"hp_only": ["default"], "lp_only": ["default"], "random": ["ratio0.20", "ratio0.80"],
-                "first_k": ["k1", "k3"], "cascade": ["p0.60"], "router": ["t0.30", "t0.70"]}
-    tasks = {}
-    for m, pts in expected.items():
-        for p in pts:
-            meta = json.loads((layout.point_dir(cfg.run_dir, m, p) / "point.json").read_text())
-            assert meta["method"] == m and meta["default"] == (m == "router" and p == "t0.30")
+def _points(cfg, method):
+    d = layout.eval_dir(cfg.run_dir) / method
+    return sorted(p.name for p in d.iterdir() if p.is_dir()) if d.is_dir() else []
+
+
+def _meta(cfg, method, point):
+    return json.loads((layout.point_dir(cfg.run_dir, method, point) / "point.json").read_text())
+
+
+def test_thresholds_come_from_the_validation_split(evaluated):
+    cfg = evaluated[0]
+    cal = json.loads((layout.eval_dir(cfg.run_dir) / "calibration.json").read_text())["router"]
+    assert cal["split"] == "eval" and cal["targets"] == [0.3, 0.7] and cal["n_tasks"] == 5
+    calib_eps = TrajectoryStore.read(layout.eval_dir(cfg.run_dir) / "_calib" / "router")
+    test_tasks = {e.task for e in _eps(cfg, "hp_only", "default", 0)}
+    assert len(calib_eps) == 5 and not {e.task for e in calib_eps} & test_tasks  # another split's goals
+    for target, thr in cal["thresholds"].items():  # the calibration share is what the threshold gives there
+        steps = [(st.router_prob, e.task_index) for e in calib_eps for st in e.steps]
+        share = np.mean([np.mean([p >= thr for p, t in steps if t == task]) for task in {t for _, t in steps}])
+        assert share == pytest.approx(cal["calib_share"][target])
+        meta = _meta(cfg, "router", f"r{float(target):.2f}")
+        assert meta["params"]["threshold"] == thr and meta["params"]["kind"] == "router"
+
+
+def test_every_method_plays_every_task_deterministic_ones_once(evaluated):
+    cfg = evaluated[0]
+    expected_tasks = None
+    for method in ("hp_only", "lp_only", "first_k", "cascade", "router", "random"):
+        for point in _points(cfg, method):
+            stochastic = _meta(cfg, method, point)["params"]["stochastic"]
+            assert stochastic == (method == "random")
+            seeds = (0, 1, 2) if stochastic else (0,)
             for s in (0, 1, 2):
-                eps = _eps(cfg, m, p, s)
-                assert len(eps) == 4 and all(e.method == m and e.seed == s for e in eps)
-                tasks.setdefault(s, set()).add(tuple(sorted(e.task_index for e in eps)))
-    # paired design: every method sees the same tasks for a seed
-    assert all(len(v) == 1 for v in tasks.values())
-    res = json.loads(path.read_text())
-    assert set(res["methods"]) == set(expected)
-    won = np.mean([np.mean([e.won for e in _eps(cfg, "random", "ratio0.80", s)]) for s in (0, 1, 2)])
-    assert res["methods"]["random"]["ratio0.80"]["success_mean"] == pytest.approx(won)
-    assert "apgr" in res["tradeoff"]["router"] and res["methods"]["router"]["t0.30"]["seeds"] == [0, 1, 2]
+                if s not in seeds:  # a deterministic method is not replayed under other seeds
+                    assert not layout.seed_dir(layout.point_dir(cfg.run_dir, method, point), s).exists()
+                    continue
+                eps = _eps(cfg, method, point, s)
+                tasks = sorted(e.task_index for e in eps)
+                expected_tasks = expected_tasks or tasks
+                assert tasks == expected_tasks and len(tasks) == 4
+                assert all(e.method == method and e.seed == s for e in eps)
 
 
 def test_methods_route_as_they_claim(evaluated):
     cfg = evaluated[0]
-    for s in (0, 1, 2):
-        assert all(st.tier == HP for e in _eps(cfg, "hp_only", "default", s) for st in e.steps)
-        assert all(st.tier == LP for e in _eps(cfg, "lp_only", "default", s) for st in e.steps)
-        for k in (1, 3):
-            assert all(st.tier == (HP if st.step < k else LP) for e in _eps(cfg, "first_k", f"k{k}", s) for st in e.steps)
-        for p, t in (("t0.30", 0.3), ("t0.70", 0.7)):
-            assert all(st.tier == int(st.router_prob >= t) for e in _eps(cfg, "router", p, s) for st in e.steps)
-        # cascade pays both tiers on the steps it escalates
-        for e in _eps(cfg, "cascade", "p0.60", s):
-            for st in e.steps:
-                assert st.extra["paid"] == (["hp", "lp"] if st.tier == HP else ["lp"])
-    hp = lambda p: np.mean([st.tier for s in (0, 1, 2) for e in _eps(cfg, "random", p, s) for st in e.steps])  # noqa: E731
-    assert hp("ratio0.20") < 0.45 < hp("ratio0.80")
+    assert all(st.tier == HP for e in _eps(cfg, "hp_only", "default", 0) for st in e.steps)
+    assert all(st.tier == LP for e in _eps(cfg, "lp_only", "default", 0) for st in e.steps)
+    for point in _points(cfg, "first_k"):
+        k = _meta(cfg, "first_k", point)["params"]["k"]
+        assert all(st.tier == (HP if st.step < k else LP) for e in _eps(cfg, "first_k", point, 0) for st in e.steps)
+    for point in _points(cfg, "router"):
+        t = _meta(cfg, "router", point)["params"]["threshold"]
+        assert all(st.tier == int(st.router_prob >= t) for e in _eps(cfg, "router", point, 0) for st in e.steps)
+    for e in _eps(cfg, "cascade", "p0.60", 0):  # the cascade pays both tiers on the steps it escalates
+        for st in e.steps:
+            assert st.extra["paid"] == (["hp", "lp"] if st.tier == HP else ["lp"])
+
+
+def test_random_and_first_k_run_at_the_routers_realised_ratios(evaluated):
+    from dmr_rl.pipeline.evaluate import realised_hp_ratio
+
+    cfg = evaluated[0]
+    realised = {p: realised_hp_ratio(_eps(cfg, "router", p, 0)) for p in _points(cfg, "router")}
+    for method in ("random", "first_k"):
+        matched = {}
+        for point in _points(cfg, method):
+            params = _meta(cfg, method, point)["params"]
+            matched.setdefault(params["matched_to"], []).append(params)
+            assert params["router_hp_ratio"] == pytest.approx(realised[params["matched_to"].split("/")[1]])
+        assert set(matched) == {f"router/{p}" for p in realised}
+    for point in _points(cfg, "random"):  # the Bernoulli rate asked for is the router's realised ratio
+        params = _meta(cfg, "random", point)["params"]
+        if len([p for p in _points(cfg, "random") if _meta(cfg, "random", p)["params"]["matched_to"]
+                == params["matched_to"]]) == 1:
+            assert params["hp_ratio"] == pytest.approx(params["router_hp_ratio"], abs=1e-4)
+
+
+def test_random_draws_are_keyed_and_reproducible(setup, evaluated):
+    from dmr_rl.pipeline import evaluate
+
+    cfg, _, group, _ = setup
+    point = _points(cfg, "random")[0]
+    params = _meta(cfg, "random", point)["params"]
+    p = evaluate.OperatingPoint("random", point, {"name": "random", "kwargs": {"hp_ratio": params["hp_ratio"]}},
+                                stochastic=True)
+    tasks = sorted(e.task_index for e in _eps(cfg, "random", point, 1))
+    again = evaluate.run_point(group, p, tasks, 1, layout.eval_dir(cfg.run_dir) / "_again", run_seed=int(cfg.seed))
+    first = {e.task_index: [st.tier for st in e.steps] for e in _eps(cfg, "random", point, 1)}
+    assert {e.task_index: [st.tier for st in e.steps] for e in again} == first
+    other = {e.task_index: [st.tier for st in e.steps] for e in _eps(cfg, "random", point, 2)}
+    assert other != first  # another seed draws differently
 
 
 def test_resume_skips_finished_points(evaluated):
@@ -106,90 +163,119 @@ def test_resume_skips_finished_points(evaluated):
     assert not any(k.startswith("eval/") for k in res["timers_s"])
 
 
-def test_plan_and_errors(setup, tmp_path):
-    from dmr_rl.pipeline import evaluate
+def test_calibration_and_ratio_helpers_by_hand():
+    from dmr_rl.pipeline.calibrate import share_at, thresholds_for_targets, weighted_threshold
+    from dmr_rl.pipeline.evaluate import eval_tasks, realised_hp_ratio
+    from dmr_rl.rollout.records import EpisodeRecord, StepRecord
 
+    s = np.array([0.9, 0.8, 0.7, 0.6, 0.5])
+    assert weighted_threshold(s, np.ones(5), 0.4) == 0.8  # 2 of 5 steps at or above 0.8
+    assert weighted_threshold(s, np.ones(5), 1.0) == 0.5 and weighted_threshold(s, np.ones(5), 0.0) == float("inf")
+    # task-weighted: task a has 4 steps, task b one; 0.5 of the mean per-task share = all of b, none of a
+    scores, ids = [0.1, 0.2, 0.3, 0.4, 0.9], ["a", "a", "a", "a", "b"]
+    t = thresholds_for_targets(scores, ids, [0.5])[0.5]
+    assert t == 0.9 and share_at(scores, ids, t) == 0.5
+    with pytest.raises(ValueError, match="target HP ratio"):
+        weighted_threshold(s, np.ones(5), 1.5)
+    assert eval_tasks(5, 0) == [0, 1, 2, 3, 4] and eval_tasks(10, 5) == [0, 2, 4, 6, 8]
+
+    def ep(task, paid):
+        return EpisodeRecord("e", task, "t", "x", "task", steps=[StepRecord(i, "", "a", int("hp" in p), extra={"paid": p})
+                                                                 for i, p in enumerate(paid)])
+    # task 0: a cascade step that paid both (1 HP call of 2) and an LP step -> 1/3; task 1: all HP -> 1
+    assert realised_hp_ratio([ep(0, [["hp", "lp"], ["lp"]]), ep(1, [["hp"]])]) == pytest.approx((1 / 3 + 1) / 2)
+
+
+def test_plan_and_errors(setup, tmp_path):
+    from dmr_rl.config import ConfigError
+    from dmr_rl.pipeline import calibrate, evaluate
+
+    cfg, ckpt, _, _ = setup
+    d = tmp_path / "grpo_run" / "router"
     import shutil
 
-    cfg, ckpt, _ = setup
-    grpo = []
-    for lam in (0.1, 0.5):  # two GRPO runs whose final routers are both called "router"
-        d = tmp_path / f"grpo_l{lam}" / "router"
-        shutil.copytree(ckpt, d)
-        (d.parent / "config.yaml").write_text(f"grpo:\n  hp_cost: {lam}\n")
-        grpo.append(str(d))
-    pts = evaluate.plan(cfg, {"sft": [str(ckpt)], "grpo": grpo}, methods=["sft", "grpo", "random"])
-    names = [(p.method, p.point) for p in pts]
-    assert names[:2] == [("random", "ratio0.20"), ("random", "ratio0.80")]
-    assert ("sft", "t0.30") in names and ("grpo", "grpo_l0.5-router_t0.70") in names
-    lam = {p.point: p.params.get("hp_cost") for p in pts if p.method == "grpo"}
-    assert lam["grpo_l0.1-router_t0.30"] == 0.1 and lam["grpo_l0.5-router_t0.70"] == 0.5
-    assert [p.default for p in pts if p.method == "sft"] == [True, False]
+    shutil.copytree(ckpt, d)
+    (d.parent / "grpo.json").write_text(json.dumps({"stage": "grpo", "hp_cost": 0.5}))
+    cal = {"sft": {"thresholds": {"0.3": 0.6, "0.7": 0.2}}, "grpo": {"thresholds": {"0.3": 0.55}}}
+    pts = evaluate.router_points(cfg, {"sft": str(ckpt), "grpo": str(d)}, cal)
+    names = [(p.method, p.point, p.stochastic, p.sample) for p in pts]
+    assert names == [("sft", "r0.30", False, False), ("sft", "r0.70", False, False),
+                     ("grpo", "r0.30", False, False), ("grpo", "sampled", True, True)]
+    assert all(p.params["hp_cost"] == 0.5 for p in pts if p.method == "grpo")
+    assert [p.point for p in evaluate.sweep_points({"grpo_l1": str(d)})] == ["sampled"]
     with pytest.raises(ValueError, match="unknown method 'nope'"):
-        evaluate.plan(cfg, {}, methods=["nope"])
+        evaluate.baseline_points(cfg, ["nope"])
     with pytest.raises(FileNotFoundError, match="no router checkpoint"):
         evaluate.parse_router_ckpts([f"x={tmp_path}"])
-    assert evaluate.parse_router_ckpts([f"grpo={ckpt}", str(ckpt)]) == {"grpo": [str(ckpt)], "router": [str(ckpt)]}
-    assert sorted(evaluate.task_sample(5, 5, 0)) == [0, 1, 2, 3, 4]
-    assert evaluate.task_sample(3, 7, 1) == evaluate.task_sample(3, 7, 1) and len(evaluate.task_sample(3, 7, 1)) == 7
+    assert evaluate.parse_router_ckpts([f"grpo={ckpt}", str(ckpt)]) == {"grpo": str(ckpt), "router": str(ckpt)}
+    with pytest.raises(ConfigError, match="thresholds must be chosen on another split"):
+        calibrate.calib_split(load_config(overrides=["eval.calib_split=valid_unseen"]))
+    with pytest.raises(ConfigError, match="target_hp_ratios"):
+        load_config(overrides=["eval.target_hp_ratios=[0.0, 0.5]"])
+    with pytest.raises(ValueError, match="needs the tier clients"):
+        evaluate.run(cfg, str(ckpt), group=setup[2], progress=False)
 
 
 def test_causal_check_forces_lp_exactly_on_the_chosen_steps(setup):
     from dmr_rl.pipeline import causal
+    from dmr_rl.report.causal_stats import causal_summary
 
-    cfg, ckpt, group = setup
-    path = causal.run(cfg, str(ckpt), group=group, episodes=4, flag_share=0.3, max_forced=2, progress=False)
+    cfg, ckpt, group, _ = setup
+    path = causal.run(cfg, str(ckpt), group=group, episodes=4, flag_share=0.3, max_forced=2, bucket=50,
+                      progress=False)
     meta = json.loads(path.read_text())
     root = layout.causal_dir(cfg.run_dir)
+    ref = {e.task: e for e in TrajectoryStore.read(layout.seed_dir(root / "reference", 0))}
+    assert len(ref) == 4 and all(st.tier == HP and st.kl is not None and "tiers_agree" in st.extra
+                                 for e in ref.values() for st in e.steps)
     kept = 0
-    for s in (0, 1, 2):
-        ref = TrajectoryStore.read(layout.seed_dir(root / "reference", s))
-        assert ref and all(st.tier == HP for e in ref for st in e.steps)
-        if not meta["counts"][str(s)]["kept"]:
+    for row in ("kl", "router"):
+        if not meta["counts"][row]["kept"]:
             continue
-        flagged = {e.task: e for e in TrajectoryStore.read(layout.seed_dir(root / "flagged", s))}
-        unflagged = {e.task: e for e in TrajectoryStore.read(layout.seed_dir(root / "unflagged", s))}
-        assert set(flagged) == set(unflagged)
-        assert meta["counts"][str(s)]["kept"] == len({e.task for e in ref if len(e.steps) >= 2})  # every task
-        ref_by_task = {e.task: e for e in ref}
-        for task, ep in flagged.items():
-            f, u = ep.extra["forced_lp_steps"], unflagged[task].extra["forced_lp_steps"]
+        flagged = {e.task: e for e in TrajectoryStore.read(layout.seed_dir(root / f"{row}_flagged", 0))}
+        unflagged = {e.task: e for e in TrajectoryStore.read(layout.seed_dir(root / f"{row}_unflagged", 0))}
+        assert set(flagged) == set(unflagged) and len(flagged) == meta["counts"][row]["kept"]
+        for task, e in flagged.items():
+            f, u = e.extra["forced_lp_steps"], unflagged[task].extra["forced_lp_steps"]
             assert len(f) == len(u) >= 1 and not set(f) & set(u)
-            probs = {st.step: st.router_prob for st in ref_by_task[task].steps}
-            assert len(f) == min(2, max(1, round(0.3 * len(probs))))
-            assert min(probs[i] for i in f) >= max(probs[i] for i in u)  # the episode's top P(HP) steps
-            for e, forced in ((ep, f), (unflagged[task], u)):
-                assert all(st.tier == (LP if st.step in forced else HP) for st in e.steps)
+            if row == "router":
+                probs = {st.step: st.router_prob for st in ref[task].steps}
+                assert min(probs[i] for i in f) > max(probs[i] for i in u)  # controls from below the flags
+            for ep_, forced in ((e, f), (unflagged[task], u)):
+                assert all(st.tier == (LP if st.step in forced else HP) for st in ep_.steps)
             kept += 1
     assert kept >= 1
-    from dmr_rl.report.tables import summarise
+    from dmr_rl.report import layout as lay
 
-    c = summarise(cfg.run_dir, n_boot=100)["causal"]
-    assert c["arms"]["flagged"]["episodes"] == kept and c["unflagged_minus_flagged"]["pairs"] == kept
-    same = c["arms"]["reference_same_tasks"]
-    assert same["episodes"] == kept and same["hp_ratio"] == 1.0
+    summary = causal_summary(lay.load_causal(cfg.run_dir), n_boot=100)
+    for row, r in summary["rows"].items():
+        for arm in ("flagged", "unflagged"):
+            assert r[arm]["tasks"] == meta["counts"][row]["kept"]
+            assert 0 <= r[arm]["changed_steps"] <= r[arm]["forced_steps"]
 
 
-def test_plan_forced_by_hand():
-    from dmr_rl.pipeline.causal import _first_index_per_task, plan_forced
+def test_plan_row_by_hand():
+    from dmr_rl.pipeline.causal import plan_row
+    from dmr_rl.report.causal_stats import arm_summary, paired_task_diff
     from dmr_rl.rollout.records import EpisodeRecord, StepRecord
 
-    def ep(task, idx, probs):
-        return EpisodeRecord("e", idx, "t", "x", task, steps=[StepRecord(i, "", "a", HP, router_prob=p)
-                                                              for i, p in enumerate(probs)])
-    refs = [ep("a", 0, [0.9, 0.1, 0.8, 0.2, 0.3]), ep("b", 1, [0.1, 0.2]), ep("c", 2, [0.9, 0.95, 0.1]),
-            ep("a", 3, [0.9])]
-    flagged, unflagged, counts = plan_forced(refs, threshold=0.5, seed=0, max_forced=3)
-    assert flagged == {"a": [0, 2]}
-    assert len(unflagged["a"]) == 2 and set(unflagged["a"]) <= {1, 3, 4}
-    assert counts == {"reference": 4, "no_flagged_step": 1, "too_few_unflagged": 1, "duplicate_task": 1, "kept": 1}
-    # per episode: the top share of each episode's own steps, whatever their P(HP)
-    flagged, unflagged, counts = plan_forced(refs, threshold=0.5, seed=0, max_forced=3, flag_share=0.4)
-    assert flagged == {"a": [0, 2], "b": [1], "c": [1]}
-    assert set(unflagged["a"]) <= {1, 3, 4} and unflagged["b"] == [0] and set(unflagged["c"]) <= {0, 2}
-    assert counts["kept"] == 3 and counts["no_flagged_step"] == 0 and counts["duplicate_task"] == 1
-    # replayed: the episode each plan came from, not the later game with the same task text
-    assert _first_index_per_task(refs, flagged) == [0, 1, 2]
+    def ep(task, idx, n):
+        return EpisodeRecord("e", idx, "t", "x", task, steps=[StepRecord(i, "", "a", HP) for i in range(n)])
+    refs = [ep("a", 0, 10), ep("b", 1, 2), ep("c", 2, 3), ep("a", 3, 1)]
+    scores = [np.array([0.9, .1, .1, .1, .1, .1, 0.8, .1, .1, .1]), np.array([.1, .2]), np.array([.9, .95, .9]), [1.0]]
+    flagged, unflagged, counts = plan_row(refs, scores, 0.5, seed=0, max_forced=3, bucket=5)
+    assert flagged == {"a": [0, 6]}  # b: nothing flagged; c: no unflagged step to match; 2nd "a": duplicate
+    assert unflagged["a"][0] in {1, 2, 3, 4} and unflagged["a"][1] in {5, 7, 8, 9}  # same 5-step buckets
+    assert counts == {"reference": 4, "no_flagged_step": 1, "unmatched": 1, "duplicate_task": 1, "kept": 1}
+    e = ep("a", 0, 4)
+    e.extra["forced_lp_steps"] = [1, 3]
+    e.steps[1].extra["tiers_agree"], e.steps[3].extra["tiers_agree"] = False, True
+    e.won = True
+    s = arm_summary([e])
+    assert (s["forced_steps"], s["changed_steps"], s["episodes_changed"], s["success_when_changed"]) == (2, 1, 1, 1.0)
+    d = paired_task_diff({0: 1.0, 1: 1.0, 2: 0.0}, {0: 0.0, 1: 1.0, 2: 0.0, 3: 1.0}, n_boot=200)
+    assert d["n_tasks"] == 3 and d["diff_mean"] == pytest.approx(1 / 3)
+    assert d["diff_ci"][0] <= d["diff_mean"] <= d["diff_ci"][1]
 
 
 def test_eval_and_causal_over_ray_actors(ray_session, setup, tmp_path):
@@ -201,22 +287,23 @@ def test_eval_and_causal_over_ray_actors(ray_session, setup, tmp_path):
     from dmr_rl.serving import launcher
     from dmr_rl.serving.fake_backend import FakeBackend
 
-    cfg0, ckpt, _ = setup
+    cfg0, ckpt, _, _ = setup
     cfg = dataclasses.replace(cfg0, run_dir=str(tmp_path),
-                              eval=dataclasses.replace(cfg0.eval, seeds=[0, 1], episodes=3, thresholds=[0.5]))
+                              eval=dataclasses.replace(cfg0.eval, seeds=[0, 1], episodes=3, calib_episodes=3,
+                                                       target_hp_ratios=[0.5]))
     specs = {t: functools.partial(FakeBackend, salt=t) for t in ("hp", "lp")}
     clients = launcher.create_tier_clients(cfg, ("hp", "lp"), backend_specs=specs)
     group = launcher.create_rollout_group(cfg, clients, tmp_path / "eval" / "_worker_shards", num_workers=2,
                                           envs_per_worker=2, split=cfg.env.eval_split)
     try:
-        path = evaluate.run(cfg, str(ckpt), group=group, methods=["lp_only", "first_k", "router"], progress=False)
+        path = evaluate.run(cfg, str(ckpt), group=group, clients=clients, methods=["lp_only", "first_k", "router"],
+                            progress=False)
         cpath = causal.run(cfg, str(ckpt), group=group, episodes=3, flag_share=0.4, progress=False)
     finally:
         launcher.shutdown_all(group, clients)
-    res = json.loads(path.read_text())
-    assert set(res["methods"]) == {"lp_only", "first_k", "router"}
-    for s in (0, 1):
-        eps = _eps(cfg, "first_k", "k1", s)
-        assert len(eps) == 3 and {e.extra["worker"] for e in eps} == {0, 1}  # spread over both actors
-        assert all(st.tier == int(st.step < 1) for e in eps for st in e.steps)
-    assert json.loads(cpath.read_text())["counts"]["0"]["reference"] == 3
+    assert json.loads(path.read_text())["calibration"]["router"]["split"] == "eval"
+    pts = _points(cfg, "first_k")
+    assert pts and all(_meta(cfg, "first_k", p)["params"]["matched_to"] == "router/r0.50" for p in pts)
+    eps = _eps(cfg, "lp_only", "default", 0)
+    assert len(eps) == 3 and {e.extra["worker"] for e in eps} == {0, 1}  # spread over both actors
+    assert json.loads(cpath.read_text())["tasks"] == 3

@@ -9,7 +9,8 @@ def register(sub, groups) -> None:
     e = sub.add_parser("eval", help="evaluate a router and the baselines over the eval split (every seed, Pareto sweeps)")
     add_config_args(e)
     e.add_argument("--router-ckpt", nargs="*", default=[], metavar="[NAME=]DIR",
-                   help="router checkpoint dir(s); several under one NAME form one curve (e.g. GRPO lambdas)")
+                   help="router checkpoint dir(s), one per NAME (e.g. sft=DIR grpo=DIR); thresholds are calibrated "
+                        "on eval.calib_split to hit eval.target_hp_ratios")
     e.add_argument("--methods", nargs="*", default=None,
                    help="restrict to these methods (baseline names and/or router NAMEs); default: all")
     e.add_argument("--causal", action="store_true",
@@ -60,12 +61,13 @@ def _eval(args) -> int:
     cfg = load_config(args.config, args.overrides)
     save_config(cfg, f"{cfg.run_dir}/eval/config.yaml")
     ckpts = evaluate.parse_router_ckpts(args.router_ckpt)
-    dirs = [d for ds in ckpts.values() for d in ds]
+    dirs = list(ckpts.values())
     if args.causal and len(dirs) != 1:
         raise FileNotFoundError("--causal needs exactly one --router-ckpt")
     group, clients = evaluate.start_group(cfg)  # one set of actors for the sweep and the causal check
     try:
-        path = evaluate.run(cfg, ckpts, methods=args.methods, group=group, progress=not args.no_progress)
+        path = evaluate.run(cfg, ckpts, methods=args.methods, group=group, clients=clients,
+                            progress=not args.no_progress)
         print(f"results: {path}")
         if args.causal:
             from dmr_rl.pipeline import causal

@@ -1,31 +1,32 @@
-"""The causal check: does forcing LP on the steps the router flags hurt more than on others?
+"""The causal check: does forcing LP on precision-sensitive steps hurt more than on matched others?
 
-Per-step KL is a proxy; what matters is downstream success. For each evaluation task and seed:
+Per-step KL is a proxy; what matters is downstream success. On the evaluation tasks (deterministic
+environment, greedy agent):
 
-1. **Reference.** Play the episode with HP at every step while the learned router scores each
-   step (:class:`ShadowRouter`: it records P(HP) but always answers HP). Flagged steps are those
-   with P(HP) >= the router's threshold or, with ``flag_share``, the top share of each episode's
-   own steps by P(HP) (at least one): every task then takes part, where a threshold flags mostly
-   the long, looping episodes that HP loses anyway.
-2. **Arms.** Replay the task with HP everywhere except a forced set of step indices, run on LP
-   (:class:`ForcedLPRouter`):
-   * ``flagged``: the flagged steps (at most ``max_forced`` of them, highest P(HP) first);
-   * ``unflagged``: the same number of steps drawn at random (seeded) from the unflagged ones.
-   Tasks with no flagged step, or fewer unflagged steps than flagged ones, are left out of both
-   arms (counted in ``causal.json``).
-3. Report success of each arm with 95% bootstrap CIs, and the CI of the difference
-   (``dmr report``). If KL-trained routing finds the steps that matter, success(unflagged) -
-   success(flagged) is positive with a CI above 0.
+1. **Reference.** Play every task with HP at every step while both tiers score each step (so the
+   step records KL(HP || LP) and whether the tiers' greedy actions agree) and the learned router
+   scores it (:class:`ShadowRouter`: records P(HP), always answers HP).
+2. **Flags**, two rows:
+   * ``kl``: the steps the stage-1 labels would call precision-sensitive: KL >= the labels'
+     threshold (budget mode: the (1 - rho) quantile of the labelled steps' KL; threshold mode:
+     ``label.kl_threshold``; greedy_flip mode: the tiers' greedy actions differ);
+   * ``router``: the top ``eval.causal_flag_share`` of each episode's steps by router P(HP).
+   At most ``max_forced`` per episode, highest score first.
+3. **Matched controls.** For each flagged step, an unflagged step from the same step-index bucket
+   (``bucket`` steps wide), drawn (seeded by task) only from steps below the flag threshold; a task
+   whose flagged steps cannot all be matched is left out of that row (counted in ``causal.json``).
+4. **Arms.** Replay each task with HP everywhere except the forced step indices, run on LP
+   (:class:`ForcedLPRouter`; both tiers run, so each forced step records whether LP's action
+   differed from HP's there). The report gives per arm: success, forced steps, how many changed the
+   action, success among episodes where at least one did, and the paired (task) difference
+   unflagged - flagged with a task-clustered CI (:mod:`dmr_rl.report.causal_stats`).
 
-Forced step indices refer to the reference trajectory; HP decoding is greedy, so a replay follows
-the reference exactly up to its first forced step and may diverge after it.
-
-Episodes go to ``<run_dir>/causal/{reference,flagged,unflagged}/seed_<s>/``, each with
-``extra["forced_lp_steps"]``.
+Episodes go to ``<run_dir>/causal/{reference,kl_flagged,kl_unflagged,router_flagged,router_unflagged}/seed_<s>/``.
 """
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 from typing import Optional
 
@@ -35,13 +36,15 @@ from dmr_rl.report import layout
 from dmr_rl.router.base import RouteDecision, Router
 
 HP, LP = 1, 0
+ROWS = ("kl", "router")
 
 
 class ShadowRouter(Router):
-    """Always HP; ``p_hp`` is what ``inner`` (a learned router) would give, so the episode
-    records the router's score at every step of an HP trajectory."""
+    """Always HP; ``p_hp`` is what ``inner`` (a learned router) would give. Both tiers run at every
+    step (``needs_both``) so the reference records KL and tier agreement."""
 
     name = "shadow"
+    needs_both = True
 
     def __init__(self, inner: Router):
         self.inner = inner
@@ -59,12 +62,13 @@ class ShadowRouter(Router):
 
 class ForcedLPRouter(Router):
     """HP at every step except the step indices listed for the context's task, which go to LP.
+    Both tiers run at every step, so a forced step records whether LP changed the action.
 
-    ``forced``: {task text: [step indices]}. Contexts are matched by ``StepContext.task``, so the
-    tasks of one run must have distinct texts (:func:`plan_forced` ensures it).
+    ``forced``: {task text: [step indices]}; the tasks of one run have distinct texts (:func:`plan_row`).
     """
 
     name = "forced_lp"
+    needs_both = True
 
     def __init__(self, forced: Optional[dict] = None, **_):
         self.forced = {str(k): {int(s) for s in v} for k, v in (forced or {}).items()}
@@ -74,117 +78,134 @@ class ForcedLPRouter(Router):
         return RouteDecision(tiers=tiers, p_hp=tiers.astype(float), logprobs=np.zeros(len(contexts)))
 
 
-def plan_forced(reference: list, threshold: float, seed: int, max_forced: int = 3,
-                flag_share: Optional[float] = None) -> tuple[dict, dict, dict]:
-    """From reference episodes (HP trajectories with router scores), the two arms' forced sets.
+def plan_row(reference: list, scores: list, threshold, seed: int, max_forced: int = 3,
+             bucket: int = 5) -> tuple[dict, dict, dict]:
+    """Forced step sets of one row from reference episodes and a per-step score.
 
-    Flagged: the steps with P(HP) >= ``threshold``, or with ``flag_share`` the top
-    ``max(1, round(flag_share * steps))`` of the episode's steps; highest P(HP) first, at most
-    ``max_forced``. Returns (flagged {task: steps}, unflagged {task: steps}, counts). Pure: no
-    Ray, no models.
+    reference: EpisodeRecords; scores: per episode, an array of shape (steps,) (higher = more
+    sensitive); threshold: a float (flag score >= threshold) or, per episode, a float. Flagged: the
+    steps at or above the threshold, highest first, at most ``max_forced``. Each flagged step gets a
+    control drawn from the unflagged steps below the threshold in its step-index bucket
+    (``step // bucket``), without replacement. Returns (flagged {task: steps}, unflagged {task:
+    steps}, counts). Pure: no Ray, no models.
     """
     flagged, unflagged = {}, {}
-    counts = {"reference": len(reference), "no_flagged_step": 0, "too_few_unflagged": 0, "duplicate_task": 0}
+    counts = {"reference": len(reference), "no_flagged_step": 0, "unmatched": 0, "duplicate_task": 0}
     seen = set()
-    for ep in reference:
+    for e, (ep, score) in enumerate(zip(reference, scores)):
         if ep.task in seen:
             counts["duplicate_task"] += 1
             continue
         seen.add(ep.task)
-        p = np.array([s.router_prob for s in ep.steps], dtype=float)
+        score = np.asarray(score, dtype=float)
+        thr = float(threshold[e] if isinstance(threshold, (list, tuple, np.ndarray)) else threshold)
         steps = np.array([s.step for s in ep.steps])
-        order = np.argsort(-p, kind="stable")
-        if flag_share is None:
-            order = order[p[order] >= threshold]
-        else:
-            order = order[: max(1, int(round(flag_share * len(p))))]
-        flag_idx = steps[order][:max_forced]
-        if flag_idx.size == 0:
+        order = np.argsort(-score, kind="stable")
+        flag = steps[order[score[order] >= thr]][:max_forced]
+        if flag.size == 0:
             counts["no_flagged_step"] += 1
             continue
-        pool = np.setdiff1d(steps, flag_idx) if flag_share is not None else steps[p < threshold]
-        if pool.size < flag_idx.size:
-            counts["too_few_unflagged"] += 1
-            continue
         rng = np.random.default_rng([int(seed), int(ep.task_index)])
-        flagged[ep.task] = sorted(int(s) for s in flag_idx)
-        unflagged[ep.task] = sorted(int(s) for s in rng.choice(pool, size=flag_idx.size, replace=False))
+        pool = set(int(s) for s in steps[score < thr])
+        controls = []
+        for s in sorted(int(x) for x in flag):
+            same = sorted(p for p in pool if p // bucket == s // bucket)
+            if not same:
+                break
+            pick = int(rng.choice(same))
+            controls.append(pick)
+            pool.discard(pick)
+        if len(controls) < flag.size:
+            counts["unmatched"] += 1
+            continue
+        flagged[ep.task] = sorted(int(s) for s in flag)
+        unflagged[ep.task] = sorted(controls)
     counts["kept"] = len(flagged)
     return flagged, unflagged, counts
 
 
-def _first_index_per_task(reference: list, flagged: dict) -> list:
-    """Task indices to replay: per flagged task text, the first reference episode with it (the one
-    :func:`plan_forced` planned from; a later task index with the same text would be forced on
-    steps planned for another game)."""
-    out, seen = [], set()
+def kl_flag_rule(cfg, reference: list) -> tuple[list, object]:
+    """Per-episode scores and the threshold of the ``kl`` row, following ``cfg.label``."""
+    space = cfg.label.kl_space
+    if space == "greedy_flip":
+        scores = [np.array([0.0 if s.extra.get("tiers_agree", True) else 1.0 for s in ep.steps]) for ep in reference]
+        return scores, 0.5
+    scores = [np.array([np.nan if s.kl is None else float(s.kl) for s in ep.steps]) for ep in reference]
+    if cfg.label.mode == "threshold":
+        return scores, float(cfg.label.kl_threshold)
+    labelled = layout.load_kl_values(cfg.run_dir)
+    pool = labelled if labelled else [v for sc in scores for v in sc if np.isfinite(v)]
+    if not pool:
+        raise ValueError("causal check: no per-step KL on the reference episodes nor in the run's labels")
+    return scores, float(np.quantile(pool, 1.0 - float(cfg.label.rho)))
+
+
+def router_flag_rule(reference: list, flag_share: float) -> tuple[list, list]:
+    """Per-episode router scores and per-episode thresholds: the top ``flag_share`` of its steps (>= 1)."""
+    scores, thresholds = [], []
     for ep in reference:
-        if ep.task in flagged and ep.task not in seen:
-            seen.add(ep.task)
-            out.append(ep.task_index)
-    return out
-
-
-def _distinct_tasks(episodes_tasks: list) -> list:
-    return list(dict.fromkeys(episodes_tasks))
+        p = np.array([s.router_prob for s in ep.steps], dtype=float)
+        k = max(1, int(round(flag_share * len(p))))
+        scores.append(p)
+        thresholds.append(float(np.sort(p)[::-1][k - 1]) if len(p) else np.inf)
+    return scores, thresholds
 
 
 def run(cfg, router_ckpt, group=None, episodes: Optional[int] = None, max_forced: int = 3,
-        threshold: Optional[float] = None, flag_share: Optional[float] = None, progress: bool = True) -> Path:
+        flag_share: Optional[float] = None, bucket: int = 5, progress: bool = True) -> Path:
     """Run the causal check; return ``<run_dir>/causal/causal.json``.
 
-    ``episodes``: tasks per seed (default ``eval.causal_episodes``, else ``eval.episodes``).
-    Flagged = P(HP) >= ``threshold`` (default: the checkpoint's own threshold); with
-    ``flag_share`` (default ``eval.causal_flag_share``; 0 means none) instead, the top share of
-    each reference episode's steps by P(HP) (see :func:`plan_forced`).
-    ``group``: an existing RolloutGroup; otherwise one is started (and stopped) here.
+    ``episodes``: tasks replayed (default ``eval.causal_episodes``; an evenly spread subset of the
+    evaluation split). ``flag_share``: the router row's share (default ``eval.causal_flag_share``).
+    ``group``: an existing RolloutGroup on the evaluation split; otherwise one is started here.
     """
-    from tqdm import tqdm
-
-    from dmr_rl.pipeline.evaluate import num_tasks_of, task_sample
+    from dmr_rl.config import ConfigError
+    from dmr_rl.pipeline.evaluate import env_is_deterministic, eval_tasks, num_tasks_of
     from dmr_rl.router import make_router
 
+    if not env_is_deterministic(cfg):
+        raise ConfigError("the causal check replays forced step indices of a reference episode: it needs a "
+                          "deterministic environment and a greedy agent (agent.temperature=0)")
     router = make_router("transformer", path=str(router_ckpt), num_threads=1)
-    thr = float(router.threshold if threshold is None else threshold)
+    share = float(cfg.eval.causal_flag_share if flag_share is None else flag_share)
     n_eps = int(episodes or cfg.eval.causal_episodes or cfg.eval.episodes)
-    if flag_share is None:
-        flag_share = float(cfg.eval.causal_flag_share) or None
-    run_dir = Path(cfg.run_dir)
-    root = layout.causal_dir(run_dir)
+    seed = int(cfg.eval.seeds[0])
+    root = layout.causal_dir(cfg.run_dir)
     own, clients = group is None, None
     if own:
         from dmr_rl.pipeline.evaluate import start_group
 
         group, clients = start_group(cfg, root / "_worker_shards")
-    counts_by_seed = {}
+    counts = {}
     try:
-        n_tasks = num_tasks_of(group)
-        seeds = [int(s) for s in cfg.eval.seeds]
-        bar = tqdm(total=3 * len(seeds), desc="causal", unit="run", disable=not progress, dynamic_ncols=True)
-        for s in seeds:
-            tasks = _distinct_tasks(task_sample(n_tasks, min(n_eps, n_tasks), s))
-            group.set_router(ShadowRouter(router))
-            ref = group.run_episodes(tasks, "router", seed=s, return_episodes=True)["episode_records"]
-            _write(root / "reference", s, ref, "reference", {})
-            bar.update(1)
-            flagged, unflagged, counts = plan_forced(ref, thr, s, max_forced, flag_share)
-            counts["threshold"] = None if flag_share is not None else thr
-            counts_by_seed[str(s)] = counts
-            keep = _first_index_per_task(ref, flagged)
+        tasks = eval_tasks(num_tasks_of(group), n_eps)
+        group.set_router(ShadowRouter(router))
+        ref = group.run_episodes(tasks, "router", seed=seed, return_episodes=True,
+                                 rng_key=(int(cfg.seed), "causal", "reference"))["episode_records"]
+        ref.sort(key=lambda ep: ep.task_index)
+        _write(root / "reference", seed, ref, "reference", {})
+        rules = {"kl": kl_flag_rule(cfg, ref), "router": router_flag_rule(ref, share)}
+        for row in ROWS:
+            scores, thr = rules[row]
+            flagged, unflagged, counts[row] = plan_row(ref, scores, thr, seed, max_forced, bucket)
+            keep = [ep.task_index for ep in ref if ep.task in flagged]
             for arm, forced in (("flagged", flagged), ("unflagged", unflagged)):
                 if keep:
                     group.set_router(ForcedLPRouter(forced))
-                    eps = group.run_episodes(keep, "router", seed=s, return_episodes=True)["episode_records"]
-                    _write(root / arm, s, eps, arm, forced)
-                bar.update(1)
-        bar.close()
+                    eps = group.run_episodes(keep, "router", seed=seed, return_episodes=True,
+                                             rng_key=(int(cfg.seed), "causal", f"{row}_{arm}"))["episode_records"]
+                    _write(root / f"{row}_{arm}", seed, eps, f"{row}_{arm}", forced)
+            if progress:
+                print(f"causal check, {row} row: {counts[row]['kept']} of {len(ref)} tasks replayed", flush=True)
     finally:
         if own:
             from dmr_rl.pipeline.evaluate import stop_group
 
             stop_group(group, clients)
-    meta = {"router_ckpt": str(router_ckpt), "threshold": thr, "flag_share": flag_share, "max_forced": max_forced,
-            "episodes_per_seed": n_eps, "seeds": [int(s) for s in cfg.eval.seeds], "counts": counts_by_seed}
+    meta = {"router_ckpt": str(router_ckpt), "flag_share": share, "max_forced": max_forced, "bucket": bucket,
+            "label_rule": {"mode": cfg.label.mode, "kl_space": cfg.label.kl_space, "rho": cfg.label.rho},
+            "kl_threshold": None if cfg.label.kl_space == "greedy_flip" else rules["kl"][1],
+            "tasks": len(tasks), "seed": seed, "counts": counts}
     path = root / "causal.json"
     root.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(meta, indent=1))
@@ -192,8 +213,6 @@ def run(cfg, router_ckpt, group=None, episodes: Optional[int] = None, max_forced
 
 
 def _write(arm_dir: Path, seed: int, episodes: list, arm: str, forced: dict) -> None:
-    import shutil
-
     from dmr_rl.rollout.records import TrajectoryStore
 
     d = layout.seed_dir(arm_dir, seed)

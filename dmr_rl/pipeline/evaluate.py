@@ -1,22 +1,29 @@
-"""``dmr eval``: routers and baselines over the evaluation split, every seed, with Pareto sweeps.
+"""``dmr eval``: routers and baselines on every task of the evaluation split, compared at matched cost.
 
-One *operating point* is one router setting (a method and a knob value); each is run for every
-seed in ``eval.seeds`` over the same task sample (paired comparison across methods):
+Phases, each (operating point, seed) written as it finishes so an interrupted evaluation resumes:
 
-* a learned router (one or more checkpoints: a stage-1 router, GRPO routers trained with
-  different lambda) at every threshold in ``eval.thresholds``;
-* each baseline in ``eval.baselines`` at each knob value of its sweep (``BASELINE_SWEEPS``,
-  overridden by ``eval.baseline_sweeps``): random HP ratio, first-k k, cascade LP-confidence
-  threshold, KL-oracle threshold; HP-only and LP-only once.
+1. **Calibrate** (:mod:`dmr_rl.pipeline.calibrate`): every learned router's thresholds are chosen on
+   the validation split to hit ``eval.target_hp_ratios``; the test split is only measured.
+2. **Routers** at their calibrated thresholds (points ``r0.20``...), and a GRPO router also as the
+   sampled policy it was trained as (point ``sampled``).
+3. **Fixed baselines**: HP-only, LP-only, the LP-confidence cascade and the KL oracle at their sweeps
+   (``BASELINE_SWEEPS``, or ``eval.baseline_sweeps``).
+4. **Matched baselines**: random routing at each router point's *realised* HP ratio, and first-k at
+   the k whose realised ratio comes closest (a second k is tried when the first misses by > 0.02).
 
-Episodes go to ``<run_dir>/eval/<method>/<point>/seed_<s>/`` (see :mod:`dmr_rl.report.layout`),
-written on the driver as each (point, seed) finishes; a point whose seed directory already holds
-all its episodes is skipped, so an interrupted evaluation resumes. The rollout workers also keep
-their own durable shards in ``<run_dir>/eval/_worker_shards/``. At the end ``results.json``
-(the report's numbers) is written to ``<run_dir>/eval/``.
+Who plays how often: every method plays every task of the split (``eval.episodes`` = 0) or the same
+evenly spread subset. A deterministic method (greedy agent, thresholded router, HP/LP-only,
+cascade, first-k, oracle) on a deterministic environment gives the same episode under every seed,
+so it is played once (``eval.seeds[0]``); stochastic ones (random routing, sampled routers, a
+sampling agent) are played under every seed, each draw keyed by (run seed, method, point, seed,
+task), so methods pair exactly and a resumed run reproduces them.
 
-Task sample: for seed s, ``eval.episodes`` task indices drawn by ``numpy.random.default_rng(s)``
-from the split (without replacement while the split is large enough).
+HP ratio, everywhere: per step, the tiers it paid (a cascade's LP pass counts as LP use); per task,
+HP calls / all calls; a method's ratio is the mean over tasks (:func:`realised_hp_ratio`).
+
+Episodes go to ``<run_dir>/eval/<method>/<point>/seed_<s>/`` (:mod:`dmr_rl.report.layout`);
+``point.json`` beside them says what the point is (kind router/baseline, stochastic, threshold,
+target or matched ratio). ``results.json`` is written to ``<run_dir>/eval/`` at the end.
 """
 from __future__ import annotations
 
@@ -30,7 +37,7 @@ import numpy as np
 
 from dmr_rl.report import layout
 
-BASELINE_SWEEPS = {  # baseline -> (router kwarg, values, point-name format)
+BASELINE_SWEEPS = {  # baseline -> (router kwarg, values, point-name format), used when no router sets the cost
     "hp_only": (None, [None], "default"),
     "lp_only": (None, [None], "default"),
     "random": ("hp_ratio", [0.1, 0.25, 0.4, 0.6, 0.8], "ratio{:.2f}"),
@@ -38,106 +45,130 @@ BASELINE_SWEEPS = {  # baseline -> (router kwarg, values, point-name format)
     "cascade": ("max_prob_threshold", [0.3, 0.5, 0.7, 0.9], "p{:.2f}"),
     "kl_oracle": ("kl_threshold", [0.02, 0.1, 0.3, 1.0], "kl{:g}"),
 }
+MATCHED = ("random", "first_k")  # baselines run at each router point's realised HP ratio
+STOCHASTIC_BASELINES = {"random"}
 ROUTER_METHOD = "router"
+MATCH_TOLERANCE = 0.02
 
 
 @dataclass
 class OperatingPoint:
     method: str  # the name in results ("router", "hp_only", "random", ...)
-    point: str  # the knob setting ("t0.50", "ratio0.25", "default")
+    point: str  # the knob setting ("r0.20", "sampled", "ratio0.25", "default")
     spec: object  # what RolloutWorker.set_router takes: {"name", "kwargs"} or a Router instance
     params: dict = field(default_factory=dict)
     default: bool = False
+    stochastic: bool = False  # played under every seed; else once
+    sample: bool = False  # the router samples its decision (a GRPO router's trained policy)
 
 
 def parse_router_ckpts(items) -> dict:
-    """``["DIR", "NAME=DIR", ...]`` -> {method name: [dirs]}; a bare DIR goes to "router"."""
+    """``["DIR", "NAME=DIR", ...]`` -> {method name: dir}; a bare DIR goes to "router"."""
     out: dict = {}
     for item in items or []:
         name, _, path = item.rpartition("=") if "=" in item else ("", "", item)
         name = name or ROUTER_METHOD
         if not (Path(path) / "router.json").is_file():
             raise FileNotFoundError(f"--router-ckpt {item!r}: no router checkpoint (router.json) in {path}")
-        out.setdefault(name, []).append(str(path))
+        if name in out:
+            raise ValueError(f"--router-ckpt: two checkpoints named {name!r}; give each its own NAME=DIR")
+        out[name] = str(path)
     return out
 
 
-def plan(cfg, router_ckpts: Optional[dict] = None, methods: Optional[list] = None) -> list:
-    """The operating points to run, in order: baselines first (they anchor the curves), then routers."""
-    wanted = list(methods) if methods else list(cfg.eval.baselines) + list(router_ckpts or {})
+def env_is_deterministic(cfg) -> bool:
+    """Greedy acting on a deterministic environment replays the same episode under every seed."""
+    from environments import env_class
+
+    return bool(getattr(env_class(cfg.env.name), "deterministic", False)) and float(cfg.agent.temperature) <= 0.0
+
+
+def router_points(cfg, router_dirs: dict, calibration: dict) -> list:
+    """Each router at its calibrated thresholds; a GRPO-trained one also as its sampled policy."""
+    det = env_is_deterministic(cfg)
     points = []
-    for name in wanted:
-        if name in (router_ckpts or {}):
-            continue
+    for name, d in router_dirs.items():
+        meta = _ckpt_meta(d)
+        thresholds = calibration[name]["thresholds"]
+        for target, t in thresholds.items():
+            params = {"kind": "router", "checkpoint": str(d), "threshold": float(t),
+                      "target_hp_ratio": float(target), **meta}
+            spec = {"name": "transformer", "kwargs": {"path": str(d), "threshold": float(t), "num_threads": 1}}
+            points.append(OperatingPoint(name, f"r{float(target):.2f}", spec, params, stochastic=not det))
+        if meta.get("stage") == "grpo":
+            spec = {"name": "transformer", "kwargs": {"path": str(d), "num_threads": 1}}
+            points.append(OperatingPoint(name, "sampled", spec, {"kind": "router", "checkpoint": str(d),
+                                                                  "sampled": True, **meta},
+                                         stochastic=True, sample=True))
+    return points
+
+
+def sweep_points(sweep_ckpts: dict) -> list:
+    """The GRPO routers of a lambda sweep as their sampled policies (kind ``lambda_sweep``)."""
+    return [OperatingPoint(name, "sampled", {"name": "transformer", "kwargs": {"path": str(d), "num_threads": 1}},
+                           {"kind": "lambda_sweep", "checkpoint": str(d), "sampled": True, **_ckpt_meta(d)},
+                           stochastic=True, sample=True)
+            for name, d in sweep_ckpts.items()]
+
+
+def baseline_points(cfg, names: list) -> list:
+    """Fixed sweeps of the named baselines (``eval.baseline_sweeps`` overrides a sweep's values)."""
+    det = env_is_deterministic(cfg)
+    points = []
+    for name in names:
         if name not in BASELINE_SWEEPS:
             raise ValueError(f"unknown method {name!r}: not a baseline {sorted(BASELINE_SWEEPS)} "
                              f"and no --router-ckpt was given under that name")
         knob, values, fmt = BASELINE_SWEEPS[name]
-        if name in cfg.eval.baseline_sweeps:
-            values = list(cfg.eval.baseline_sweeps[name])
+        values = list(cfg.eval.baseline_sweeps.get(name, values))
         for v in values:
             kwargs = {} if knob is None else {knob: v}
-            points.append(OperatingPoint(name, fmt.format(v) if knob else fmt, {"name": name, "kwargs": kwargs},
-                                         dict(kwargs)))
-    for name, dirs in (router_ckpts or {}).items():
-        if methods and name not in methods:
-            continue
-        labels = ckpt_labels(dirs)
-        for d, label in zip(dirs, labels):
-            meta = _ckpt_meta(d)
-            prefix = f"{label}_" if len(dirs) > 1 else ""
-            for t in cfg.eval.thresholds:
-                params = {"checkpoint": str(d), "threshold": float(t), **meta}
-                spec = {"name": "transformer", "kwargs": {"path": str(d), "threshold": float(t), "num_threads": 1}}
-                points.append(OperatingPoint(name, f"{prefix}t{float(t):.2f}", spec, params,
-                                             default=abs(float(t) - cfg.router.threshold) < 1e-9 and len(dirs) == 1))
+            points.append(_baseline(name, fmt.format(v) if knob else fmt, kwargs, det))
     return points
 
 
+def _baseline(name: str, point: str, kwargs: dict, det: bool, **params) -> OperatingPoint:
+    return OperatingPoint(name, point, {"name": name, "kwargs": dict(kwargs)},
+                          {"kind": "baseline", **kwargs, **params},
+                          stochastic=(name in STOCHASTIC_BASELINES) or not det)
+
+
 def _ckpt_meta(directory) -> dict:
-    """Training facts recorded beside a router checkpoint (GRPO's lambda and budget): keys of
-    ``grpo.json`` / ``grpo_config.json`` / ``train_config.json``, or ``grpo.*`` of a run config
-    ``config.yaml``, in the checkpoint directory or its parent."""
-    out: dict = {}
+    """Training facts recorded beside a router checkpoint by GRPO (``grpo.json`` in the checkpoint
+    directory or its parent: ``stage``, ``hp_cost``, ``hp_budget``); {} for a stage-1 router."""
+    from environments.errors import DataError
+
     for base in (Path(directory), Path(directory).parent):
-        for name in ("grpo.json", "grpo_config.json", "train_config.json", "config.yaml"):
-            p = base / name
-            if not p.is_file() or out:
-                continue
+        p = base / "grpo.json"
+        if p.is_file():
             try:
-                if name.endswith(".yaml"):
-                    import yaml
-
-                    d = (yaml.safe_load(p.read_text()) or {}).get("grpo", {})
-                else:
-                    d = json.loads(p.read_text())
-            except Exception:  # an unreadable side file only loses the annotation
-                continue
-            if isinstance(d, dict):
-                out.update({k: d[k] for k in ("hp_cost", "hp_budget", "stage", "iteration") if k in d})
-    return out
+                d = json.loads(p.read_text())
+            except json.JSONDecodeError as e:
+                raise DataError(f"{p}: not valid JSON ({e})") from None
+            return {k: d[k] for k in ("stage", "hp_cost", "hp_budget", "adv_norm") if k in d}
+    return {}
 
 
-def ckpt_labels(dirs: list) -> list:
-    """Short distinct labels for checkpoint dirs: the shortest path suffix that tells them apart
-    (``.../grpo_l0.3/router`` and ``.../grpo_l0.5/router`` -> ``grpo_l0.3-router``, ``grpo_l0.5-router``)."""
-    parts = [Path(d).resolve().parts for d in dirs]
-    for k in range(1, max(len(p) for p in parts) + 1):
-        labels = ["-".join(p[-k:]) for p in parts]
-        if len(set(labels)) == len(labels):
-            return labels
-    return [f"ckpt{i}" for i in range(len(dirs))]
+def eval_tasks(num_tasks: int, episodes: int) -> list:
+    """Every task of the split (``episodes`` <= 0 or >= the split) or an evenly spread fixed subset."""
+    from environments.runner import spread_tasks
 
-
-def task_sample(num_tasks: int, episodes: int, seed: int) -> list:
-    """``episodes`` task indices of a split of ``num_tasks`` for one seed (repeats only if needed)."""
     if num_tasks <= 0:
         raise ValueError("the evaluation split has no tasks")
-    rng = np.random.default_rng(int(seed))
-    if episodes <= num_tasks:
-        return [int(t) for t in rng.choice(num_tasks, size=episodes, replace=False)]
-    reps = -(-episodes // num_tasks)
-    return [int(t) for t in np.concatenate([rng.permutation(num_tasks) for _ in range(reps)])[:episodes]]
+    return list(range(num_tasks)) if episodes <= 0 or episodes >= num_tasks else spread_tasks(num_tasks, episodes)
+
+
+def realised_hp_ratio(episodes: list) -> float:
+    """Mean over tasks of (HP calls / all tier calls) over the task's episodes; a step's calls are
+    the tiers in ``extra["paid"]`` (``tier`` for records without it)."""
+    per_task: dict = {}
+    for ep in episodes:
+        for st in ep.steps:
+            paid = st.extra.get("paid") or [("hp" if st.tier == 1 else "lp")]
+            hp_lp = per_task.setdefault(ep.task_index, [0, 0])
+            hp_lp[0] += paid.count("hp")
+            hp_lp[1] += len(paid)
+    return float(np.mean([h / n for h, n in per_task.values() if n])) if per_task else float("nan")
 
 
 def start_group(cfg, shard_dir=None):
@@ -163,20 +194,16 @@ def stop_group(group, clients) -> None:
 
 
 def num_tasks_of(group) -> int:
-    w = group.workers[0]
-    if group.local:
-        return int(w.ready()["num_tasks"])
-    import ray
-
-    return int(ray.get(w.ready.remote())["num_tasks"])
+    return int(group.num_tasks())
 
 
-def run_point(group, point: OperatingPoint, tasks: list, seed: int, out_dir: Path) -> list:
-    """Run one operating point for one seed over ``tasks``; write its episodes; return them."""
+def run_point(group, point: OperatingPoint, tasks: list, seed: int, out_dir: Path, run_seed: int = 0) -> list:
+    """Play one operating point for one seed over ``tasks``; write its episodes; return them."""
     from dmr_rl.rollout.records import TrajectoryStore
 
     group.set_router(point.spec)
-    summary = group.run_episodes(tasks, "router", seed=seed, sample=False, return_episodes=True)
+    summary = group.run_episodes(tasks, "router", seed=seed, sample=point.sample, return_episodes=True,
+                                 rng_key=(int(run_seed), point.method, point.point))
     episodes = summary["episode_records"]
     for ep in episodes:
         ep.method = point.method
@@ -187,68 +214,126 @@ def run_point(group, point: OperatingPoint, tasks: list, seed: int, out_dir: Pat
     return episodes
 
 
-def _complete(out_dir: Path, n: int) -> bool:
+def _complete(out_dir: Path, n: int) -> list:
+    """The episodes already written for this (point, seed) when all ``n`` are there, else []."""
     if not out_dir.is_dir():
-        return False
+        return []
     from dmr_rl.rollout.records import TrajectoryStore
 
-    return len(TrajectoryStore.read(out_dir)) >= n
+    eps = TrajectoryStore.read(out_dir)
+    return eps if len(eps) >= n else []
 
 
-def run(cfg, router_ckpt=None, methods: Optional[list] = None, group=None, progress: bool = True) -> Path:
+class Evaluation:
+    """Plays operating points over the evaluation split, resumably; keeps what each point realised."""
+
+    def __init__(self, cfg, group, tasks: list, progress: bool = True):
+        from dmr_rl.pipeline.timing import Timers
+
+        self.cfg, self.group, self.tasks, self.progress = cfg, group, list(tasks), progress
+        self.run_dir = Path(cfg.run_dir)
+        self.seeds = [int(s) for s in cfg.eval.seeds]
+        self.timers = Timers()
+        self.played: list = []  # (point, episodes of all its seeds)
+
+    def play(self, p: OperatingPoint) -> list:
+        """Every seed the point needs (all for stochastic points, the first otherwise); resumable."""
+        layout.write_point_meta(self.run_dir, p.method, p.point, {**p.params, "stochastic": p.stochastic},
+                                default=p.default)
+        episodes = []
+        for s in (self.seeds if p.stochastic else self.seeds[:1]):
+            out_dir = layout.seed_dir(layout.point_dir(self.run_dir, p.method, p.point), s)
+            eps = _complete(out_dir, len(self.tasks))
+            if not eps:
+                with self.timers(f"eval/{p.method}"):
+                    eps = run_point(self.group, p, self.tasks, s, out_dir, run_seed=int(self.cfg.seed))
+            episodes += eps
+        self.played.append((p, episodes))
+        if self.progress:
+            won = np.mean([e.won for e in episodes]) if episodes else float("nan")
+            print(f"eval {p.method}/{p.point}: success {won:.3f}, HP ratio {realised_hp_ratio(episodes):.3f} "
+                  f"({len(episodes)} episodes)", flush=True)
+        return episodes
+
+    def matched_baselines(self, names: list) -> None:
+        """Random and first-k at each played router point's realised HP ratio."""
+        det = env_is_deterministic(self.cfg)
+        for p, eps in [(p, e) for p, e in self.played if p.params.get("kind") == "router"]:
+            r = realised_hp_ratio(eps)
+            if not np.isfinite(r):
+                continue
+            match = {"matched_to": f"{p.method}/{p.point}", "router_hp_ratio": r}
+            if "random" in names:
+                q = _baseline("random", f"ratio{r:.3f}", {"hp_ratio": round(r, 4)}, det, **match)
+                got = realised_hp_ratio(self.play(q))
+                if abs(got - r) > MATCH_TOLERANCE:  # one correction of the Bernoulli rate
+                    q2 = float(np.clip(r + (r - got), 0.0, 1.0))
+                    self.play(_baseline("random", f"ratio{q2:.3f}", {"hp_ratio": round(q2, 4)}, det, **match))
+            if "first_k" in names:
+                length = np.mean([e.length for e in eps])
+                k = max(0, int(round(r * length)))
+                got = realised_hp_ratio(self.play(_baseline("first_k", f"k{k}", {"k": k}, det, **match)))
+                if abs(got - r) > MATCH_TOLERANCE:
+                    k2 = max(0, k + (1 if got < r else -1))
+                    self.play(_baseline("first_k", f"k{k2}", {"k": k2}, det, **match))
+
+
+def run(cfg, router_ckpt=None, methods: Optional[list] = None, group=None, clients=None,
+        sweep_ckpts: Optional[dict] = None, progress: bool = True) -> Path:
     """Evaluate and return the path of ``<run_dir>/eval/results.json``.
 
-    ``router_ckpt``: a checkpoint directory, a list of them, or {method name: [dirs]} (several
-    dirs under one name = one Pareto curve over their lambdas). ``methods``: restrict to these
-    names (baselines and/or router names). ``group``: an existing RolloutGroup (tests, or the
-    main job reusing its workers); otherwise Ray, the model servers and
-    ``collect.num_workers`` rollout workers are started here and shut down at the end.
+    ``router_ckpt``: a checkpoint directory, a list of ``NAME=DIR`` items, or {method name: dir}.
+    ``methods``: restrict to these names (baselines and/or router names). ``group``/``clients``: an
+    existing RolloutGroup on the evaluation split and the tier clients it uses (tests, or the main
+    job reusing its workers; calibration builds its own workers on the same clients); otherwise Ray,
+    the model servers and ``collect.num_workers`` rollout workers are started here and shut down.
+    ``sweep_ckpts``: {method: dir} of GRPO routers of a lambda sweep, played only as their sampled
+    policy (no calibration, no matched baselines).
     """
-    from tqdm import tqdm
-
-    from dmr_rl.pipeline.timing import Timers
+    from dmr_rl.pipeline.calibrate import calibrate
     from dmr_rl.report import tables
 
     if isinstance(router_ckpt, (str, Path)):
-        router_ckpt = {ROUTER_METHOD: [str(router_ckpt)]}
+        router_ckpt = {ROUTER_METHOD: str(router_ckpt)}
     elif isinstance(router_ckpt, (list, tuple)):
         router_ckpt = parse_router_ckpts(router_ckpt)
-    points = plan(cfg, router_ckpt or {}, methods)
-    if not points:
+    routers = {m: d for m, d in (router_ckpt or {}).items() if not methods or m in methods}
+    wanted = [m for m in (methods or cfg.eval.baselines) if m not in (router_ckpt or {})]
+    fixed = baseline_points(cfg, [m for m in wanted if not (routers and m in MATCHED)])
+    if not routers and not fixed:
         raise ValueError("nothing to evaluate: no baselines and no router checkpoint")
-    run_dir = Path(cfg.run_dir)
-    timers, own = Timers(), group is None
-    clients = None
+    own = group is None
     if own:
-        with timers("start"):
-            group, clients = start_group(cfg)
+        group, clients = start_group(cfg)
+    elif routers and clients is None:
+        raise ValueError("evaluate.run: calibrating routers needs the tier clients of the given group")
     try:
-        n_tasks = num_tasks_of(group)
-        seeds = [int(s) for s in cfg.eval.seeds]
-        samples = {s: task_sample(n_tasks, cfg.eval.episodes, s) for s in seeds}
-        bar = tqdm(total=len(points) * len(seeds) * cfg.eval.episodes, desc="eval", unit="ep",
-                   disable=not progress, dynamic_ncols=True)
-        for p in points:
-            layout.write_point_meta(run_dir, p.method, p.point, p.params, default=p.default)
-            for s in seeds:
-                out_dir = layout.seed_dir(layout.point_dir(run_dir, p.method, p.point), s)
-                bar.set_postfix_str(f"{p.method}/{p.point} seed {s}")
-                if not _complete(out_dir, len(samples[s])):
-                    with timers(f"eval/{p.method}"):
-                        run_point(group, p, samples[s], s, out_dir)
-                bar.update(len(samples[s]))
-        bar.close()
-        with timers("summarise"):
-            results = tables.summarise(run_dir, n_boot=cfg.eval.bootstrap, boot_seed=int(cfg.seed))
+        tasks = eval_tasks(num_tasks_of(group), cfg.eval.episodes)
+        ev = Evaluation(cfg, group, tasks, progress)
+        calibration = {}
+        if routers:
+            with ev.timers("calibrate"):
+                calibration = calibrate(cfg, routers, clients, local=group.local, progress=progress,
+                                        num_workers=group.num_workers)
+        for p in router_points(cfg, routers, calibration) + sweep_points(sweep_ckpts or {}) + fixed:
+            ev.play(p)
+        if routers:
+            ev.matched_baselines([m for m in wanted if m in MATCHED])
+        with ev.timers("summarise"):
+            results = tables.summarise(cfg.run_dir, n_boot=cfg.eval.bootstrap, boot_seed=int(cfg.seed))
     finally:
         if own:
             stop_group(group, clients)
-    results["timers_s"] = timers.as_dict()
-    results["split"], results["episodes_per_seed"] = cfg.env.eval_split, cfg.eval.episodes
+    results["timers_s"] = ev.timers.as_dict()
+    results["split"], results["n_tasks"], results["seeds"] = cfg.env.eval_split, len(tasks), ev.seeds
+    results["calibration"] = calibration
     from dmr_rl.report.writer import _json_safe
 
-    path = layout.eval_dir(run_dir) / "results.json"
-    path.write_text(json.dumps(_json_safe(results), indent=1))
+    path = layout.eval_dir(cfg.run_dir) / "results.json"
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(_json_safe(results), indent=1))
+    tmp.replace(path)
     if progress:
-        print(f"eval: {len(points)} operating points x {len(seeds)} seeds; {timers.summary()}; results in {path}")
+        print(f"eval: {len(ev.played)} operating points on {len(tasks)} tasks; {ev.timers.summary()}; "
+              f"results in {path}")
     return path

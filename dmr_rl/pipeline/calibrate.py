@@ -1,0 +1,138 @@
+"""Router thresholds calibrated on a validation split to hit target HP ratios (never on the test split).
+
+RouteLLM calibrates its routers' thresholds beforehand so that each hits a chosen share of
+strong-model calls; an agent router is calibrated the same way, per step: each learned router
+plays the validation split once (at its checkpoint threshold), recording P(HP) at every step, and
+the threshold for a target ratio r is the task-weighted (1 - r) quantile of those scores (each
+step weighs 1 / steps of its task, so the share is the mean over tasks of the per-task share, the
+same HP-ratio definition the report uses). The realised ratio on the test split is measured, not
+assumed, and the matched baselines run at that realised ratio.
+
+Written to ``<run_dir>/eval/calibration.json`` (targets, thresholds, how many steps and tasks
+they came from, the split) with the calibration episodes in ``<run_dir>/eval/_calib/<method>/``;
+a calibration already there for the same checkpoint and targets is reused.
+"""
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+
+CALIB_SPLITS = {"alfworld": "valid_seen", "webshop": "eval"}  # a family's validation split
+
+
+def calib_split(cfg) -> str:
+    """``eval.calib_split``, else the family's validation split (a ConfigError when it has none)."""
+    from dmr_rl.config import ConfigError
+
+    split = cfg.eval.calib_split or CALIB_SPLITS.get(cfg.env.name, "")
+    if not split:
+        raise ConfigError(f"eval.calib_split is empty and env {cfg.env.name!r} has no default validation split")
+    if split == cfg.env.eval_split:
+        raise ConfigError(f"eval.calib_split={split!r} is the evaluation split: thresholds must be chosen on "
+                          f"another split")
+    return split
+
+
+def weighted_threshold(scores: np.ndarray, weights: np.ndarray, target: float) -> float:
+    """The threshold t such that the weighted share of ``scores >= t`` is as close to ``target`` as
+    the data allow (ties move together).
+
+    scores, weights: shape (n,), weights > 0. target in [0, 1]. Returns +inf for target 0 (never HP)
+    and the minimum score for target 1.
+    """
+    scores, weights = np.asarray(scores, dtype=float), np.asarray(weights, dtype=float)
+    if scores.shape != weights.shape or scores.ndim != 1 or scores.size == 0:
+        raise ValueError("scores and weights must be non-empty vectors of one length")
+    if not 0.0 <= target <= 1.0:
+        raise ValueError(f"target HP ratio must be in [0, 1], got {target}")
+    if target <= 0.0:
+        return float("inf")
+    values = np.unique(scores)[::-1]  # candidate thresholds, highest first
+    share = np.array([weights[scores >= v].sum() for v in values]) / weights.sum()
+    return float(values[int(np.argmin(np.abs(share - target)))])
+
+
+def thresholds_for_targets(scores, task_ids, targets) -> dict:
+    """{target: threshold} from per-step router scores and the task each step belongs to.
+
+    scores: shape (n_steps,) P(HP); task_ids: shape (n_steps,) any hashable per step. Each step weighs
+    1 / (steps of its task), so a target is a mean over tasks of per-task HP shares.
+    """
+    scores = np.asarray(scores, dtype=float)
+    ids = np.asarray([str(t) for t in task_ids])
+    _, inverse, counts = np.unique(ids, return_inverse=True, return_counts=True)
+    weights = 1.0 / counts[inverse]
+    return {float(r): weighted_threshold(scores, weights, float(r)) for r in targets}
+
+
+def share_at(scores, task_ids, threshold: float) -> float:
+    """Mean over tasks of the share of steps with score >= threshold (the realised calibration share)."""
+    scores = np.asarray(scores, dtype=float)
+    ids = np.asarray([str(t) for t in task_ids])
+    return float(np.mean([np.mean(scores[ids == t] >= threshold) for t in np.unique(ids)]))
+
+
+def _read(path: Path) -> dict:
+    if not path.is_file():
+        return {}
+    from environments.errors import DataError
+
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise DataError(f"{path}: not valid JSON ({e}); delete it to calibrate again") from None
+
+
+def calibrate(cfg, router_dirs: dict, clients: dict, local: bool = False, progress: bool = True,
+              num_workers: Optional[int] = None) -> dict:
+    """{method: {"thresholds": {target: t}, ...}} for every learned router in ``router_dirs``
+    ({method: checkpoint dir}), playing the validation split through rollout workers built on
+    ``clients`` (the evaluation's own tier clients)."""
+    from dmr_rl.report import layout
+    from dmr_rl.rollout.records import TrajectoryStore
+    from dmr_rl.serving import launcher
+
+    targets = [float(r) for r in cfg.eval.target_hp_ratios]
+    path = layout.eval_dir(cfg.run_dir) / "calibration.json"
+    done = _read(path)
+    todo = {m: d for m, d in router_dirs.items()
+            if done.get(m, {}).get("checkpoint") != str(d) or done.get(m, {}).get("targets") != targets}
+    if not todo:
+        return done
+    split = calib_split(cfg)
+    root = layout.eval_dir(cfg.run_dir) / "_calib"
+    group = launcher.create_rollout_group(cfg, clients, root / "_worker_shards", local=local,
+                                          num_workers=num_workers, split=split)
+    try:
+        from dmr_rl.pipeline.evaluate import eval_tasks, num_tasks_of
+
+        tasks = eval_tasks(num_tasks_of(group), cfg.eval.calib_episodes)
+        for method, ckpt in todo.items():
+            group.set_router({"name": "transformer", "kwargs": {"path": str(ckpt), "num_threads": 1}})
+            eps = group.run_episodes(tasks, "router", seed=int(cfg.eval.seeds[0]), return_episodes=True,
+                                     rng_key=(int(cfg.seed), method, "calibration"))["episode_records"]
+            out = root / method
+            if out.exists():
+                shutil.rmtree(out)
+            TrajectoryStore(out, "driver").append(eps)
+            scores = [s.router_prob for e in eps for s in e.steps]
+            ids = [e.task_index for e in eps for s in e.steps]
+            thr = thresholds_for_targets(scores, ids, targets)
+            done[method] = {"checkpoint": str(ckpt), "split": split, "targets": targets,
+                            "thresholds": {f"{r:g}": t for r, t in thr.items()},
+                            "calib_share": {f"{r:g}": share_at(scores, ids, t) for r, t in thr.items()},
+                            "n_tasks": len(set(ids)), "n_steps": len(scores)}
+            if progress:
+                print(f"calibrated {method} on {split} ({len(set(ids))} tasks, {len(scores)} steps): "
+                      + ", ".join(f"{r:g}->{t:.3f}" for r, t in thr.items()), flush=True)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_suffix(".json.tmp")
+            tmp.write_text(json.dumps(done, indent=1))
+            tmp.replace(path)
+    finally:
+        group.shutdown()
+    return done
