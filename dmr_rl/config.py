@@ -119,19 +119,33 @@ class GRPOConfig:
     hp_budget: float = doc(-1.0, "If >= 0, hinge variant: penalise only the HP share above this budget.")
     epochs_per_iter: int = doc(2, "Update epochs over each iteration's batch.")
     checkpoint_every: int = doc(2, "Checkpoint every K iterations.")
+    lambda_sweep: list = doc([], "dmr run: extra GRPO routers trained at these lambdas (hp_cost) beside the main one, each "
+                                 "evaluated as its sampled policy for the report's lambda sweep (HP share should fall as "
+                                 "lambda rises).")
     num_learners: int = doc(0, "RLlib learners (0: in the driver process).")
 
 
 @dataclass
 class EvalConfig:
-    episodes: int = doc(30, "Episodes per method per seed.")
-    seeds: list = doc([0, 1, 2], "Seeds (at least 3 for mean +- std).")
+    episodes: int = doc(0, "Tasks of the evaluation split every method plays: 0 = all of them; N = the same evenly spread N "
+                           "tasks for every method and seed (never re-drawn).")
+    seeds: list = doc([0, 1, 2, 3, 4], "Seeds of the stochastic methods (random routing, sampled routers, a sampling agent): "
+                                       "each plays every task once per seed, averaged per task; deterministic methods on a "
+                                       "deterministic environment play once, under the first seed.")
+    target_hp_ratios: list = doc([0.1, 0.2, 0.3, 0.4, 0.6], "HP ratios a learned router's thresholds are calibrated to hit on "
+                                                           "the validation split (eval.calib_split); random and first-k then "
+                                                           "run at each point's realised ratio on the test split.")
+    calib_split: str = doc("", "Validation split for threshold calibration; empty: the family's (ALFWorld valid_seen, "
+                               "WebShop eval). Never the evaluation split.")
+    calib_episodes: int = doc(0, "Tasks of the calibration split played (0: all; N: an evenly spread N).")
     baselines: list = doc(["hp_only", "lp_only", "random", "first_k", "cascade", "kl_oracle"], "Baselines evaluated beside the router.")
-    thresholds: list = doc([0.2, 0.35, 0.5, 0.65, 0.8], "Router thresholds for the Pareto sweep.")
     bootstrap: int = doc(2000, "Bootstrap resamples for 95% confidence intervals.")
-    baseline_sweeps: dict = doc({}, "Knob values per baseline for the Pareto sweep, e.g. {random: [0.1, 0.3], first_k: [1, 3]}; missing baselines use dmr_rl.pipeline.evaluate.BASELINE_SWEEPS.")
-    causal_episodes: int = doc(0, "Causal check: episodes per seed (0: skip the check).")
-    causal_flag_share: float = doc(0.0, "Causal check: flag this share of each reference episode's steps (highest router P(HP), at least one); 0 flags the steps at or above the router's own threshold.")
+    baseline_sweeps: dict = doc({}, "Knob values per baseline for fixed sweeps, e.g. {cascade: [0.3, 0.5], kl_oracle: [0.1]}; "
+                                    "random and first-k follow the routers' realised HP ratios when a router is evaluated; "
+                                    "missing baselines use dmr_rl.pipeline.evaluate.BASELINE_SWEEPS.")
+    causal_episodes: int = doc(0, "Causal check: tasks replayed (0: skip the check; N: an evenly spread N of the split).")
+    causal_flag_share: float = doc(0.1, "Causal check, router row: flag this share of each reference episode's steps "
+                                        "(highest router P(HP), at least one).")
 
 
 @dataclass
@@ -185,7 +199,7 @@ RANGES = {
 }
 POSITIVE = {("collect", "episodes"), ("collect", "num_workers"), ("collect", "envs_per_worker"),
             ("grpo", "iterations"), ("grpo", "group_size"), ("grpo", "tasks_per_iter"),
-            ("eval", "episodes"), ("sft", "epochs"), ("sft", "batch_size"), ("router", "n_layers")}
+            ("sft", "epochs"), ("sft", "batch_size"), ("router", "n_layers")}
 
 
 def validate(cfg: DMRConfig) -> DMRConfig:
@@ -209,6 +223,11 @@ def validate(cfg: DMRConfig) -> DMRConfig:
             raise ConfigError(f"{tier}.quant_method={t.quant_method!r} needs bits < 16")
     if len(cfg.eval.seeds) < 1:
         raise ConfigError("eval.seeds must list at least one seed")
+    if cfg.eval.episodes < 0 or cfg.eval.calib_episodes < 0 or cfg.eval.causal_episodes < 0:
+        raise ConfigError("eval.episodes, eval.calib_episodes and eval.causal_episodes must be >= 0 (0: all tasks)")
+    bad = [r for r in cfg.eval.target_hp_ratios if not isinstance(r, (int, float)) or not 0.0 < float(r) <= 1.0]
+    if bad or not cfg.eval.target_hp_ratios:
+        raise ConfigError(f"eval.target_hp_ratios must list ratios in (0, 1], got {cfg.eval.target_hp_ratios}")
     return cfg
 
 

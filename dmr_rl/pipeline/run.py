@@ -140,22 +140,40 @@ class MainJob:
         return out
 
     def grpo(self) -> dict:
+        """The GRPO router at ``grpo.hp_cost``, then one per other lambda of ``grpo.lambda_sweep``."""
+        import dataclasses
+
         from dmr_rl.pipeline import train_grpo
 
         resume = (self.run_dir / "router_grpo" / "checkpoints" / "LATEST").is_file()
         r = train_grpo.run(self.cfg, resume=resume, progress=self.progress)
-        return {"iterations": r["iteration"], "router_dir": r["router_dir"], "last": r["history"][-1:]}
+        out = {"iterations": r["iteration"], "router_dir": r["router_dir"], "last": r["history"][-1:]}
+        for lam, d in self.lambda_sweep_dirs().items():
+            if (d / "router" / "router.json").is_file():
+                continue
+            self._say(f"grpo, lambda sweep: hp_cost {lam:g}")
+            cfg = dataclasses.replace(self.cfg, grpo=dataclasses.replace(self.cfg.grpo, hp_cost=float(lam)))
+            train_grpo.run(cfg, out_dir=d, resume=(d / "checkpoints" / "LATEST").is_file(), progress=self.progress)
+        return out
+
+    def lambda_sweep_dirs(self) -> dict:
+        """{lambda: output directory} of the sweep's extra GRPO routers."""
+        main = float(self.cfg.grpo.hp_cost)
+        return {float(lam): self.run_dir / f"router_grpo_l{float(lam):g}"
+                for lam in self.cfg.grpo.lambda_sweep if abs(float(lam) - main) > 1e-12}
 
     def eval(self) -> dict:
         from dmr_rl.pipeline import causal, evaluate
 
-        ckpts = {"sft": [str(self.run_dir / "router_sft")], "grpo": [str(self.run_dir / "router_grpo" / "router")]}
+        ckpts = {"sft": str(self.run_dir / "router_sft"), "grpo": str(self.run_dir / "router_grpo" / "router")}
+        sweep = {f"grpo_l{lam:g}": str(d / "router") for lam, d in self.lambda_sweep_dirs().items()}
         group, clients = evaluate.start_group(self.cfg)
         try:
-            path = evaluate.run(self.cfg, ckpts, group=group, progress=self.progress)
+            path = evaluate.run(self.cfg, ckpts, group=group, clients=clients, sweep_ckpts=sweep,
+                                progress=self.progress)
             out = {"results": str(path)}
             if self.cfg.eval.causal_episodes > 0:
-                out["causal"] = str(causal.run(self.cfg, ckpts["grpo"][0], group=group, progress=self.progress))
+                out["causal"] = str(causal.run(self.cfg, ckpts["grpo"], group=group, progress=self.progress))
         finally:
             evaluate.stop_group(group, clients)
         return out
