@@ -256,26 +256,41 @@ class Evaluation:
         return episodes
 
     def matched_baselines(self, names: list) -> None:
-        """Random and first-k at each played router point's realised HP ratio."""
+        """Random and first-k at each played router point's realised HP ratio. A baseline point already
+        played whose realised ratio is within ``MATCH_TOLERANCE / 2`` of a later router point's serves
+        it too (``matched_to`` lists every router point it stands beside)."""
         det = env_is_deterministic(self.cfg)
         for p, eps in [(p, e) for p, e in self.played if p.params.get("kind") == "router"]:
             r = realised_hp_ratio(eps)
             if not np.isfinite(r):
                 continue
-            match = {"matched_to": f"{p.method}/{p.point}", "router_hp_ratio": r}
-            if "random" in names:
-                q = _baseline("random", f"ratio{r:.3f}", {"hp_ratio": round(r, 4)}, det, **match)
+            target = f"{p.method}/{p.point}"
+            if "random" in names and not self._reuse("random", r, target):
+                q = _baseline("random", f"ratio{r:.3f}", {"hp_ratio": round(r, 4)}, det, matched_to=[target])
                 got = realised_hp_ratio(self.play(q))
                 if abs(got - r) > MATCH_TOLERANCE:  # one correction of the Bernoulli rate
                     q2 = float(np.clip(r + (r - got), 0.0, 1.0))
-                    self.play(_baseline("random", f"ratio{q2:.3f}", {"hp_ratio": round(q2, 4)}, det, **match))
-            if "first_k" in names:
-                length = np.mean([e.length for e in eps])
-                k = max(0, int(round(r * length)))
-                got = realised_hp_ratio(self.play(_baseline("first_k", f"k{k}", {"k": k}, det, **match)))
+                    self.play(_baseline("random", f"ratio{q2:.3f}", {"hp_ratio": round(q2, 4)}, det, matched_to=[target]))
+            if "first_k" in names and not self._reuse("first_k", r, target):
+                k = max(0, int(round(r * np.mean([e.length for e in eps]))))
+                got = realised_hp_ratio(self.play(_baseline("first_k", f"k{k}", {"k": k}, det, matched_to=[target])))
                 if abs(got - r) > MATCH_TOLERANCE:
                     k2 = max(0, k + (1 if got < r else -1))
-                    self.play(_baseline("first_k", f"k{k2}", {"k": k2}, det, **match))
+                    if not self._reuse("first_k", r, target, MATCH_TOLERANCE):
+                        self.play(_baseline("first_k", f"k{k2}", {"k": k2}, det, matched_to=[target]))
+
+    def _reuse(self, method: str, r: float, target: str, tol: float = MATCH_TOLERANCE / 2) -> bool:
+        """Mark the played ``method`` point nearest ``r`` (within ``tol``) as matched to ``target``."""
+        near = [(abs(realised_hp_ratio(e) - r), p) for p, e in self.played if p.method == method]
+        near = [x for x in near if x[0] <= tol]
+        if not near:
+            return False
+        p = min(near, key=lambda x: x[0])[1]
+        if target not in p.params.setdefault("matched_to", []):
+            p.params["matched_to"].append(target)
+            layout.write_point_meta(self.run_dir, p.method, p.point, {**p.params, "stochastic": p.stochastic},
+                                    default=p.default)
+        return True
 
 
 def run(cfg, router_ckpt=None, methods: Optional[list] = None, group=None, clients=None,
