@@ -27,11 +27,10 @@ def test_mean_std_by_hand():
 
 
 def test_episode_metrics_by_hand():
-    eps = [_ep(True, [HP, LP, LP, LP]), _ep(False, [HP, HP])]
+    eps = [_ep(True, [HP, LP, LP, LP], task_index=0), _ep(False, [HP, HP], task_index=1)]
     m = M.episode_metrics(eps)
     assert m["success_rate"] == 0.5
-    assert m["hp_ratio"] == pytest.approx(3 / 6)  # pooled steps
-    assert m["episode_hp_ratio"] == pytest.approx((0.25 + 1.0) / 2)
+    assert m["hp_ratio"] == pytest.approx((1 / 4 + 2 / 2) / 2)  # mean over tasks of per-task shares
     assert m["mean_length"] == 3.0
     # weight bytes: ep1 10 + 3*3 = 19, ep2 20 -> 39 / 2 episodes
     assert m["cost_per_episode"] == pytest.approx(19.5)
@@ -39,6 +38,62 @@ def test_episode_metrics_by_hand():
     assert m["latency_hp_s"] == pytest.approx(0.2) and m["latency_lp_s"] == pytest.approx(0.1)
     with pytest.raises(ValueError):
         M.episode_metrics([])
+
+
+def test_hp_ratio_counts_the_tiers_a_step_paid():
+    cascade = _ep(True, [HP, LP, LP], task_index=0)
+    for st, paid in zip(cascade.steps, (["hp", "lp"], ["lp"], ["lp"])):
+        st.extra["paid"] = paid
+    assert M.episode_calls(cascade) == (1, 4)  # the escalated step paid both tiers
+    old = _ep(True, [HP, LP], task_index=1)  # no "paid": the acting tier
+    assert M.episode_calls(old) == (1, 2)
+    # task 0 has two episodes (1 + 0 HP calls of 4 + 1), task 1 one: each task weighs the same
+    t = M.per_task(M.point_table({0: [cascade, _ep(False, [LP], task_index=0)], 1: [old]}))
+    assert t["tasks"].tolist() == [0, 1]
+    assert t["hp_ratio"].tolist() == pytest.approx([1 / 5, 1 / 2])
+    assert t["won"].tolist() == pytest.approx([0.5, 1.0])
+    assert M.realised_hp_ratio([cascade, _ep(False, [LP], task_index=0), old]) == pytest.approx((0.2 + 0.5) / 2)
+
+
+def test_point_estimates_lie_in_their_own_cis():
+    """A point and its CI are one statistic: over many skewed random points the CI holds it."""
+    rng = np.random.default_rng(5)
+    for k in range(60):
+        n_tasks = int(rng.integers(3, 30))
+        by_seed = {s: [_ep(bool(rng.random() < 0.15), list(rng.random(int(rng.integers(1, 9))) < rng.random()),
+                           task_index=t) for t in range(n_tasks) for _ in range(int(rng.integers(1, 3)))]
+                   for s in range(int(rng.integers(1, 4)))}
+        st = M.point_stats(M.point_table(by_seed), n_boot=300, seed=k)
+        for name in ("success", "score", "hp_ratio"):
+            lo, hi = st[f"{name}_ci"]
+            assert lo - 1e-12 <= st[name] <= hi + 1e-12, (k, name, st)
+
+
+def test_sign_test_and_paired_comparison_by_hand():
+    # 10 pairs favour A, 2 favour B: p = 2 * P(Bin(12, .5) <= 2) = 2 * 79 / 4096
+    assert M.sign_test_p([1] * 10 + [-1] * 2 + [0] * 5) == pytest.approx(2 * 79 / 4096)
+    assert M.sign_test_p([0.0, 0.0]) == 1.0 and M.sign_test_p([1, -1]) == 1.0
+
+    def table(seeds, tasks, won):
+        n = len(won)
+        return {"seed": np.array(seeds), "task": np.array(tasks), "won": np.array(won, float),
+                "score": np.array(won, float), "hp_calls": np.zeros(n), "calls": np.ones(n)}
+    # A played once (seed 0); B under 2 seeds: paired by task, B's episodes averaged per task
+    a = table([0, 0, 0, 0], [0, 1, 2, 3], [1, 1, 0, 1])
+    b = table([0, 0, 0, 0, 1, 1, 1, 1], [0, 1, 2, 3] * 2, [0, 1, 0, 0, 1, 1, 0, 0])
+    c = M.paired_comparison(a, b, n_boot=500)
+    assert c["paired_by"] == "task" and c["n_pairs"] == 4 and c["n_tasks"] == 4
+    # per-task differences: 1 - .5, 1 - 1, 0 - 0, 1 - 0 -> mean .375
+    assert c["diff_mean"] == pytest.approx(0.375)
+    assert c["success"] - c["vs_success"] == pytest.approx(c["diff_mean"])
+    assert c["diff_ci"][0] <= c["diff_mean"] <= c["diff_ci"][1]
+    assert c["mcnemar_p"] == pytest.approx(0.5)  # 2 positive, 0 negative: 2 * 1/4
+    # both under two seeds: paired by (seed, task)
+    a2 = table([0, 0, 1, 1], [0, 1, 0, 1], [1, 1, 1, 0])
+    b2 = table([0, 0, 1, 1], [0, 1, 0, 1], [0, 1, 0, 0])
+    c2 = M.paired_comparison(a2, b2, n_boot=200)
+    assert c2["paired_by"] == "seed,task" and c2["n_pairs"] == 4 and c2["n_tasks"] == 2
+    assert c2["diff_mean"] == pytest.approx(0.5)
 
 
 def test_bootstrap_ci_covers_and_is_seeded():
@@ -100,9 +155,9 @@ def test_aggregate_seeds():
     assert a["seeds"] == [0, 1, 2]
     assert a["success_rate_mean"] == pytest.approx(0.5)  # (1 + 0.5 + 0) / 3
     assert a["success_rate_std"] == pytest.approx(0.5)  # sample std of 1, .5, 0
-    assert a["hp_ratio_mean"] == pytest.approx(1 / 3)
+    assert a["success"] == pytest.approx(0.5) and a["hp_ratio"] == pytest.approx(2 / 6)
     lo, hi = a["success_ci"]
-    assert lo <= 0.5 <= hi and a["episodes"] == 6 and a["tasks"] == 1
+    assert a["episodes"] == 6 and a["tasks"] == 1
     # one task replayed by every seed is one cluster: nothing to resample
     assert (lo, hi) == (0.5, 0.5)
     distinct = {s: [_ep(e.won, [HP], task_index=2 * s + k) for k, e in enumerate(eps)] for s, eps in by_seed.items()}
@@ -110,38 +165,60 @@ def test_aggregate_seeds():
     assert b["tasks"] == 6 and b["success_ci"][0] < 0.5 < b["success_ci"][1]
 
 
-def test_pareto_front():
-    xs = [0.5, 0.2, 0.3, 0.8, 0.3]
-    qs = [0.7, 0.5, 0.4, 0.9, 0.6]
-    # (0.3, 0.4) is dominated by (0.2, 0.5) and (0.3, 0.6); front by x: 0.2, 0.3(0.6), 0.5, 0.8
-    assert M.pareto_front(xs, qs) == [1, 4, 0, 3]
+# RouteLLM's APGR over measured points: LP-only (0, .4), router (.2, .6), (.5, .76), (.6, .7),
+# HP-only (1, .8). Trapezoids: .2*(.4+.6)/2 + .3*(.6+.76)/2 + .1*(.76+.7)/2 + .4*(.7+.8)/2
+# = .1 + .204 + .073 + .3 = .677; AUC_weak = .4, AUC_strong = .8 -> APGR = (.677 - .4) / .4 = .6925.
+# CPT(50%): target .6, first reached at x = .2; CPT(80%): target .72, first at x = .5.
+XS, QS = [0.0, 0.2, 0.5, 0.6, 1.0], [0.4, 0.6, 0.76, 0.7, 0.8]
 
 
-# A hand-built curve: weak (LP-only) 0.4, strong (HP-only) 0.8; router points (0.2, 0.6),
-# (0.5, 0.76), plus a dominated point (0.6, 0.7). PGR at x = 0, .2, .5, 1 is 0, .5, .9, 1.
-# APGR = .2*(0+.5)/2 + .3*(.5+.9)/2 + .5*(.9+1)/2 = .05 + .21 + .475 = .735
-# CPT(50%): PGR .5 first reached at x = .2.
-# CPT(80%): between x=.2 (PGR .5) and x=.5 (PGR .9): .2 + (.8-.5)/(.9-.5) * .3 = .425
-XS, QS = [0.2, 0.5, 0.6], [0.6, 0.76, 0.7]
+def test_apgr_and_cpt_by_hand():
+    a, c = M.apgr_cpt(XS, QS, 0.4, 0.8)
+    assert float(a) == pytest.approx(0.6925)
+    assert float(c[50]) == pytest.approx(0.2) and float(c[80]) == pytest.approx(0.5)
+    # the point order does not matter; a dip below the line is kept (no envelope)
+    perm = [3, 0, 4, 2, 1]
+    a2, _ = M.apgr_cpt([XS[i] for i in perm], [QS[i] for i in perm], 0.4, 0.8)
+    assert float(a2) == pytest.approx(0.6925)
+    # a router at exactly LP quality at 3% HP recovers nothing there: APGR below 0.5, CPTs at HP-only
+    a3, c3 = M.apgr_cpt([0.0, 0.03, 1.0], [0.4, 0.4, 0.8], 0.4, 0.8)
+    assert float(a3) == pytest.approx((0.03 * 0.4 + 0.97 * 0.6 - 0.4) / 0.4)
+    assert float(c3[50]) == 1.0 and float(c3[80]) == 1.0
+    # random-like straight line: .5; no gap: NaN; a curve that never reaches 80%: NaN
+    assert float(M.apgr_cpt([0, 0.5, 1], [0.4, 0.6, 0.8], 0.4, 0.8)[0]) == pytest.approx(0.5)
+    assert np.isnan(M.apgr_cpt(XS, QS, 0.8, 0.8)[0])
+    assert np.isnan(M.apgr_cpt([0, 0.5, 1], [0.4, 0.5, 0.7], 0.4, 0.8)[1][80])
+    # vectorised over a leading axis
+    ab, cb = M.apgr_cpt(np.array([XS, XS]), np.array([QS, QS]), np.array([0.4, 0.4]), np.array([0.8, 0.8]))
+    assert ab.tolist() == pytest.approx([0.6925] * 2) and cb[50].tolist() == pytest.approx([0.2, 0.2])
 
 
-def test_apgr_by_hand():
-    assert M.apgr(XS, QS, weak=0.4, strong=0.8) == pytest.approx(0.735)
-    # a random-like straight line from weak to strong recovers half the gap
-    assert M.apgr([0.25, 0.5, 0.75], [0.5, 0.6, 0.7], 0.4, 0.8) == pytest.approx(0.5)
-    assert math.isnan(M.apgr(XS, QS, weak=0.8, strong=0.8))
+def _pt(x, q):
+    x, q = np.asarray(x, float), np.asarray(q, float)
+    return {"tasks": np.arange(len(x)), "hp_ratio": x, "won": q, "score": q}
 
 
-def test_cpt_by_hand():
-    assert M.cpt(XS, QS, 0.4, 0.8, 50) == pytest.approx(0.2)
-    assert M.cpt(XS, QS, 0.4, 0.8, 80) == pytest.approx(0.425)
-    assert M.cpt(XS, QS, 0.4, 0.8, 100) == pytest.approx(1.0)
-    # a point that beats HP-only early: 100% reached at x = .3 (PGR 1.0 there)
-    assert M.cpt([0.3], [0.8], 0.4, 0.8, 100) == pytest.approx(0.3)
-    assert M.cpt(XS, QS, 0.5, 0.5, 50) is None
+def test_routellm_tradeoff_with_cis_and_withholding():
+    rng = np.random.default_rng(0)
+    T = 40
+    weak = _pt(np.zeros(T), (rng.random(T) < 0.3).astype(float))
+    strong = _pt(np.ones(T), np.maximum(weak["won"], rng.random(T) < 0.8))
+    router = [_pt(np.full(T, x), np.where(rng.random(T) < x, strong["won"], weak["won"])) for x in (0.2, 0.5)]
+    t = M.routellm_tradeoff(router, weak, strong, n_boot=400)
+    xs = [0.0, 0.2, 0.5, 1.0]
+    qs = [p["won"].mean() for p in (weak, *router, strong)]
+    a, c = M.apgr_cpt(xs, qs, qs[0], qs[-1])
+    assert t["withheld"] is None and t["apgr"] == pytest.approx(float(a))
+    assert t["apgr_ci"][0] <= t["apgr"] <= t["apgr_ci"][1]
+    assert t["gap"] == pytest.approx(qs[-1] - qs[0]) and t["gap_ci"][0] > 0
+    # no HP-LP gap: withheld with a reason, metrics None
+    same = _pt(np.ones(T), weak["won"])
+    w = M.routellm_tradeoff(router, weak, same, n_boot=200)
+    assert w["apgr"] is None and w["cpt50"] is None and "includes 0" in w["withheld"]
+    with pytest.raises(ValueError, match="different tasks"):
+        M.routellm_tradeoff([_pt([0.1], [1.0])], weak, strong, n_boot=10)
 
 
-def test_normalised_cost_and_quality_at():
+def test_normalised_cost():
     assert M.normalised_cost(6.5, 3.0, 10.0) == pytest.approx(0.5)
-    assert M.quality_at([0.2, 0.5], [0.6, 0.76], 0.35) == pytest.approx(0.68)
-    assert math.isnan(M.quality_at([0.2, 0.5], [0.6, 0.76], 0.9))
+    assert np.isnan(M.normalised_cost(1.0, 3.0, 3.0))

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from dmr_rl.report import layout, write
+from dmr_rl.report import metrics as M
 from dmr_rl.rollout.records import HP, LP, EpisodeRecord, StepRecord, TrajectoryStore
 
 TYPES = ["pick_and_place_simple", "pick_heat_then_place_in_recep"]
@@ -28,7 +29,8 @@ def _episode(rng, p_win, p_hp, seed, i, forced=None, kl=False):
 POINTS = {  # method -> point -> (p_win, p_hp, params)
     "hp_only": {"default": (0.8, 1.0, {})},
     "lp_only": {"default": (0.3, 0.0, {})},
-    "router": {"t0.30": (0.75, 0.5, {"threshold": 0.3}), "t0.70": (0.6, 0.2, {"threshold": 0.7})},
+    "router": {"t0.30": (0.75, 0.5, {"checkpoint": "ckpt", "threshold": 0.3}),
+               "t0.70": (0.6, 0.2, {"checkpoint": "ckpt", "threshold": 0.7})},
     "random": {"ratio0.20": (0.4, 0.2, {"hp_ratio": 0.2}), "ratio0.50": (0.55, 0.5, {"hp_ratio": 0.5})},
 }
 
@@ -71,34 +73,51 @@ def test_report_files_and_numbers(run_dir):
             lo, hi = got["success_ci"]
             assert lo <= got["success_mean"] <= hi
             eps = [e for s in (0, 1, 2) for e in written[(m, p, s)]]
-            steps = [st for e in eps for st in e.steps]
-            hp_each = [sum(st.tier == HP for e in written[(m, p, s)] for st in e.steps)
-                       / sum(len(e.steps) for e in written[(m, p, s)]) for s in (0, 1, 2)]
-            assert got["hp_ratio"] == pytest.approx(np.mean(hp_each))
+            # HP ratio: per task, HP steps / steps over its episodes (all seeds); mean over tasks
+            per_task = [sum(st.tier == HP for e in eps if e.task_index == t for st in e.steps)
+                        / sum(len(e.steps) for e in eps if e.task_index == t) for t in range(20)]
+            assert got["hp_ratio"] == pytest.approx(np.mean(per_task))
+            assert got["hp_ratio_ci"][0] <= got["hp_ratio"] <= got["hp_ratio_ci"][1]
             cost_each = [sum(st.weight_bytes for e in written[(m, p, s)] for st in e.steps) / 20 for s in (0, 1, 2)]
             assert got["cost"] == pytest.approx(np.mean(cost_each))
-            assert got["seeds"] == [0, 1, 2] and got["episodes"] == 60 and steps
-    assert res["methods"]["router"]["t0.70"]["params"] == {"threshold": 0.7}
-    # APGR/CPT exist for the sweeps and agree with the metric functions on the summarised points
-    from dmr_rl.report import metrics as M
+            assert got["seeds"] == [0, 1, 2] and got["episodes"] == 60 and got["tasks"] == 20
+    assert res["methods"]["router"]["t0.70"]["params"] == {"checkpoint": "ckpt", "threshold": 0.7}
+    # paired comparisons: every router point against every baseline, random at its nearest point
+    comps = {(c["point"], c["vs"]): c for c in res["comparisons"]}
+    assert set(comps) == {(p, b) for p in ("t0.30", "t0.70") for b in ("random", "lp_only", "hp_only")}
+    c = comps[("t0.70", "random")]
+    assert c["vs_point"] == "ratio0.20" and c["method"] == "router"
+    for k in ("hp_ratio", "vs_hp_ratio", "n_tasks", "n_pairs", "success", "vs_success", "diff_mean", "diff_ci",
+              "mcnemar_p", "score", "vs_score", "score_diff_mean", "score_diff_ci", "matched"):
+        assert k in c, k
+    assert c["n_tasks"] == 20 and c["n_pairs"] == 60 and c["paired_by"] == "seed,task"
+    won = {k: np.array([[e.won for e in written[(*k, s)]] for s in (0, 1, 2)], float)
+           for k in (("router", "t0.70"), ("random", "ratio0.20"))}
+    d = won[("router", "t0.70")] - won[("random", "ratio0.20")]
+    assert c["diff_mean"] == pytest.approx(d.mean())
+    assert c["diff_ci"][0] <= c["diff_mean"] <= c["diff_ci"][1]
+    assert c["mcnemar_p"] == pytest.approx(M.sign_test_p(d.ravel()))
+    assert c["hp_ratio"] == pytest.approx(res["methods"]["router"]["t0.70"]["hp_ratio"])
+    assert c["matched"] == (abs(c["hp_ratio"] - c["vs_hp_ratio"]) <= 0.02)
+    # APGR/CPT over the measured curve (LP-only, the router's points, HP-only)
     r = res["methods"]["router"]
     weak, strong = res["methods"]["lp_only"]["default"], res["methods"]["hp_only"]["default"]
-    xs = [r[p]["hp_ratio"] for p in ("t0.30", "t0.70")]
-    qs = [r[p]["success_mean"] for p in ("t0.30", "t0.70")]
-    assert res["tradeoff"]["router"]["apgr"] == pytest.approx(
-        M.apgr(xs, qs, weak["success_mean"], strong["success_mean"]))
-    assert 0.0 < res["tradeoff"]["router"]["apgr"] <= 1.0
-    assert "cpt50" in res["tradeoff"]["random"] and "cpt80_cost" in res["tradeoff"]["router"]
-    assert set(res["tradeoff"]["router"]["vs_random"]) == {"t0.30", "t0.70"}
-    assert "vs_random" not in res["tradeoff"]["random"]
-    assert res["tradeoff"]["router"]["at_hp_budget"]["point"] == "t0.70"  # the only one under 40% HP
+    xs = [weak["hp_ratio"], *(r[p]["hp_ratio"] for p in ("t0.30", "t0.70")), strong["hp_ratio"]]
+    qs = [weak["success_mean"], *(r[p]["success_mean"] for p in ("t0.30", "t0.70")), strong["success_mean"]]
+    t = res["tradeoff"]["router"]
+    assert t["withheld"] is None and t["apgr"] == pytest.approx(float(M.apgr_cpt(xs, qs, qs[0], qs[-1])[0]))
+    assert t["apgr_ci"][0] <= t["apgr"] <= t["apgr_ci"][1]
+    assert "cpt50" in res["tradeoff"]["random"] and "cpt80_ci" in t
+    text = md.read_text()
+    first = text.index("## Paired comparisons")
+    assert first < text.index("## Methods and operating points")
+    assert "router t0.70" in text and "McNemar p=" in text
     # causal arms and the KL summary come from their directories
     c = res["causal"]
     assert c["arms"]["flagged"]["episodes"] == 60 and c["arms"]["flagged"]["forced_lp_per_episode"] == 2.0
     assert c["unflagged_minus_flagged"]["success_diff"] == pytest.approx(
         c["arms"]["unflagged"]["success_mean"] - c["arms"]["flagged"]["success_mean"])
     assert res["kl"]["steps"] == sum(len(e.steps) for e in TrajectoryStore.read(root / "labels"))
-    text = md.read_text()
     assert f"{r['t0.70']['success_mean']:.3f}" in text and "APGR" in text and "Causal check" in text
 
 
@@ -129,23 +148,34 @@ def test_kl_values_from_labelled_rows_and_episodes(tmp_path):
     assert sorted(layout.load_kl_values(tmp_path, [tmp_path / "other"])) == [0.25, 0.5, 2.0]
 
 
-def test_budget_and_random_comparison_by_hand():
-    from dmr_rl.report.tables import _at_budget, _vs_random
+def test_report_refuses_methods_on_different_tasks(run_dir, tmp_path):
+    import shutil
 
-    def pt(x, q, lo, hi):
-        return {"hp_ratio": x, "success_mean": q, "success_ci": [lo, hi]}
-    methods = {"lp_only": {"default": pt(0.0, 0.2, 0.1, 0.3)}, "hp_only": {"default": pt(1.0, 0.8, 0.7, 0.9)},
-               "random": {"ratio0.50": pt(0.5, 0.5, 0.4, 0.6)}}
-    router = {"t0.7": pt(0.25, 0.6, 0.46, 0.7), "t0.3": pt(0.75, 0.78, 0.7, 0.85), "t0.5": pt(0.4, 0.77, 0.7, 0.8)}
-    vr = _vs_random(router, methods, {}, {})
-    # random at x=.25: mean (.2+.5)/2 = .35, CI [.25, .45]; at x=.75: mean .65, CI [.55, .75]
-    assert vr["t0.7"]["random_success"] == pytest.approx(0.35)
-    assert vr["t0.7"]["random_ci"] == pytest.approx([0.25, 0.45])
-    assert vr["t0.7"]["beats_random"] is True  # .46 > .45
-    assert vr["t0.3"]["beats_random"] is False  # .70 < .75
-    b = _at_budget(router, {"success": 0.8}, 0.40)
-    assert b["point"] == "t0.5" and b["share_of_hp_only"] == pytest.approx(0.77 / 0.8)
-    assert _at_budget({"x": pt(0.9, 1.0, 1, 1)}, {"success": 0.8}, 0.4) is None
+    from environments.errors import DataError
+
+    root, written = run_dir
+    copy = tmp_path / "run"
+    shutil.copytree(root / "eval", copy / "eval")
+    d = layout.seed_dir(layout.point_dir(copy, "random", "ratio0.50"), 1)
+    shutil.rmtree(d)
+    TrajectoryStore(d, "w0").append([e for e in written[("random", "ratio0.50", 1)] if e.task_index not in (3, 7)])
+    with pytest.raises(DataError, match=r"eval/random/ratio0.50/seed_1 lacks task\(s\) 3, 7 that"):
+        write(copy, n_boot=50, tensorboard=False)
+
+
+def test_lambda_sweep_table():
+    from dmr_rl.report.tables import _lambda_sweep
+
+    def pt(lam, hp, point="sampled"):
+        return {point: {"params": {"kind": "router", "hp_cost": lam}, "router": True, "hp_ratio": hp,
+                        "hp_ratio_ci": [hp - 0.01, hp + 0.01], "success_mean": 0.5, "success_ci": [0.4, 0.6]}}
+    methods = {"grpo_l0.1": pt(0.1, 0.4), "grpo_l1": pt(1.0, 0.1), "grpo_l0.3": pt(0.3, 0.2)}
+    sweep = _lambda_sweep(methods)
+    assert [r["hp_cost"] for r in sweep["rows"]] == [0.1, 0.3, 1.0]
+    assert sweep["sampled_hp_falls_with_lambda"] is True
+    methods["grpo_l1"] = pt(1.0, 0.3)
+    assert _lambda_sweep(methods)["sampled_hp_falls_with_lambda"] is False
+    assert _lambda_sweep({"grpo": pt(0.3, 0.2)}) is None  # one lambda: no sweep
 
 
 def test_dmr_report_command(run_dir, tmp_path, capsys):

@@ -1,31 +1,38 @@
 """Evaluation metrics: pure numpy, no Ray, no plotting.
 
-* :func:`episode_metrics` turns one run's :class:`EpisodeRecord` list into its numbers (success
-  rate, WebShop score, HP ratio, tokens per tier, modelled cost, latency per tier, length).
-* :func:`mean_std` and :func:`bootstrap_ci` summarise over seeds / episodes.
-* :func:`pareto_front`, :func:`apgr` and :func:`cpt` give RouteLLM's trade-off metrics.
+One definition of every number, used by the report, the evaluation driver and the tests.
 
-RouteLLM's metrics, adapted to multi-step episodes
---------------------------------------------------
-RouteLLM routes single queries: its x-axis is the share of *queries* sent to the strong model and
-quality is per query. Here a router decides at every step of an episode, and quality is only known
-at the end (success, or the WebShop score). So:
+* **HP ratio.** Per step, the tier calls are the tiers listed in ``StepRecord.extra["paid"]``
+  (``["hp"]``, ``["lp"]``, or ``["hp", "lp"]`` for a cascade step that paid both; ``tier`` where
+  ``paid`` is absent, e.g. old records). A task's HP ratio = HP calls / all calls over that task's
+  episodes; a method's HP ratio = the mean over tasks (a task weighs the same whatever its
+  episode count). Its CI: the task-resampling bootstrap of that same statistic.
+* **Success / score** of a method: per task, the mean over its episodes (draws and seeds); the
+  method's value = the mean over tasks; CI = the task-resampling bootstrap of that statistic
+  (nothing clipped: a percentile interval of a mean of per-task values holds the estimate).
+* **Paired comparison** (:func:`paired_comparison`) of two operating points: pairs by task, or
+  by (seed, task) when both ran several seeds; draws of one method on one pair are averaged
+  first; ``diff_mean`` = mean over pairs of (A - B); 95% CI = bootstrap resampling tasks
+  (clusters) of the pair differences; ``mcnemar_p`` = exact two-sided sign test on the non-zero
+  pair differences, which for binary outcomes is the exact McNemar test on the discordant pairs.
+* **APGR / CPT** (:func:`routellm_tradeoff`), as RouteLLM defines them (lm-sys/RouteLLM,
+  ``routellm/evals/evaluate.py``, ``generate_results``): the router's thresholds are swept (here:
+  calibrated on a validation split beforehand), quality is plotted against the share of
+  strong-model calls, ``AUC = np.trapz(accuracy, strong_share)`` over the measured points sorted
+  by share, ``weak_auc`` / ``strong_auc`` the same integral of the constant weak / strong
+  accuracy over the same points, ``APGR = (AUC - weak_auc) / (strong_auc - weak_auc)``; CPT(x%)
+  is the strong-call share at which quality recovers x% of the weak->strong gap. Here the
+  curve is the MEASURED points only: the router's threshold points plus the measured LP-only
+  point (at its HP ratio, 0) and the measured HP-only point (at 1); no assumed lines beyond them,
+  no envelope, no point dropped. CPT(x%) = the smallest measured HP ratio whose quality reaches
+  weak + x% (strong - weak) (RouteLLM interpolates with ``np.interp``, which presumes a monotone
+  curve; we report the measured point), None when no point does. Quality is per episode
+  (success, or the WebShop score) and the x-axis is the per-step HP ratio above, since a router
+  decides at every step of an episode.
 
-* x = the **HP ratio of steps**: HP-routed steps / all steps, pooled over every episode of an
-  operating point (the realised share, not the threshold that produced it, since routing changes
-  the trajectory and hence which steps exist). Alternatively x = **normalised cost**:
-  (cost - cost_weak) / (cost_strong - cost_weak), cost = modelled weight bytes read per episode.
-* quality q = episode success rate (or mean score) of the operating point.
-* weak = the LP-only run (x = 0), strong = the HP-only run (x = 1). PGR(x) = (q(x) - q_weak) /
-  (q_strong - q_weak).
-* The router's curve is the **Pareto front** of its operating points (threshold sweep, and lambda
-  for GRPO routers), closed by the weak and strong points and linearly interpolated. Taking the
-  front (not the raw points) makes the curve monotone, so CPT has one answer; a dominated point
-  would never be deployed.
-* APGR = integral of PGR over x in [0, 1] (trapezoids on the interpolated curve); 1.0 means HP
-  quality at every budget; uniform random routing scores about 0.5 if quality is linear in x.
-* CPT(p%) = the smallest x at which the interpolated curve reaches q_weak + p/100 (q_strong -
-  q_weak); None when it never does.
+Bootstraps are vectorised: :func:`resample_weights` draws, once, how often each task appears in
+each resample ([B, T] counts); every statistic is then a weighted mean, so the CIs of the
+operating points, of a paired difference and of APGR use the same resamples.
 """
 from __future__ import annotations
 
@@ -35,10 +42,11 @@ from typing import Optional, Sequence
 import numpy as np
 
 HP, LP = 1, 0
+LEVEL = 0.95
 
 
 # ---------------------------------------------------------------------------------------------
-# Summaries
+# Summaries and bootstrap
 # ---------------------------------------------------------------------------------------------
 def mean_std(values: Sequence[float]) -> tuple[float, float]:
     """Mean and sample standard deviation (ddof=1; 0.0 for a single value). NaN for no values."""
@@ -48,44 +56,300 @@ def mean_std(values: Sequence[float]) -> tuple[float, float]:
     return float(x.mean()), float(x.std(ddof=1)) if x.size > 1 else 0.0
 
 
-def bootstrap_ci(values, n_boot: int = 2000, seed: int = 0, level: float = 0.95,
+def resample_weights(n_clusters: int, n_boot: int, seed: int = 0) -> np.ndarray:
+    """[n_boot, n_clusters] float counts: how often each cluster (task) is drawn in each
+    resample of ``n_clusters`` draws with replacement. Deterministic for a ``seed``."""
+    rng = np.random.default_rng(seed)
+    draw = rng.integers(0, n_clusters, size=(n_boot, n_clusters))
+    w = np.zeros((n_boot, n_clusters))
+    np.add.at(w, (np.arange(n_boot)[:, None], draw), 1.0)
+    return w
+
+
+def _interval(samples: np.ndarray, level: float = LEVEL) -> tuple[float, float]:
+    alpha = (1.0 - level) / 2.0
+    lo, hi = np.quantile(samples, [alpha, 1.0 - alpha], axis=0)
+    return float(lo), float(hi)
+
+
+def _cluster_index(clusters) -> tuple[list, np.ndarray]:
+    """(sorted distinct ids, [N] index of each entry's id): cluster order never depends on the
+    order the entries were read in."""
+    try:
+        keys = sorted(set(clusters))
+    except TypeError:
+        keys = sorted(set(clusters), key=repr)
+    ids = {c: i for i, c in enumerate(keys)}
+    return keys, np.array([ids[c] for c in clusters], dtype=np.int64)
+
+
+def bootstrap_ci(values, n_boot: int = 2000, seed: int = 0, level: float = LEVEL,
                  clusters: Optional[Sequence] = None) -> tuple[float, float]:
     """Percentile bootstrap CI of the mean of ``values`` [N].
 
-    ``clusters`` [N] (e.g. the task of each episode; any hashable ids): resample whole clusters
-    with replacement and take the mean over the episodes they hold. Episodes of one task are not
-    independent (every seed replays it; a deterministic policy plays it the same way each time),
-    so resampling episodes alone would count one task several times as independent evidence and
-    give too narrow an interval. With one value per cluster this is the plain bootstrap.
-    Deterministic for a ``seed``.
+    ``clusters`` [N] (e.g. the task of each value; any hashable ids): resample whole clusters
+    with replacement and take the mean over the values they hold (the statistic is the mean over
+    values, so a cluster weighs by its size). With one value per cluster this is the plain
+    bootstrap. Deterministic for a ``seed``.
     """
     x = np.asarray(values, dtype=float)
     if x.size == 0:
         return float("nan"), float("nan")
-    rng = np.random.default_rng(seed)
     if clusters is None:
+        rng = np.random.default_rng(seed)
         idx = rng.integers(0, x.size, size=(n_boot, x.size))
-        means = x[idx].mean(axis=1)
-    else:
-        if len(clusters) != x.size:
-            raise ValueError(f"clusters has {len(clusters)} entries, values {x.size}")
-        try:  # cluster ids in sorted order, not the episodes' order: the CI is order-free
-            keys = sorted(set(clusters))
-        except TypeError:
-            keys = sorted(set(clusters), key=repr)
-        ids = {c: i for i, c in enumerate(keys)}
-        inv = np.array([ids[c] for c in clusters], dtype=np.int64)
-        sums = np.bincount(inv, weights=x, minlength=len(ids))
-        counts = np.bincount(inv, minlength=len(ids)).astype(float)
-        draw = rng.integers(0, len(ids), size=(n_boot, len(ids)))
-        means = sums[draw].sum(axis=1) / counts[draw].sum(axis=1)
-    alpha = (1.0 - level) / 2.0
-    lo, hi = np.quantile(means, [alpha, 1.0 - alpha])
-    return float(lo), float(hi)
+        return _interval(x[idx].mean(axis=1), level)
+    if len(clusters) != x.size:
+        raise ValueError(f"clusters has {len(clusters)} entries, values {x.size}")
+    keys, inv = _cluster_index(clusters)
+    sums = np.bincount(inv, weights=x, minlength=len(keys))
+    counts = np.bincount(inv, minlength=len(keys)).astype(float)
+    w = resample_weights(len(keys), n_boot, seed)
+    return _interval((w @ sums) / (w @ counts), level)
+
+
+def mean_with_ci(per_task, n_boot: int = 2000, seed: int = 0, weights: Optional[np.ndarray] = None,
+                 level: float = LEVEL) -> tuple[float, list]:
+    """(mean over tasks, [lo, hi]) of per-task values [T]: the estimate and its task-resampling
+    bootstrap CI are the same statistic. ``weights``: [B, T] resample counts to reuse."""
+    v = np.asarray(per_task, dtype=float)
+    if v.size == 0:
+        return float("nan"), [float("nan"), float("nan")]
+    w = resample_weights(v.size, n_boot, seed) if weights is None else weights
+    return float(v.mean()), list(_interval(w @ v / v.size, level))
 
 
 # ---------------------------------------------------------------------------------------------
-# One run
+# Tier calls and per-task tables
+# ---------------------------------------------------------------------------------------------
+def step_calls(step) -> tuple[int, int]:
+    """(HP calls, all tier calls) of one StepRecord: the tiers in ``extra["paid"]``, else ``tier``."""
+    paid = (step.extra or {}).get("paid") if hasattr(step, "extra") else None
+    if paid:
+        return sum(1 for t in paid if t == "hp"), len(paid)
+    return int(step.tier == HP), 1
+
+
+def episode_calls(ep) -> tuple[int, int]:
+    """(HP calls, all tier calls) summed over an episode's steps."""
+    hp = n = 0
+    for s in ep.steps:
+        h, c = step_calls(s)
+        hp, n = hp + h, n + c
+    return hp, n
+
+
+def point_table(by_seed: dict) -> dict:
+    """Per-episode columns of one operating point from {seed: [EpisodeRecord]}: ``seed``,
+    ``task`` (task_index), ``won`` (0/1), ``score``, ``hp_calls``, ``calls``; each [N]."""
+    rows = [(int(s), int(e.task_index), float(bool(e.won)), float(e.score), *episode_calls(e))
+            for s in sorted(by_seed) for e in by_seed[s]]
+    cols = ("seed", "task", "won", "score", "hp_calls", "calls")
+    if not rows:
+        return {c: np.zeros(0) for c in cols}
+    arr = list(zip(*rows))
+    return {c: np.asarray(a, dtype=np.int64 if c in ("seed", "task") else float) for c, a in zip(cols, arr)}
+
+
+def per_task(table: dict) -> dict:
+    """{"tasks": [T] sorted task ids, "won", "score": [T] means over each task's episodes,
+    "hp_ratio": [T] HP calls / all calls over each task's episodes}."""
+    tasks, inv = np.unique(table["task"], return_inverse=True)
+    n = np.bincount(inv, minlength=len(tasks)).astype(float)
+    out = {"tasks": tasks}
+    for k in ("won", "score"):
+        out[k] = np.bincount(inv, weights=table[k], minlength=len(tasks)) / np.maximum(n, 1)
+    hp = np.bincount(inv, weights=table["hp_calls"], minlength=len(tasks))
+    calls = np.bincount(inv, weights=table["calls"], minlength=len(tasks))
+    out["hp_ratio"] = np.where(calls > 0, hp / np.maximum(calls, 1), 0.0)
+    return out
+
+
+def point_stats(table: dict, n_boot: int = 2000, seed: int = 0) -> dict:
+    """A point's headline numbers, each a mean over tasks with its task-bootstrap CI:
+    ``success``, ``success_ci``, ``score``, ``score_ci``, ``hp_ratio``, ``hp_ratio_ci``, ``tasks``."""
+    t = per_task(table)
+    w = resample_weights(len(t["tasks"]), n_boot, seed) if len(t["tasks"]) else None
+    out: dict = {"tasks": int(len(t["tasks"]))}
+    for key, name in (("won", "success"), ("score", "score"), ("hp_ratio", "hp_ratio")):
+        out[name], out[f"{name}_ci"] = mean_with_ci(t[key], n_boot, seed, weights=w)
+    return out
+
+
+def realised_hp_ratio(episodes: list) -> float:
+    """A method's HP ratio from its episodes: mean over tasks of HP calls / all calls."""
+    t = per_task(point_table({0: list(episodes)}))
+    return float(t["hp_ratio"].mean()) if len(t["tasks"]) else float("nan")
+
+
+# ---------------------------------------------------------------------------------------------
+# Paired comparison
+# ---------------------------------------------------------------------------------------------
+def sign_test_p(diffs) -> float:
+    """Exact two-sided sign test on the non-zero entries of ``diffs`` [N]: with n+ positive and
+    n- negative, p = min(1, 2 * P(Bin(n+ + n-, 1/2) <= min(n+, n-))). For 0/1 outcomes the
+    non-zero differences are McNemar's discordant pairs and this is the exact McNemar test.
+    1.0 when there is no non-zero difference."""
+    d = np.asarray(diffs, dtype=float)
+    pos, neg = int((d > 1e-12).sum()), int((d < -1e-12).sum())
+    n = pos + neg
+    if n == 0:
+        return 1.0
+    k = min(pos, neg)
+    tail = sum(math.comb(n, i) for i in range(k + 1)) / 2.0 ** n
+    return float(min(1.0, 2.0 * tail))
+
+
+def _pair_ids(table: dict, by_seed: bool) -> np.ndarray:
+    """[N] int64 pair key of each episode: the task, or (seed, task) packed into one integer."""
+    task = table["task"].astype(np.int64)
+    return (table["seed"].astype(np.int64) << 32) + task if by_seed else task
+
+
+def _pair_means(ids: np.ndarray, values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(sorted distinct pair keys [K], mean of ``values`` over each key's episodes [K])."""
+    keys, inv = np.unique(ids, return_inverse=True)
+    n = np.bincount(inv, minlength=len(keys))
+    return keys, np.bincount(inv, weights=values, minlength=len(keys)) / n
+
+
+def paired_comparison(a: dict, b: dict, n_boot: int = 2000, seed: int = 0, level: float = LEVEL) -> dict:
+    """Point A vs point B, both given as :func:`point_table` columns.
+
+    Pairs by (seed, task) when both ran several seeds (over the seeds both ran), else by task;
+    each side's draws on a pair are averaged first. Returns ``paired_by`` ("seed,task" or
+    "task"), ``n_pairs``, ``n_tasks``, and for success: ``success`` / ``vs_success`` (means over
+    pairs of A and B), ``diff_mean`` (mean over pairs of A - B), ``diff_ci`` ([lo, hi], bootstrap
+    resampling tasks, each with all its pairs, of that mean), ``mcnemar_p`` (:func:`sign_test_p`
+    on the pair differences); for the score the same as ``score``, ``vs_score``,
+    ``score_diff_mean``, ``score_diff_ci``, ``score_sign_p``. Pairs present in only one point
+    are left out (the report refuses differing task sets before it gets here).
+    """
+    sa, sb = set(a["seed"].tolist()), set(b["seed"].tolist())
+    both = len(sa) > 1 and len(sb) > 1 and len(sa & sb) > 1
+    out: dict = {"paired_by": "seed,task" if both else "task"}
+    ia, ib = _pair_ids(a, both), _pair_ids(b, both)
+    ma, mb = np.ones(len(ia), bool), np.ones(len(ib), bool)
+    if both:
+        common = sorted(sa & sb)
+        ma, mb = np.isin(a["seed"], common), np.isin(b["seed"], common)
+    for key, name, prefix, p_name in (("won", "success", "", "mcnemar_p"), ("score", "score", "score_", "score_sign_p")):
+        ka, va = _pair_means(ia[ma], a[key][ma])
+        kb, vb = _pair_means(ib[mb], b[key][mb])
+        keys, xa, xb = np.intersect1d(ka, kb, assume_unique=True, return_indices=True)
+        d = va[xa] - vb[xb]
+        tasks = keys & 0xFFFFFFFF if both else keys
+        out["n_pairs"], out["n_tasks"] = int(len(keys)), int(len(np.unique(tasks)))
+        if not len(keys):
+            out.update({name: float("nan"), f"vs_{name}": float("nan"), f"{prefix}diff_mean": float("nan"),
+                        f"{prefix}diff_ci": [float("nan"), float("nan")], p_name: float("nan")})
+            continue
+        out[name], out[f"vs_{name}"] = float(va[xa].mean()), float(vb[xb].mean())
+        out[f"{prefix}diff_mean"] = float(d.mean())
+        out[f"{prefix}diff_ci"] = list(bootstrap_ci(d, n_boot, seed, level, clusters=tasks.tolist()))
+        out[p_name] = sign_test_p(d)
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# RouteLLM trade-off metrics
+# ---------------------------------------------------------------------------------------------
+def apgr_cpt(xs, qs, weak, strong, levels=(50, 80)):
+    """APGR and CPT over measured curves, vectorised over leading axes.
+
+    xs, qs: [..., P] the measured points' HP ratios and qualities (the curve, LP-only and HP-only
+    points included, any order); weak, strong: [...] LP-only and HP-only quality. Returns
+    (apgr [...], {level: cpt [...]}): APGR = (AUC - weak_auc) / (strong_auc - weak_auc) with
+    trapezoids over the points sorted by x (RouteLLM's formula, see the module docstring), NaN
+    where strong <= weak or the points span no x; CPT(level) = the smallest x among the points
+    whose q >= weak + level% (strong - weak), NaN where none does (or no gap).
+    """
+    x, q = np.asarray(xs, dtype=float), np.asarray(qs, dtype=float)
+    weak, strong = np.asarray(weak, dtype=float), np.asarray(strong, dtype=float)
+    order = np.argsort(x, axis=-1, kind="stable")
+    x, q = np.take_along_axis(x, order, -1), np.take_along_axis(q, order, -1)
+    dx = np.diff(x, axis=-1)
+    auc = np.sum(dx * (q[..., 1:] + q[..., :-1]) / 2.0, axis=-1)
+    span = x[..., -1] - x[..., 0]
+    gap = strong - weak
+    ok = (gap > 1e-12) & (span > 1e-12)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        apgr = np.where(ok, (auc - weak * span) / np.where(ok, gap * span, 1.0), np.nan)
+    cpts = {}
+    for level in levels:
+        target = weak + level / 100.0 * gap
+        reach = (q >= target[..., None] - 1e-12) & (gap[..., None] > 1e-12)
+        first = np.where(reach, x, np.inf).min(axis=-1)
+        cpts[level] = np.where(np.isfinite(first), first, np.nan)
+    return apgr, cpts
+
+
+def routellm_tradeoff(curve: list, weak: dict, strong: dict, n_boot: int = 2000, seed: int = 0,
+                      quality: str = "won", levels=(50, 80), level: float = LEVEL) -> dict:
+    """APGR and CPT of one router with task-bootstrap CIs.
+
+    curve: the router's measured threshold points, each :func:`per_task` output; weak, strong:
+    the LP-only and HP-only points' :func:`per_task` output (measured points of the curve, at
+    their own HP ratios). All must cover the same tasks. quality: "won" or "score".
+    Returns {"apgr", "apgr_ci", "cpt50", "cpt50_ci", ..., "gap", "gap_ci", "withheld"}:
+    ``withheld`` is a one-line reason (and the metrics None) when the 95% CI of the HP-LP gap
+    (paired by task) includes 0: without a gap there is nothing to recover.
+    """
+    pts = [weak, *curve, strong]
+    tasks = weak["tasks"]
+    for p in pts:
+        if not np.array_equal(p["tasks"], tasks):
+            raise ValueError("routellm_tradeoff: the points cover different tasks")
+    X = np.stack([p["hp_ratio"] for p in pts])  # [P, T]
+    Q = np.stack([p[quality] for p in pts])
+    T = X.shape[1]
+    w = resample_weights(T, n_boot, seed)
+    gap_t = strong[quality] - weak[quality]
+    gap, gap_ci = mean_with_ci(gap_t, weights=w, level=level)
+    out: dict = {"gap": gap, "gap_ci": gap_ci, "points": len(curve), "withheld": None}
+    if not gap_ci[0] > 0:
+        out["withheld"] = (f"the HP-LP {'success' if quality == 'won' else 'score'} gap {gap:+.3f} has a 95% "
+                           f"CI [{gap_ci[0]:+.3f}, {gap_ci[1]:+.3f}] that includes 0")
+        out["apgr"] = out["apgr_ci"] = None
+        for lv in levels:
+            out[f"cpt{lv}"] = out[f"cpt{lv}_ci"] = None
+        return out
+    xm, qm = X.mean(axis=1), Q.mean(axis=1)
+    a, c = apgr_cpt(xm, qm, qm[0], qm[-1], levels)
+    xb, qb = (w @ X.T) / T, (w @ Q.T) / T  # [B, P]
+    ab, cb = apgr_cpt(xb, qb, qb[:, 0], qb[:, -1], levels)
+    out["apgr"], out["apgr_ci"] = _nan_none(float(a)), _ci_or_none(ab, level)
+    for lv in levels:
+        out[f"cpt{lv}"] = _nan_none(float(c[lv]))
+        out[f"cpt{lv}_ci"] = _ci_or_none(np.where(np.isnan(cb[lv]), np.inf, cb[lv]), level)
+    return out
+
+
+def _nan_none(v: float):
+    return None if v is None or not math.isfinite(v) else v
+
+
+def _ci_or_none(samples: np.ndarray, level: float):
+    """Percentile interval of bootstrap samples; NaN samples (a resample without an HP-LP gap)
+    are left out; a bound at +inf (CPT not reached in that share of resamples) is None."""
+    s = np.asarray(samples, dtype=float)
+    s = s[~np.isnan(s)]
+    if s.size == 0:
+        return None
+    lo, hi = _interval(s, level)
+    return [_nan_none(lo), _nan_none(hi)]
+
+
+def normalised_cost(cost: float, cost_weak: float, cost_strong: float) -> float:
+    """(cost - weak) / (strong - weak): 0 at LP-only, 1 at HP-only; > 1 for methods paying both tiers."""
+    span = cost_strong - cost_weak
+    if span <= 0:
+        return float("nan")
+    return (cost - cost_weak) / span
+
+
+# ---------------------------------------------------------------------------------------------
+# One run's cost detail (per seed)
 # ---------------------------------------------------------------------------------------------
 def _step_tokens(step) -> int:
     return int(step.prompt_tokens) + int(step.gen_tokens)
@@ -94,26 +358,24 @@ def _step_tokens(step) -> int:
 def episode_metrics(episodes: list) -> dict:
     """Numbers of one run (one method, operating point and seed) from its EpisodeRecords.
 
-    hp_ratio pools steps over episodes (HP steps / all steps); episode_hp_ratio averages the
-    per-episode shares. cost_per_episode is modelled weight bytes read (StepRecord.weight_bytes,
-    which the rollout charges for every forward, both tiers for cascade/oracle steps).
-    latency_<tier>_s is the mean measured seconds of a step acted by that tier; tokens_<tier> the
-    tokens of the steps acted by that tier (a cascade or KL-oracle step records the tokens and
-    latency of both tiers' calls under the tier that acted).
+    hp_ratio: the HP-ratio definition above (mean over tasks of HP calls / all calls);
+    cost_per_episode is modelled weight bytes read (StepRecord.weight_bytes, which the rollout
+    charges for every forward, both tiers for cascade/oracle steps). latency_<tier>_s is the mean
+    measured seconds of a step acted by that tier; tokens_<tier> the tokens of the steps acted by
+    that tier (a cascade or KL-oracle step records the tokens and latency of both tiers' calls
+    under the tier that acted).
     """
     n = len(episodes)
     if n == 0:
         raise ValueError("episode_metrics: no episodes")
     steps = [s for ep in episodes for s in ep.steps]
-    tiers = np.array([s.tier for s in steps], dtype=int)
     n_steps = len(steps)
     out = {
         "episodes": n,
         "steps": n_steps,
         "success_rate": float(np.mean([bool(ep.won) for ep in episodes])),
         "mean_score": float(np.mean([float(ep.score) for ep in episodes])),
-        "hp_ratio": float((tiers == HP).sum() / max(1, n_steps)),
-        "episode_hp_ratio": float(np.mean([ep.hp_ratio for ep in episodes])),
+        "hp_ratio": realised_hp_ratio(episodes),
         "mean_length": float(np.mean([ep.length for ep in episodes])),
         "cost_per_episode": float(sum(s.weight_bytes for s in steps) / n),
         "cost_per_step": float(sum(s.weight_bytes for s in steps) / max(1, n_steps)),
@@ -128,11 +390,12 @@ def episode_metrics(episodes: list) -> dict:
 
 
 def per_episode_arrays(episodes: list) -> dict:
-    """Per-episode vectors [N] for bootstrapping: won, score, hp_ratio, cost, length."""
+    """Per-episode vectors [N]: won, score, hp_ratio (HP calls / calls), cost, length."""
+    calls = [episode_calls(ep) for ep in episodes]
     return {
         "won": np.array([float(bool(ep.won)) for ep in episodes]),
         "score": np.array([float(ep.score) for ep in episodes]),
-        "hp_ratio": np.array([ep.hp_ratio for ep in episodes]),
+        "hp_ratio": np.array([h / n if n else 0.0 for h, n in calls]),
         "cost": np.array([sum(s.weight_bytes for s in ep.steps) for ep in episodes], dtype=float),
         "length": np.array([ep.length for ep in episodes], dtype=float),
     }
@@ -145,9 +408,9 @@ SEED_METRICS = ("success_rate", "mean_score", "hp_ratio", "cost_per_episode", "m
 def aggregate_seeds(episodes_by_seed: dict, n_boot: int = 2000, boot_seed: int = 0) -> dict:
     """Summary of one operating point over seeds: {seed: [EpisodeRecord]} -> dict.
 
-    For each metric in SEED_METRICS: ``<m>_mean`` and ``<m>_std`` over the per-seed values.
-    ``success_ci`` / ``score_ci`` / ``hp_ratio_ci``: 95% bootstrap CI of the pooled mean, tasks
-    resampled (each with all its episodes over the seeds). Also the per-seed numbers under ``per_seed``.
+    Headline (``success``, ``score``, ``hp_ratio`` and their ``_ci``): :func:`point_stats`, a
+    mean over tasks with its task-bootstrap CI. For each metric in SEED_METRICS, ``<m>_mean`` and
+    ``<m>_std`` over the per-seed values (cost and latency detail), and ``per_seed``.
     """
     if not episodes_by_seed:
         raise ValueError("aggregate_seeds: no seeds")
@@ -156,92 +419,7 @@ def aggregate_seeds(episodes_by_seed: dict, n_boot: int = 2000, boot_seed: int =
     for m in SEED_METRICS:
         vals = [v[m] for v in per_seed.values() if not math.isnan(v[m])]
         out[f"{m}_mean"], out[f"{m}_std"] = mean_std(vals)
-    pooled = [ep for s in sorted(episodes_by_seed) for ep in episodes_by_seed[s]]
-    tasks = [int(ep.task_index) for ep in pooled]
-    arr = per_episode_arrays(pooled)
-    out["episodes"], out["tasks"] = len(pooled), len(set(tasks))
-    for key, name in (("won", "success_ci"), ("score", "score_ci"), ("hp_ratio", "hp_ratio_ci")):
-        out[name] = list(bootstrap_ci(arr[key], n_boot, boot_seed, clusters=tasks))
+    table = point_table(episodes_by_seed)
+    out["episodes"] = int(len(table["task"]))
+    out.update(point_stats(table, n_boot, boot_seed))
     return out
-
-
-# ---------------------------------------------------------------------------------------------
-# Trade-off curves
-# ---------------------------------------------------------------------------------------------
-def pareto_front(xs: Sequence[float], qs: Sequence[float]) -> list[int]:
-    """Indices of the non-dominated points (lower x is better, higher q is better), by x ascending.
-
-    A point is kept when no other point has x <= its x and q >= its q with one strict.
-    """
-    order = sorted(range(len(xs)), key=lambda i: (xs[i], -qs[i]))
-    keep, best = [], -math.inf
-    for i in order:
-        if qs[i] > best:
-            keep.append(i)
-            best = qs[i]
-    return keep
-
-
-def _curve(xs, qs, weak: float, strong: float) -> tuple[np.ndarray, np.ndarray]:
-    """The router's Pareto curve closed by (0, weak) and (1, strong), as arrays sorted by x."""
-    px = [0.0, *map(float, xs), 1.0]
-    pq = [weak, *map(float, qs), strong]
-    keep = pareto_front(px, pq)
-    x = np.array([px[i] for i in keep])
-    q = np.array([pq[i] for i in keep])
-    if x[-1] < 1.0:  # the front stopped early (a point beat HP-only): flat to x = 1
-        x, q = np.append(x, 1.0), np.append(q, q[-1])
-    return x, q
-
-
-def apgr(xs: Sequence[float], qs: Sequence[float], weak: float, strong: float) -> float:
-    """Average performance gap recovered over x in [0, 1] (see the module docstring).
-
-    ``xs``: the router's operating points on the x-axis (HP ratio of steps, or normalised cost);
-    ``qs``: their quality; ``weak``/``strong``: LP-only and HP-only quality. NaN when
-    strong <= weak (no gap to recover).
-    """
-    if not strong > weak:
-        return float("nan")
-    x, q = _curve(xs, qs, weak, strong)
-    x_c = np.clip(x, 0.0, 1.0)
-    pgr = (q - weak) / (strong - weak)
-    # trapezoids over [0, 1]; segments beyond x = 1 have zero width after clipping
-    return float(np.sum(np.diff(x_c) * (pgr[1:] + pgr[:-1]) / 2.0))
-
-
-def cpt(xs: Sequence[float], qs: Sequence[float], weak: float, strong: float,
-        percent: float) -> Optional[float]:
-    """Smallest x where the interpolated Pareto curve reaches weak + percent/100 (strong - weak).
-
-    None when the curve never reaches it (or there is no gap). ``percent`` in (0, 100].
-    """
-    if not strong > weak:
-        return None
-    target = weak + percent / 100.0 * (strong - weak)
-    x, q = _curve(xs, qs, weak, strong)
-    for i in range(len(x)):
-        if q[i] >= target - 1e-12:
-            if i == 0:
-                return float(x[0])
-            frac = (target - q[i - 1]) / (q[i] - q[i - 1])
-            return float(x[i - 1] + frac * (x[i] - x[i - 1]))
-    return None
-
-
-def normalised_cost(cost: float, cost_weak: float, cost_strong: float) -> float:
-    """(cost - weak) / (strong - weak): 0 at LP-only, 1 at HP-only; > 1 for methods paying both tiers."""
-    span = cost_strong - cost_weak
-    if span <= 0:
-        return float("nan")
-    return (cost - cost_weak) / span
-
-
-def quality_at(xs: Sequence[float], qs: Sequence[float], x0: float) -> float:
-    """Quality of the interpolated Pareto front of (xs, qs) at x0 (no closing points); NaN outside."""
-    keep = pareto_front(list(xs), list(qs))
-    x = np.array([xs[i] for i in keep], dtype=float)
-    q = np.array([qs[i] for i in keep], dtype=float)
-    if x.size == 0 or x0 < x[0] - 1e-12 or x0 > x[-1] + 1e-12:
-        return float("nan")
-    return float(np.interp(x0, x, q))

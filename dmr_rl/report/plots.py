@@ -27,7 +27,8 @@ def _plt():
 
 def pareto(results: dict, path, axis: str = "hp") -> Optional[str]:
     """Success vs HP ratio (axis='hp') or vs normalised cost (axis='cost'); 95% CIs as error bars,
-    each method's Pareto front as a line, HP-only and LP-only as large markers."""
+    each method's measured points joined in HP-ratio order (no envelope), HP-only and LP-only as
+    large markers."""
     plt = _plt()
     key = "hp_ratio" if axis == "hp" else "cost_norm"
     fig, ax = plt.subplots(figsize=(7, 4.8))
@@ -46,8 +47,7 @@ def pareto(results: dict, path, axis: str = "hp") -> Optional[str]:
             ax.axhline(y[0], color=color, ls=":", lw=1, alpha=0.7)
             continue
         ax.errorbar(x, y, yerr=err, fmt="o", ms=5, color=color, alpha=0.55, capsize=2)
-        front = M.pareto_front(list(x), list(y))
-        ax.plot(x[front], y[front], "-o", color=color, label=m, ms=5)
+        ax.plot(x, y, "-o", color=color, label=m, ms=5)
         drawn = True
     if not drawn and not ax.lines:
         plt.close(fig)

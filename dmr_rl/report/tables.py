@@ -15,18 +15,28 @@ from dmr_rl.report import metrics as M
 
 WEAK, STRONG, RANDOM = "lp_only", "hp_only", "random"
 CPT_LEVELS = (50, 80)
-HP_BUDGET = 0.40  # the issue's bar: >= 95% of HP-only success at an HP ratio of at most 40%
+MATCH_TOL = 0.02  # a baseline point is "matched" when its HP ratio is within this of the router point's
+NEAREST = ("random", "first_k", "cascade")  # compared at the point nearest the router's HP ratio
+SINGLE = (WEAK, STRONG)  # compared at their one point
+
+
+def is_router(params: dict) -> bool:
+    """A learned router's point: ``point.json`` params say ``kind: router`` (pipeline/evaluate.py);
+    runs written before that field carry the router ``checkpoint`` instead."""
+    kind = params.get("kind")
+    return kind == "router" or (kind is None and "checkpoint" in params)
 
 
 def _point_summary(entry: dict, n_boot: int, boot_seed: int) -> dict:
     agg = M.aggregate_seeds(entry["by_seed"], n_boot=n_boot, boot_seed=boot_seed)
+    params = entry["params"]
     return {
-        "params": entry["params"], "default": entry["default"], "seeds": agg["seeds"],
+        "params": params, "default": entry["default"], "router": is_router(params),
+        "sampled": bool(params.get("sampled", False)), "seeds": agg["seeds"],
         "episodes": agg["episodes"], "tasks": agg["tasks"],
-        "success_mean": agg["success_rate_mean"], "success_std": agg["success_rate_std"],
-        "success_ci": agg["success_ci"],
-        "score_mean": agg["mean_score_mean"], "score_std": agg["mean_score_std"], "score_ci": agg["score_ci"],
-        "hp_ratio": agg["hp_ratio_mean"], "hp_ratio_std": agg["hp_ratio_std"], "hp_ratio_ci": agg["hp_ratio_ci"],
+        "success_mean": agg["success"], "success_std": agg["success_rate_std"], "success_ci": agg["success_ci"],
+        "score_mean": agg["score"], "score_std": agg["mean_score_std"], "score_ci": agg["score_ci"],
+        "hp_ratio": agg["hp_ratio"], "hp_ratio_std": agg["hp_ratio_std"], "hp_ratio_ci": agg["hp_ratio_ci"],
         "cost": agg["cost_per_episode_mean"], "cost_std": agg["cost_per_episode_std"],
         "mean_length": agg["mean_length_mean"], "tokens_per_episode": agg["tokens_per_episode_mean"],
         "latency_hp_s": agg["latency_hp_s_mean"], "latency_lp_s": agg["latency_lp_s_mean"],
@@ -34,63 +44,94 @@ def _point_summary(entry: dict, n_boot: int, boot_seed: int) -> dict:
     }
 
 
+def check_task_sets(loaded: dict) -> list:
+    """The sorted task indices every (method, point, seed) played; DataError naming the first
+    one that misses tasks another played (methods on different tasks are not compared)."""
+    from environments.errors import DataError
+
+    seen = {(m, p, s): {int(e.task_index) for e in eps}
+            for m, pts in loaded.items() for p, entry in pts.items() for s, eps in entry["by_seed"].items()}
+    union = set().union(*seen.values()) if seen else set()
+    for (m, p, s), tasks in sorted(seen.items(), key=lambda kv: (kv[0][0], kv[0][1], kv[0][2])):
+        missing = sorted(union - tasks)
+        if missing:
+            other = next(k for k, v in seen.items() if missing[0] in v)
+            shown = ", ".join(map(str, missing[:8])) + (f" and {len(missing) - 8} more" if len(missing) > 8 else "")
+            raise DataError(f"eval/{m}/{p}/seed_{s} lacks task(s) {shown} that {other[0]}/{other[1]} played "
+                            f"(seed {other[2]}): methods on different tasks are not compared; finish the "
+                            f"evaluation (`dmr eval` resumes) or remove the incomplete point")
+    return sorted(union)
+
+
 def _reference(methods: dict, name: str) -> Optional[dict]:
     points = methods.get(name)
     if not points:
         return None
-    p = next(iter(points.values()))  # baselines without a knob have one point
-    return {"method": name, "success": p["success_mean"], "score": p["score_mean"], "cost": p["cost"],
-            "hp_ratio": p["hp_ratio"]}
+    key, p = next(iter(points.items()))  # baselines without a knob have one point
+    return {"method": name, "point": key, "success": p["success_mean"], "score": p["score_mean"],
+            "cost": p["cost"], "hp_ratio": p["hp_ratio"]}
 
 
-def _tradeoff(points: dict, weak: dict, strong: dict) -> dict:
-    """APGR and CPT of one method's operating points, on the HP-ratio axis and the cost axis."""
-    names = list(points)
-    hp = [points[n]["hp_ratio"] for n in names]
-    cost = [M.normalised_cost(points[n]["cost"], weak["cost"], strong["cost"]) for n in names]
+def _nearest(points: dict, x: float) -> str:
+    return min(points, key=lambda n: (abs(points[n]["hp_ratio"] - x), n))
+
+
+def _comparisons(methods: dict, tables: dict, n_boot: int, boot_seed: int) -> list:
+    """Every router point against every baseline: random, first-k and cascade at their point
+    nearest in HP ratio (``matched``: within MATCH_TOL), LP-only and HP-only at their one point."""
+    out = []
+    for m, pts in methods.items():
+        for p, rp in sorted(pts.items(), key=lambda kv: kv[1]["hp_ratio"]):
+            if not rp["router"]:
+                continue
+            for b in (*NEAREST, *SINGLE):
+                bpts = methods.get(b)
+                if not bpts:
+                    continue
+                bp = _nearest(bpts, rp["hp_ratio"]) if b in NEAREST else next(iter(bpts))
+                c = M.paired_comparison(tables[(m, p)], tables[(b, bp)], n_boot, boot_seed)
+                x, bx = rp["hp_ratio"], bpts[bp]["hp_ratio"]
+                out.append({"method": m, "point": p, "vs": b, "vs_point": bp, "hp_ratio": x, "vs_hp_ratio": bx,
+                            "matched": bool(abs(x - bx) <= MATCH_TOL + 1e-12), **c})
+    return out
+
+
+def _tradeoff(pts: dict, per_task: dict, m: str, weak: tuple, strong: tuple, n_boot: int, boot_seed: int) -> dict:
+    """RouteLLM's APGR / CPT of one method over its measured points (a router's sampled policy is
+    not a threshold point and stays out), for success and score."""
+    names = sorted((n for n, p in pts.items() if not p["sampled"]), key=lambda n: pts[n]["hp_ratio"])
     out: dict = {"points": names}
-    for quality in ("success", "score"):
-        q = [points[n][f"{quality}_mean"] for n in names]
-        suffix = "" if quality == "success" else "_score"
-        for axis, xs in (("hp", hp), ("cost", cost)):
-            tag = suffix + ("" if axis == "hp" else "_cost")
-            ok = [i for i, x in enumerate(xs) if not math.isnan(x)]
-            xs_ok, q_ok = [xs[i] for i in ok], [q[i] for i in ok]
-            out[f"apgr{tag}"] = M.apgr(xs_ok, q_ok, weak[quality], strong[quality])
-            for level in CPT_LEVELS:
-                out[f"cpt{level}{tag}"] = M.cpt(xs_ok, q_ok, weak[quality], strong[quality], level)
-        out["front" + suffix] = [names[i] for i in M.pareto_front(hp, q)]
+    if not names:
+        return out
+    curve = [per_task[(m, n)] for n in names]
+    for quality, suffix in (("won", ""), ("score", "_score")):
+        t = M.routellm_tradeoff(curve, per_task[weak], per_task[strong], n_boot, boot_seed, quality=quality,
+                                levels=CPT_LEVELS)
+        for k, v in t.items():
+            if k != "points":
+                out[k + suffix] = v
     return out
 
 
-def _at_budget(points: dict, strong: dict, budget: float) -> Optional[dict]:
-    """The most successful operating point whose HP ratio is at most ``budget``."""
-    ok = [(n, p) for n, p in points.items() if p["hp_ratio"] <= budget + 1e-12]
-    if not ok:
+def _lambda_sweep(methods: dict) -> Optional[dict]:
+    """GRPO routers trained with different lambda (``hp_cost`` in their point params): per lambda
+    and point name, the HP ratio and success; and whether the sampled policy's HP ratio falls as
+    lambda rises. None unless two or more distinct lambdas were evaluated."""
+    rows = []
+    for m, pts in methods.items():
+        for p, v in pts.items():
+            lam = v["params"].get("hp_cost")
+            if v["router"] and lam is not None:
+                rows.append({"hp_cost": float(lam), "method": m, "point": p, "hp_ratio": v["hp_ratio"],
+                             "hp_ratio_ci": v["hp_ratio_ci"], "success": v["success_mean"],
+                             "success_ci": v["success_ci"]})
+    if len({r["hp_cost"] for r in rows}) < 2:
         return None
-    name, p = max(ok, key=lambda kv: (kv[1]["success_mean"], -kv[1]["hp_ratio"]))
-    share = p["success_mean"] / strong["success"] if strong["success"] > 0 else float("nan")
-    return {"budget": budget, "point": name, "hp_ratio": p["hp_ratio"], "success": p["success_mean"],
-            "success_ci": p["success_ci"], "share_of_hp_only": share}
-
-
-def _vs_random(points: dict, methods: dict, weak: dict, strong: dict) -> dict:
-    """Per operating point: random routing's success at the same HP ratio (linear interpolation
-    between random's points, closed by LP-only at 0 and HP-only at 1, for the mean and for each
-    CI bound) and whether the two 95% CIs are disjoint with this method above."""
-    lp, hp = methods[WEAK], methods[STRONG]
-    anchors = [next(iter(lp.values())), *methods[RANDOM].values(), next(iter(hp.values()))]
-    anchors.sort(key=lambda p: p["hp_ratio"])
-    x = [p["hp_ratio"] for p in anchors]
-    out = {}
-    for name, p in points.items():
-        at = lambda v: float(np.interp(p["hp_ratio"], x, v))  # noqa: E731
-        r_mean = at([a["success_mean"] for a in anchors])
-        r_lo, r_hi = at([a["success_ci"][0] for a in anchors]), at([a["success_ci"][1] for a in anchors])
-        out[name] = {"hp_ratio": p["hp_ratio"], "success": p["success_mean"], "success_ci": p["success_ci"],
-                     "random_success": r_mean, "random_ci": [r_lo, r_hi],
-                     "beats_random": bool(p["success_ci"][0] > r_hi)}
-    return out
+    rows.sort(key=lambda r: (r["point"] != "sampled", r["point"], r["hp_cost"], r["method"]))
+    sampled = sorted((r for r in rows if r["point"] == "sampled"), key=lambda r: r["hp_cost"])
+    falls = (all(b["hp_ratio"] < a["hp_ratio"] for a, b in zip(sampled, sampled[1:]))
+             if len({r["hp_cost"] for r in sampled}) >= 2 else None)
+    return {"rows": rows, "sampled_hp_falls_with_lambda": falls}
 
 
 def _arm_summary(by_seed: dict, n_boot: int, boot_seed: int) -> dict:
@@ -145,9 +186,14 @@ def _kl_summary(values: list) -> Optional[dict]:
 
 
 def summarise(run_dir, n_boot: int = 2000, boot_seed: int = 0) -> dict:
-    """All numbers of a run from the files in ``run_dir`` (see :mod:`dmr_rl.report.layout`)."""
+    """All numbers of a run from the files in ``run_dir`` (see :mod:`dmr_rl.report.layout`).
+
+    ``comparisons`` (paired, router points vs baselines) come first; DataError when methods
+    played different tasks."""
     loaded = layout.load_eval(run_dir)
+    tasks = check_task_sets(loaded)
     methods = {m: {p: _point_summary(e, n_boot, boot_seed) for p, e in pts.items()} for m, pts in loaded.items()}
+    tables = {(m, p): M.point_table(e["by_seed"]) for m, pts in loaded.items() for p, e in pts.items()}
     weak, strong = _reference(methods, WEAK), _reference(methods, STRONG)
     if weak and strong:
         for pts in methods.values():
@@ -155,21 +201,23 @@ def summarise(run_dir, n_boot: int = 2000, boot_seed: int = 0) -> dict:
                 p["cost_norm"] = M.normalised_cost(p["cost"], weak["cost"], strong["cost"])
     tradeoff = {}
     if weak and strong:
+        per_task = {k: M.per_task(t) for k, t in tables.items()}
+        ref = ((WEAK, weak["point"]), (STRONG, strong["point"]))
         for m, pts in methods.items():
             if m not in (WEAK, STRONG):
-                tradeoff[m] = _tradeoff(pts, weak, strong)
-                tradeoff[m]["at_hp_budget"] = _at_budget(pts, strong, HP_BUDGET)
-                if m != RANDOM and RANDOM in methods:
-                    tradeoff[m]["vs_random"] = _vs_random(pts, methods, weak, strong)
+                tradeoff[m] = _tradeoff(pts, per_task, m, *ref, n_boot, boot_seed)
     kl_dirs = [layout.point_dir(run_dir, "kl_oracle", p) for p in loaded.get("kl_oracle", {})]
     return {
         "run_dir": str(run_dir),
+        "comparisons": _comparisons(methods, tables, n_boot, boot_seed),
+        "tasks": len(tasks),
         "reference": {"weak": weak, "strong": strong},
         "methods": methods,
         "tradeoff": tradeoff,
+        "lambda_sweep": _lambda_sweep(methods),
         "causal": _causal(layout.load_causal(run_dir), n_boot, boot_seed),
         "kl": _kl_summary(layout.load_kl_values(run_dir, kl_dirs)),
-        "bootstrap": {"resamples": n_boot, "seed": boot_seed, "level": 0.95},
+        "bootstrap": {"resamples": n_boot, "seed": boot_seed, "level": 0.95, "clusters": "tasks"},
     }
 
 
@@ -192,23 +240,72 @@ def _bytes(x) -> str:
     return f"{x / 1e9:.2f} GB" if x >= 1e8 else f"{x / 1e6:.2f} MB"
 
 
+def _signed(x) -> str:
+    return _f(x, "{:+.3f}")
+
+
+def _p(x) -> str:
+    if x is None or (isinstance(x, float) and math.isnan(x)):
+        return "-"
+    return f"{x:.3f}" if x >= 0.001 else f"{x:.1e}"
+
+
+def comparison_sentence(c: dict) -> str:
+    """One comparison in words: "router r0.30 0.620 vs random ratio0.30 0.410 at 30% HP: +0.210
+    [+0.120, +0.300], McNemar p=0.003"."""
+    at = (f"at {100 * c['hp_ratio']:.0f}% HP" if c["matched"] else
+          f"at {100 * c['hp_ratio']:.0f}% vs {100 * c['vs_hp_ratio']:.0f}% HP (not matched)")
+    return (f"{c['method']} {c['point']} {_f(c['success'])} vs {c['vs']} {c['vs_point']} {_f(c['vs_success'])} "
+            f"{at}: {_signed(c['diff_mean'])} [{_signed(c['diff_ci'][0])}, {_signed(c['diff_ci'][1])}], "
+            f"McNemar p={_p(c['mcnemar_p'])}")
+
+
+def _ci_or_dash(ci) -> str:
+    return _ci(ci) if ci else "-"
+
+
 def markdown(results: dict, plots: Optional[list] = None) -> str:
     lines = [f"# DMR evaluation report: `{results['run_dir']}`", "",
-             "All numbers are computed from the episode shards in this run directory. Success and "
-             "score: mean +- std over seeds, 95% bootstrap CI resampling tasks (each task with all its "
-             "episodes over the seeds: a task replayed by every seed is one piece of evidence, not "
-             "several). HP ratio: share of steps acted by the high-precision model. Cost: modelled "
-             "weight bytes read per episode; cost (norm.): 0 = LP-only, 1 = HP-only.", "",
-             "## Methods and operating points", "",
-             "| method | point | success | 95% CI | score | HP ratio | cost/episode | cost (norm.) | steps | seeds | episodes | tasks |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             f"All numbers are computed from the episode shards in this run directory ({results.get('tasks', '-')} "
+             "tasks, every method on the same tasks). Success and score of a point: per task, the mean over "
+             "its episodes (draws and seeds); then the mean over tasks. HP ratio: per task, HP calls / all "
+             "tier calls (a step's calls are the tiers it paid: a cascade's LP pass counts as LP use); then "
+             "the mean over tasks. 95% CIs: bootstrap resampling tasks, of the same statistic. Cost: modelled "
+             "weight bytes read per episode; cost (norm.): 0 = LP-only, 1 = HP-only.", ""]
+    comps = results.get("comparisons") or []
+    lines += ["## Paired comparisons: each router point against the baselines", "",
+              "Paired by task (by seed and task where both methods ran several seeds; a method's draws on one "
+              "pair averaged first). Difference = router - baseline in success, 95% CI = task-clustered "
+              "bootstrap of the pair differences, p = exact McNemar (sign) test on the discordant pairs. "
+              f"Random, first-k and cascade at their point nearest in HP ratio (*matched*: within "
+              f"{MATCH_TOL:.2f}).", ""]
+    if comps:
+        lines += ["| comparison | HP ratio | success | difference [95% CI] | McNemar p | tasks (pairs) |",
+                  "|---|---|---|---|---|---|"]
+        for c in comps:
+            lines.append(
+                f"| {c['method']} {c['point']} vs {c['vs']} {c['vs_point']} "
+                f"| {_f(c['hp_ratio'])} vs {_f(c['vs_hp_ratio'])}"
+                f"{' (not matched)' if c['vs'] in NEAREST and not c['matched'] else ''} "
+                f"| {_f(c['success'])} vs {_f(c['vs_success'])} "
+                f"| {_signed(c['diff_mean'])} [{_signed(c['diff_ci'][0])}, {_signed(c['diff_ci'][1])}] "
+                f"| {_p(c['mcnemar_p'])} | {c['n_tasks']} ({c['n_pairs']}) |")
+        lines += ["", "In words:", ""] + [f"- {comparison_sentence(c)}" for c in comps
+                                           if c["vs"] in (RANDOM, "first_k")]
+    else:
+        lines.append("No learned router was evaluated: nothing to compare.")
+    lines += ["", "## Methods and operating points", "",
+              "| method | point | success | 95% CI | score | HP ratio | HP 95% CI | cost/episode | cost (norm.) "
+              "| steps | seeds | episodes | tasks |",
+              "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for m, pts in results["methods"].items():
         for name, p in sorted(pts.items(), key=lambda kv: kv[1]["hp_ratio"]):
             mark = " *" if p.get("default") else ""
             lines.append(
-                f"| {m} | {name}{mark} | {_f(p['success_mean'])} +- {_f(p['success_std'])} | {_ci(p['success_ci'])} "
-                f"| {_f(p['score_mean'])} | {_f(p['hp_ratio'])} | {_bytes(p['cost'])} | {_f(p.get('cost_norm'))} "
-                f"| {_f(p['mean_length'], '{:.1f}')} | {len(p['seeds'])} | {p['episodes']} | {p.get('tasks', '-')} |")
+                f"| {m} | {name}{mark} | {_f(p['success_mean'])} | {_ci(p['success_ci'])} "
+                f"| {_f(p['score_mean'])} | {_f(p['hp_ratio'])} | {_ci(p['hp_ratio_ci'])} | {_bytes(p['cost'])} "
+                f"| {_f(p.get('cost_norm'))} | {_f(p['mean_length'], '{:.1f}')} | {len(p['seeds'])} "
+                f"| {p['episodes']} | {p.get('tasks', '-')} |")
     lines += ["", "`*` marks a router's default threshold.", "",
               "### Cost detail", "",
               "Tokens per episode (prompt + generated, both tiers); mean measured seconds of a step acted "
@@ -220,28 +317,36 @@ def markdown(results: dict, plots: Optional[list] = None) -> str:
                          f"| {_f(p['latency_hp_s'] and 1e3 * p['latency_hp_s'], '{:.1f} ms')} "
                          f"| {_f(p['latency_lp_s'] and 1e3 * p['latency_lp_s'], '{:.1f} ms')} |")
     if results["tradeoff"]:
-        lines += ["", "## Trade-off (RouteLLM metrics adapted to episodes)", "",
-                  "x = HP ratio of steps (or normalised cost); quality = success rate; weak = LP-only, "
-                  "strong = HP-only; curve = Pareto front of the operating points, linearly "
-                  "interpolated. CPT(p%): the x where p% of the LP->HP success gap is recovered.", "",
-                  "| method | APGR | CPT(50%) | CPT(80%) | APGR (cost) | CPT(50%) (cost) | CPT(80%) (cost) | APGR (score) |",
+        lines += ["", "## Trade-off: APGR and CPT (RouteLLM's definitions, measured points only)", "",
+                  "Curve = the method's measured points (a router's threshold points, not its sampled "
+                  "policy) plus the measured LP-only and HP-only points, quality against HP ratio; "
+                  "APGR = (AUC - AUC_LP) / (AUC_HP - AUC_LP) by trapezoids over those points; CPT(p%) = the "
+                  "smallest measured HP ratio whose success recovers p% of the LP->HP gap (- when none "
+                  "does). 95% CIs resample tasks. Withheld when the HP-LP gap's CI includes 0.", "",
+                  "| method | APGR | 95% CI | CPT(50%) | 95% CI | CPT(80%) | 95% CI | APGR (score) |",
                   "|---|---|---|---|---|---|---|---|"]
         for m, t in results["tradeoff"].items():
-            lines.append(f"| {m} | {_f(t['apgr'])} | {_f(t['cpt50'])} | {_f(t['cpt80'])} | {_f(t['apgr_cost'])} "
-                         f"| {_f(t['cpt50_cost'])} | {_f(t['cpt80_cost'])} | {_f(t['apgr_score'])} |")
-        lines += ["", f"### Against random routing, and the {int(100 * HP_BUDGET)}% HP budget", "",
-                  "Random at the same HP ratio: interpolated between the random-ratio points (closed by "
-                  "LP-only and HP-only), mean and CI bounds alike. *beats random*: the 95% CIs are disjoint.", "",
-                  f"| method | best point at HP ratio <= {HP_BUDGET:.2f} | its success | share of HP-only | "
-                  "points beating random | of |", "|---|---|---|---|---|---|"]
-        for m, t in results["tradeoff"].items():
-            b, vr = t.get("at_hp_budget"), t.get("vs_random") or {}
-            best = (f"{b['point']} (HP {_f(b['hp_ratio'])}) | {_f(b['success'])} {_ci(b['success_ci'])} | "
-                    f"{_f(100 * b['share_of_hp_only'], '{:.1f}%')}") if b else "- | - | -"
-            wins = sum(v["beats_random"] for v in vr.values())
-            lines.append(f"| {m} | {best} | {wins if vr else '-'} | {len(vr) if vr else '-'} |")
+            if t.get("withheld"):
+                lines.append(f"| {m} | withheld: {t['withheld']} | | | | | | {_f(t.get('apgr_score'))} |")
+                continue
+            lines.append(f"| {m} | {_f(t.get('apgr'))} | {_ci_or_dash(t.get('apgr_ci'))} | {_f(t.get('cpt50'))} "
+                         f"| {_ci_or_dash(t.get('cpt50_ci'))} | {_f(t.get('cpt80'))} | {_ci_or_dash(t.get('cpt80_ci'))} "
+                         f"| {_f(t.get('apgr_score'))} |")
     else:
         lines += ["", "Trade-off metrics need both `hp_only` and `lp_only` runs; at least one is missing."]
+    sweep = results.get("lambda_sweep")
+    if sweep:
+        falls = sweep["sampled_hp_falls_with_lambda"]
+        lines += ["", "## GRPO lambda sweep", "",
+                  "Routers trained with different lambda (reward = success - lambda x HP share). The sampled "
+                  "policy is what GRPO trains; calibrated threshold points hold their HP ratio by design.", "",
+                  "| point | lambda | method | HP ratio | 95% CI | success | 95% CI |", "|---|---|---|---|---|---|---|"]
+        for r in sweep["rows"]:
+            lines.append(f"| {r['point']} | {r['hp_cost']:g} | {r['method']} | {_f(r['hp_ratio'])} "
+                         f"| {_ci(r['hp_ratio_ci'])} | {_f(r['success'])} | {_ci(r['success_ci'])} |")
+        if falls is not None:
+            lines += ["", "The sampled policy's HP ratio " + ("falls" if falls else "does NOT fall")
+                      + " as lambda rises."]
     c = results.get("causal")
     if c:
         lines += ["", "## Causal check: does per-step KL predict what matters?", "",

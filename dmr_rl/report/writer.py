@@ -54,7 +54,7 @@ def _tensorboard(results: dict, directory: Path) -> bool:
             w.add_scalar(f"pareto/{m}/success_vs_hp_permille", p["success_mean"], step)
             w.add_scalar(f"pareto/{m}/score_vs_hp_permille", p["score_mean"], step)
     for m, t in results["tradeoff"].items():
-        for k in ("apgr", "cpt50", "cpt80", "apgr_cost"):
+        for k in ("apgr", "cpt50", "cpt80", "apgr_score"):
             if t.get(k) is not None and math.isfinite(t[k]):
                 w.add_scalar(f"tradeoff/{m}/{k}", t[k], 0)
     c = results.get("causal")
