@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -79,46 +80,87 @@ class EpisodeRecord:
 class TrajectoryStore:
     """Append-only JSONL shards under one directory: ``<dir>/<shard>.jsonl``.
 
-    Each writer (rollout worker) uses its own shard name; readers merge all shards. A torn line
-    (a worker killed mid-write) is skipped with a warning; a well-formed line that is not an
-    episode record raises DataError naming the shard and line.
+    Each writer (rollout worker) uses its own shard name; readers merge all shards. Only a torn
+    *last* line (a writer killed mid-write: no newline after it) is skipped, with a warning, and a
+    writer reopening the shard cuts it off before appending. Any other unreadable line is a
+    DataError naming the shard and line, or, with ``skip_corrupt``, skipped and described in the
+    ``skipped`` list passed in (``{"path", "line", "reason", "task_index"}``, the task index read
+    from the broken text where it survives, else None).
     """
 
     def __init__(self, directory, shard: str = "main"):
         self.directory = Path(directory)
         self.directory.mkdir(parents=True, exist_ok=True)
         self.path = self.directory / f"{shard}.jsonl"
+        self._tail_checked = False
 
     def append(self, episodes) -> None:
         if isinstance(episodes, EpisodeRecord):
             episodes = [episodes]
-        with open(self.path, "a", encoding="utf-8") as f:
-            for ep in episodes:
-                f.write(ep.to_json() + "\n")
-            f.flush()
-            os.fsync(f.fileno())
+        try:
+            if not self._tail_checked:
+                cut_torn_tail(self.path)
+                self._tail_checked = True
+            with open(self.path, "a", encoding="utf-8") as f:
+                for ep in episodes:
+                    f.write(ep.to_json() + "\n")
+                f.flush()
+                os.fsync(f.fileno())
+        except OSError as e:  # a full disk says nothing about the file: name it
+            raise OSError(e.errno, e.strerror or str(e), str(self.path)) from None
 
     @staticmethod
-    def read(directory) -> list[EpisodeRecord]:
-        return list(TrajectoryStore.iter(directory))
+    def read(directory, skip_corrupt: bool = False, skipped: Optional[list] = None) -> list[EpisodeRecord]:
+        return list(TrajectoryStore.iter(directory, skip_corrupt, skipped))
 
     @staticmethod
-    def iter(directory) -> Iterator[EpisodeRecord]:
+    def iter(directory, skip_corrupt: bool = False, skipped: Optional[list] = None) -> Iterator[EpisodeRecord]:
         directory = Path(directory)
         if not directory.is_dir():
             raise FileNotFoundError(f"no trajectory directory at {directory}")
         for shard in sorted(directory.glob("*.jsonl")):
-            with open(shard, encoding="utf-8") as f:
-                lines = f.read().split("\n")
-            for i, line in enumerate(lines):
-                if not line.strip():
+            yield from TrajectoryStore.read_file(shard, skip_corrupt, skipped)
+
+    @staticmethod
+    def read_file(shard, skip_corrupt: bool = False, skipped: Optional[list] = None) -> Iterator[EpisodeRecord]:
+        shard = Path(shard)
+        data = shard.read_bytes().decode("utf-8", errors="replace")
+        lines = data.split("\n")
+        for i, line in enumerate(lines):
+            if not line.strip():
+                continue
+            try:
+                obj = json.loads(line)
+                if not isinstance(obj, dict):
+                    raise TypeError(f"a JSON {type(obj).__name__}, not an episode record")
+                ep = EpisodeRecord.from_dict(obj)
+            except (json.JSONDecodeError, TypeError, KeyError, ValueError) as e:
+                if i == len(lines) - 1:  # no newline after it: a writer killed mid-write
+                    warnings.warn(f"{shard}: skipped a torn record on line {i + 1} (the last line)", stacklevel=2)
                     continue
-                try:
-                    obj = json.loads(line)
-                except json.JSONDecodeError:  # a line torn by a writer killed mid-write: unrecoverable
-                    warnings.warn(f"{shard}: skipped a torn record on line {i + 1}", stacklevel=2)
+                reason = f"{type(e).__name__}: {e}" if not isinstance(e, json.JSONDecodeError) else "not valid JSON"
+                if skip_corrupt:
+                    m = _TASK_INDEX.search(line)
+                    if skipped is not None:
+                        skipped.append({"path": str(shard), "line": i + 1, "reason": reason,
+                                        "task_index": int(m.group(1)) if m else None})
                     continue
-                try:
-                    yield EpisodeRecord.from_dict(obj)
-                except (TypeError, KeyError) as e:
-                    raise DataError(f"malformed episode record on line {i + 1}: {e}", path=str(shard)) from None
+                raise DataError(f"corrupt episode record on line {i + 1} ({reason}); "
+                                "`dmr report --skip-corrupt` skips such lines and says so", path=str(shard)) from None
+            yield ep
+
+
+_TASK_INDEX = re.compile(r'"task_index":\s*(-?\d+)')
+
+
+def cut_torn_tail(path: Path) -> None:
+    """Cut a torn last line (bytes after the last newline) off a shard before appending to it."""
+    path = Path(path)
+    if not path.is_file() or path.stat().st_size == 0:
+        return
+    with open(path, "rb+") as f:
+        f.seek(-1, os.SEEK_END)
+        if f.read(1) == b"\n":
+            return
+        data = f.seek(0) or f.read()
+        f.truncate(data.rfind(b"\n") + 1)

@@ -29,6 +29,7 @@ from typing import Optional
 import numpy as np
 
 from dmr_rl.rollout.records import HP, LP, TIER_NAMES, EpisodeRecord, StepRecord, TrajectoryStore
+from dmr_rl.seeding import RowRngs
 from dmr_rl.step import StepContext
 
 METHOD_ALIASES = {"hp": ("hp_only", {}), "lp": ("lp_only", {}), "mixed": ("random", {"hp_ratio": 0.5})}
@@ -121,18 +122,29 @@ class RolloutWorker:
 
     # ---- episodes ------------------------------------------------------------------------
     def run_episodes(self, task_indices, method: str = "router", seed: int = 0, sample: bool = False,
-                     return_episodes: bool = False, positions=None) -> dict:
+                     return_episodes: bool = False, positions=None, rng_key=None, draws=None,
+                     call_id: str = "") -> dict:
         """Play one episode per entry of ``task_indices`` (repeats allowed: a GRPO group) on the
         worker's environments, ``method`` routing ("router", a baseline name, or hp/lp/mixed).
         ``positions``: an id per entry (default 0..n-1), kept in ``extra["position"]``.
+        ``rng_key``: (run_seed, method, point); every random choice of an episode draws from
+        ``dmr_rl.seeding.episode_rng(*rng_key, seed, task, draw)`` (None: (0, method, "default")).
+        ``draws``: per entry, how often its task occurred earlier in the whole task list (default:
+        counted within this call's list; a group passes the counts of the list it split).
+        ``call_id``: kept in ``extra["call"]`` so a group can find a dead worker's finished episodes.
         Returns a summary (sums, so summaries merge); the EpisodeRecords under ``episode_records``
         with ``return_episodes``."""
+        from dmr_rl.seeding import check_rng_key, occurrence_draws
+
         router = self._router_for(method)
         self._runs += 1
-        rng = np.random.default_rng([int(seed), self.worker_index, self._runs])
+        key = check_rng_key(rng_key, method)
         tasks = [int(t) for t in task_indices]
         positions = list(range(len(tasks))) if positions is None else [int(p) for p in positions]
-        queue = deque(zip(positions, tasks))
+        draws = occurrence_draws(tasks) if draws is None else [int(d) for d in draws]
+        if not len(positions) == len(draws) == len(tasks):
+            raise ValueError(f"run_episodes: {len(tasks)} tasks, {len(positions)} positions, {len(draws)} draws")
+        queue = deque((p, t, d, key, seed, call_id) for p, t, d in zip(positions, tasks, draws))
         n_env = len(self.envs)
         slot: list = [None] * n_env  # per env: (position, EpisodeRecord, StepContext)
         finished: list = []
@@ -140,9 +152,9 @@ class RolloutWorker:
         while queue or any(s is not None for s in slot):
             for i in range(n_env):
                 if slot[i] is None and queue:
-                    slot[i] = self._start(i, *queue.popleft(), method, seed)
+                    slot[i] = self._start(i, *queue.popleft())
             active = [i for i in range(n_env) if slot[i] is not None]
-            self._step(active, slot, router, rng, sample)
+            self._step(active, slot, router, RowRngs([slot[i][3] for i in active]), sample)
             for i in active:
                 ep = slot[i][1]
                 if self.envs.done[i]:
@@ -157,16 +169,22 @@ class RolloutWorker:
             summary["episode_records"] = finished
         return summary
 
-    def _start(self, i: int, position: int, task_index: int, method: str, seed: int):
+    def _start(self, i: int, position: int, task_index: int, draw: int, key: tuple, seed: int, call_id: str):
+        from dmr_rl.seeding import episode_rng
+
         obs, info = self.envs.envs[i].reset(options={"task_index": task_index})
         self.envs.done[i], self.envs.last_obs[i], self.envs.last_info[i] = False, obs, info
-        ep = EpisodeRecord(episode_id=f"{method}-s{seed}-w{self.worker_index}-r{self._runs}-{position}",
+        run_seed, method, point = key
+        # the id names the episode's rng key: the same id is the same episode, whoever plays it
+        ep = EpisodeRecord(episode_id=f"{method}-{point}-s{seed}-t{task_index}-d{draw}",
                            task_index=task_index, task_id=str(info.get("task_id", "")),
                            task_type=str(info.get("task_type", "")), task=str(info.get("task", "")),
-                           method=method, seed=int(seed), extra={"worker": self.worker_index, "position": position})
+                           method=method, seed=int(seed),
+                           extra={"worker": self.worker_index, "position": position, "draw": int(draw),
+                                  "rng_key": [run_seed, method, point], "call": str(call_id)})
         ctx = StepContext(task=ep.task, obs=obs, history=[], admissible=list(info.get("admissible_commands") or []),
                           step=0, task_type=ep.task_type)
-        return [position, ep, ctx]
+        return [position, ep, ctx, episode_rng(run_seed, method, point, seed, task_index, draw)]
 
     def _step(self, active: list, slot: list, router, rng, sample: bool) -> None:
         from dmr_rl.models.prompting import build_prompt
@@ -253,7 +271,7 @@ class RolloutWorker:
         sent = [self._send(tier, which, ctxs, prompts, rng) for tier, which in requests]
         return [self._receive(h, which, ctxs, rng) for h, (_, which) in zip(sent, requests)]
 
-    def _send(self, tier: str, which: list, ctxs: list, prompts: list, rng):
+    def _send(self, tier: str, which: list, ctxs: list, prompts: list, rng: RowRngs):
         if not which:
             return None
         client = self.clients[tier]
@@ -266,7 +284,7 @@ class RolloutWorker:
 
             args = ("generate", sub_prompts, SamplingParams(max_new_tokens=a.max_new_tokens,
                                                             temperature=a.temperature,
-                                                            seed=int(rng.integers(2**31))))
+                                                            seed=int(rng.row(which[0]).integers(2**31))))
         if hasattr(client, args[0] + "_ref"):
             return client, getattr(client, args[0] + "_ref")(*args[1:])
         return None, getattr(client, args[0] + "_costed")(*args[1:])
@@ -283,7 +301,7 @@ class RolloutWorker:
         for k, r, c in zip(which, results, costs):
             adm = list(ctxs[k].admissible)
             if a.action_mode == "score":
-                idx, probs = choose_action(r, adm, a.temperature, rng, a.length_normalised)
+                idx, probs = choose_action(r, adm, a.temperature, rng.row(k), a.length_normalised)
             else:
                 idx = adm.index(match_action(r.text, adm))
                 probs = one_hot(idx, len(adm))
