@@ -194,3 +194,51 @@ def test_unknown_split_through_make_env(webshop_data):
 
     with pytest.raises(UnknownSplitError):
         make_env("webshop", webshop_data, "valid_unknown")
+
+
+def test_synthetic_goals_as_webshop_builds_them(tmp_path):
+    d = str(tmp_path)
+    shirt_options = {"Size": [{"value": "Small"}, {"value": "Large"}], "Color": [{"value": "Black"}], "Fit": None}
+    _write(d, "items_shuffle_1000.json", [
+        _record("B000000001", customization_options=shirt_options),
+        _record("B000000002", name="Mug"),
+        _record("B000000003", name="no items_ins_v2 entry: no instruction")])
+    _write(d, "items_ins_v2_1000.json", {
+        "B000000001": {"attributes": ["cotton"], "instruction": "i need a shirt.",
+                       "instruction_attributes": ["cotton", "machine wash"]},
+        "B000000002": {"attributes": ["cotton"], "instruction": "i need a mug", "instruction_attributes": ["cotton"]}})
+    data = wsd.load_data(d, human_goals_only=False)
+    assert data.product("B000000001").options == {"size": ["small", "large"], "color": ["black"]}  # null "Fit" skipped
+    shirts = sorted((g for g in data.goals if g.asin == "B000000001"), key=lambda g: g.instruction_text)
+    mug, = [g for g in data.goals if g.asin == "B000000002"]
+    assert len(data.goals) == 3  # 1 colour x 2 sizes for the shirt, 1 for the mug, none for B000000003
+    # option names sorted (color before size, though the file lists Size first); the "." is kept;
+    # goal_options are {name: value}
+    up = shirts[0].price_upper
+    assert up in (20.0, 30.0, 40.0, 50.0) and shirts[1].price_upper == up
+    assert [g.instruction_text for g in shirts] == [
+        f"i need a shirt. with color: black, and size: large, and price lower than {up:.2f} dollars",
+        f"i need a shirt. with color: black, and size: small, and price lower than {up:.2f} dollars"]
+    assert [g.goal_options for g in shirts] == [{"color": "black", "size": "large"},
+                                                {"color": "black", "size": "small"}]
+    assert mug.goal_options == {} and mug.instruction_text.startswith("i need a mug, and price lower than")
+    # weights: "cotton" is in 3 goals, "machine wash" in 2 -> shirt (1/3 + 1/2)/2 = 5/12, mug 1/3
+    assert [g.weight for g in shirts] == [pytest.approx(5 / 12)] * 2 and mug.weight == pytest.approx(1 / 3)
+
+
+def test_synthetic_goal_without_attributes_is_a_data_error(tmp_path):
+    d = str(tmp_path)
+    _write(d, "items_shuffle_1000.json", [_record("B000000001")])
+    _write(d, "items_ins_v2_1000.json", {"B000000001": {"attributes": [], "instruction": "i need a shirt",
+                                                        "instruction_attributes": []}})
+    with pytest.raises(DataError, match="B000000001 has an instruction but no instruction_attributes"):
+        wsd.load_data(d, human_goals_only=False)
+
+
+@pytest.mark.parametrize("products,instructions", [(100, 100), (30, 50), (10, 7), (1000, 100)])
+def test_generator_gives_the_goals_asked_for(tmp_path, products, instructions):
+    # each annotated target takes 2 records (itself and a near-copy); none may be cut to fit
+    summary = generate(str(tmp_path), n_products=products, n_instructions=instructions, seed=0)
+    data = wsd.load_data(str(tmp_path))
+    assert summary["instructions"] == instructions and len(data.goals) == instructions
+    assert len(data.products) == products

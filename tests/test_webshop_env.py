@@ -1,8 +1,7 @@
-"""WebShop text environment: pages, pagination, search ranking, invalid actions, the oracle, speed."""
+"""WebShop text environment: pages, pagination, search ranking, invalid actions, the oracle."""
 from __future__ import annotations
 
 import statistics
-import time
 
 import numpy as np
 import pytest
@@ -163,24 +162,6 @@ def test_lucene_backend_reports_missing_pyserini(webshop_data):
         pytest.skip("pyserini is installed here; the error path cannot be exercised")
 
 
-def test_step_is_fast_over_1000_products(tmp_path):
-    from environments.webshop.generator import generate
-
-    generate(str(tmp_path), n_products=1000, n_instructions=100, seed=1)
-    env = make_env("webshop", str(tmp_path), "train")
-    times = []
-    for index in range(env.num_tasks):
-        env.reset(options={"task_index": index})
-        done = False
-        while not done:
-            action = env.expert_action()
-            t0 = time.perf_counter()
-            _, _, term, trunc, _ = env.step(action)
-            times.append(time.perf_counter() - t0)
-            done = term or trunc
-    assert statistics.mean(times) < 0.005, f"mean step {1000 * statistics.mean(times):.2f} ms"
-
-
 def test_options_persist_through_subpages_and_reach_the_reward(env):
     for index in range(env.num_tasks):
         env.reset(options={"task_index": index})
@@ -215,8 +196,18 @@ def test_synthetic_goals_from_items_ins_v2(webshop_data):
     with_options = [g for g in data.goals if g.goal_options]
     assert with_options and " with " in with_options[0].instruction_text
     env = make_env("webshop", webshop_data, "test", human_goals=False)
-    summary = evaluate_policy(env, ExpertPolicy(), 20)
-    assert summary["success_rate"] >= 0.9
+    scores, exact = [], 0
+    for index in range(20):
+        env.reset(options={"task_index": index})
+        done = False
+        while not done:
+            _, reward, term, trunc, info = env.step(env.expert_action())
+            done = term or trunc
+        scores.append(reward)
+        # the oracle buys the target with exactly the goal's {name: value}; a reward below 1 then comes
+        # only from WebShop's pair matching (a value holding a colour word, e.g. "peppermint" -> "mint")
+        exact += info["purchased"] == env.goal.asin and info["purchased_options"] == env.goal.goal_options
+    assert exact == 20 and sum(scores) / 20 >= 0.9
 
 
 def test_a_typed_search_is_valid_though_only_its_placeholder_is_listed(env):

@@ -25,8 +25,10 @@ same goals.
 
 Goals: human goals (``items_human_ins.json``) by default, as WebShop's text environment uses;
 ``human_goals_only=False`` builds WebShop's synthetic goals from ``items_ins_v2`` instead (one per
-option combination; ``goal_options`` is kept as the list of values, which is all the reward reads;
-WebShop's per-category goal weights are not reproduced: every goal has weight 1).
+combination of option values over the sorted option names; ``goal_options`` is ``{name: value}`` and
+the reward matches its pairs; weights as WebShop's, see ``synthetic_goals``). Products without an
+``items_ins_v2`` entry have no instruction and give no synthetic goal (WebShop's loader stops with a
+KeyError on them).
 
 Splits (WebShop's convention over the shuffled goals): ``test`` = goals[:500], ``eval`` =
 goals[500:1500], ``train`` = the rest. With fewer than 3,000 goals (generated data) the boundaries are
@@ -40,7 +42,7 @@ import json
 import os
 import random
 from dataclasses import dataclass, field
-from typing import Any, Optional
+from typing import Any, Optional, Union
 
 from environments.errors import DataError, UnknownSplitError
 
@@ -86,7 +88,7 @@ class Goal:
     product_category: str
     instruction_text: str
     attributes: list[str]
-    goal_options: list[str]
+    goal_options: Union[list[str], dict[str, str]]  # human goals: values; synthetic goals: {name: value}
     price_upper: float
     weight: float = 1.0
 
@@ -130,8 +132,10 @@ def parse_options(raw: Any, path: str = "", asin: str = "") -> dict[str, list[st
         raise DataError(f"customization_options of {asin} must be an object", path, "customization_options")
     options: dict[str, list[str]] = {}
     for name, entries in raw.items():
+        if entries is None:  # WebShop skips an option whose contents are null
+            continue
         values = []
-        for entry in entries or []:
+        for entry in entries:
             if isinstance(entry, dict):
                 if "value" not in entry:
                     raise DataError(f"option {name!r} of {asin} has an entry without 'value'", path,
@@ -257,25 +261,41 @@ def human_goals(products: list[Product], human: dict, prices: dict[str, float], 
     return goals
 
 
-def synthetic_goals(products: list[Product], prices: dict[str, float], rng: random.Random) -> list[Goal]:
-    """WebShop's synthetic goals: ``items_ins_v2`` instructions, one goal per option combination."""
+def synthetic_goals(products: list[Product], prices: dict[str, float], rng: random.Random,
+                    path: str = "") -> list[Goal]:
+    """WebShop's synthetic goals: ``items_ins_v2`` instructions, one goal per option combination.
+
+    As in WebShop: option names in sorted order, the instruction kept as written (no ``.`` stripped)
+    with ``" with name: value, and name: value"`` appended, ``goal_options`` = ``{name: value}`` (the
+    reward matches its ``(name, value)`` pairs), and each goal's weight the mean over its attributes
+    of 1 / (number of synthetic goals holding that attribute).
+    """
     import itertools
 
     goals = []
     for p in products:
-        if not p.instruction or not p.instruction_attributes:
+        if p.instruction is None:
             continue
+        if not p.instruction_attributes:
+            raise DataError(f"product {p.asin} has an instruction but no instruction_attributes", path,
+                            "instruction_attributes")
         upper = price_upper_for(prices[p.asin], rng)
-        names = list(p.options)
-        combos = list(itertools.product(*[p.options[n] for n in names])) if names else [()]
-        for combo in combos:
-            text = str(p.instruction).strip(".")
-            if combo:
-                text += " with " + ", and ".join(f"{n}: {v}" for n, v in zip(names, combo))
+        names = sorted(p.options)
+        for combo in itertools.product(*(p.options[n] for n in names)):
+            goal_options = dict(zip(names, combo))
+            text = str(p.instruction)
+            if goal_options:
+                text += " with " + ", and ".join(f"{n}: {v}" for n, v in goal_options.items())
             if upper < 1_000_000:
                 text += f", and price lower than {upper:.2f} dollars"
             goals.append(Goal(p.asin, p.category, p.query, p.title, p.product_category, text,
-                              list(p.instruction_attributes), list(combo), upper))
+                              list(p.instruction_attributes), goal_options, upper))
+    counts: dict[str, int] = {}
+    for g in goals:
+        for a in g.attributes:
+            counts[a] = counts.get(a, 0) + 1
+    for g in goals:
+        g.weight = sum(1.0 / counts[a] for a in g.attributes) / len(g.attributes)
     return goals
 
 
@@ -337,7 +357,7 @@ def load_data(data_dir: str, catalog: Optional[str] = None, human_goals_only: bo
             raise DataError("items_human_ins.json must be a JSON object keyed by asin", files["human"])
         goals = human_goals(products, human, prices, rng, files["human"])
     else:
-        goals = synthetic_goals(products, prices, rng)
+        goals = synthetic_goals(products, prices, rng, files["attributes"] or "")
     random.Random(GOAL_SHUFFLE_SEED).shuffle(goals)
     return WebShopData(os.path.abspath(data_dir), files, products, prices, goals,
                        {p.asin: i for i, p in enumerate(products)})

@@ -245,6 +245,8 @@ class WebShopEnv(TextEnv):
     def expert_options(self) -> dict[str, str]:
         """{option name: value} of the target that best match each goal option (fuzzy, colour-normalised)."""
         target = self.data.product(self.goal.asin)
+        if isinstance(self.goal.goal_options, dict):  # a synthetic goal names each option and its value
+            return {n: v for n, v in self.goal.goal_options.items() if v in target.options.get(n, [])}
         chosen: dict[str, str] = {}
         for g in self.goal.goal_options:
             g_norm = normalize_color(str(g).lower())

@@ -193,18 +193,18 @@ def generate(out_dir: str, n_products: int, n_instructions: int, seed: int) -> d
         spare = [a for a in t[5] if a not in target["_attrs"]]
         swapped = [a if a != first["instruction_attributes"][0] else spare[0] for a in target["_attrs"]]
         records.append(_product(rng, used, t, target["_brand"], target["_mod"], attrs=swapped))
-        if len(records) < n_products - (n_targets - i - 1):
+        if len(records) < n_products - 2 * (n_targets - i - 1):  # room left for the targets to come
             chosen = set(first["instruction_options"])
             opts = {n: [v["value"] for v in vals if _norm(v["value"]) not in chosen] or [t[6][n][0]]
                     for n, vals in target["customization_options"].items()}
             records.append(_product(rng, used, t, rng.choice(BRANDS), target["_mod"], attrs=list(target["_attrs"]),
                                     options=opts))
-        if len(records) < n_products - (n_targets - i - 1):
+        if len(records) < n_products - 2 * (n_targets - i - 1):  # room left for the targets to come
             pricey = f"${round(t[7][1] * 2 + 200) + 0.99:.2f}"
             records.append(_product(rng, used, t, None, None, attrs=list(target["_attrs"]), pricing=pricey))
     while len(records) < n_products:
         records.append(_product(rng, used, TYPES[rng.randrange(len(TYPES))]))
-    records = records[:n_products]
+    assert len(records) == n_products, "every annotated target and its swapped copy must fit"
     rng.shuffle(records)
     ins = {}
     for r in records:

