@@ -11,6 +11,12 @@ then the same episodes through one ``BatchTextEnv`` of ``--batch`` environments 
 the wall time of ``batch.step`` calls). Data are generated into a temporary directory unless a
 directory is given. At the end it prints the measured medians against the targets of issue 2
 (ALFWorld step median <= 60 ms; WebShop step <= 5 ms over 1,000 products) as ratios, side by side.
+
+WebShop's reward tags product titles with spaCy (issue 15); the tagged nouns are cached per title, so
+a product is tagged once per process, not once per purchase. ``--envs webshop`` therefore also times
+the "Buy Now" step alone, side by side in one run: spaCy on the first purchase of each product (the
+cache fills), spaCy on a repeat purchase (cache hit), spaCy with the cache emptied before every buy
+(what a per-step tagger would cost), and the word-filter fallback; plus the one-time model load.
 Environments whose code or data are missing are reported as skipped; the others still run.
 """
 from __future__ import annotations
@@ -76,7 +82,8 @@ def _single(env, episodes: int) -> dict:
             "reset_same_task_median_ms": 1000 * float(np.median(warm)),
             "step_p90_ms": 1000 * float(np.percentile(step_s, 90)),
             "reset_median_ms": 1000 * float(np.median(reset_s)),
-            "steps_per_s": len(step_s) / float(np.sum(step_s))}
+            "steps_per_s": len(step_s) / float(np.sum(step_s)),
+            "step_mean_ms": 1000 * float(np.mean(step_s)), "step_cpu_mean_ms": 1000 * float(np.mean(cpu_s))}
 
 
 def _batched(make, batch: int, episodes: int) -> dict:
@@ -100,9 +107,55 @@ def _batched(make, batch: int, episodes: int) -> dict:
             "reset_ms_per_env": 1000 * reset_wall / max(1, episodes)}
 
 
+def _timed_buys(env, episodes: int, before_buy=None) -> list[tuple[float, float]]:
+    """(wall s, process CPU s) of each "click[buy now]" step over ``episodes`` expert episodes."""
+    out = []
+    for k in range(episodes):
+        env.reset(options={"task_index": k % env.num_tasks})
+        done = False
+        while not done:
+            action = env.expert_action()
+            buy = action == "click[buy now]"
+            if buy and before_buy:
+                before_buy()
+            t0, c0 = time.perf_counter(), time.process_time()
+            _, _, terminated, truncated, _ = env.step(action)
+            if buy:
+                out.append((time.perf_counter() - t0, time.process_time() - c0))
+            done = terminated or truncated
+    return out
+
+
+def webshop_buy_steps(make, episodes: int) -> dict:
+    """ms of the "Buy Now" step (the one that computes the reward) with and without the noun cache."""
+    from environments.webshop import reward as rw
+
+    out = {"noun_extractor": rw.noun_extractor_name()}
+    rw._spacy_nouns_cached.cache_clear()
+    env = make()
+    first = _timed_buys(env, episodes)  # a new product each episode: its title is tagged here
+    repeat = _timed_buys(env, episodes)  # the same episodes again: titles come from the cache
+    uncached = _timed_buys(make(), episodes, before_buy=rw._spacy_nouns_cached.cache_clear)
+    filt = make()
+    filt.nouns = rw.fallback_nouns
+    word_filter = _timed_buys(filt, episodes)
+    for key, xs in (("first_buy", first), ("repeat_buy", repeat), ("uncached_buy", uncached),
+                    ("word_filter_buy", word_filter)):
+        out[f"{key}_median_ms"] = 1000 * float(np.median([w for w, _ in xs]))
+        out[f"{key}_cpu_median_ms"] = 1000 * float(np.median([c for _, c in xs]))
+    out["uncached_over_repeat"] = out["uncached_buy_median_ms"] / out["repeat_buy_median_ms"]
+    return out
+
+
 def bench(name: str, args, tmp: str) -> dict:
     from environments import make_env
 
+    if name == "webshop":  # the reward's spaCy pipeline loads once per process: time it apart from the steps
+        from environments.webshop.reward import spacy_model
+
+        t0 = time.perf_counter()
+        spacy_model()
+        spacy_load_s = time.perf_counter() - t0
     try:
         data = _prepare(name, args, tmp)
         env = make_env(name, data, SPLITS[name])
@@ -114,6 +167,9 @@ def bench(name: str, args, tmp: str) -> dict:
     target = TARGETS_MS[name]
     result["target_step_ms"] = target
     result["step_ratio"] = result["single"]["step_median_ms"] / target
+    if name == "webshop":
+        result["buy"] = webshop_buy_steps(lambda: make_env(name, data, SPLITS[name]), args.episodes)
+        result["buy"]["spacy_load_s"] = spacy_load_s
     return result
 
 
@@ -134,6 +190,17 @@ def report(results: list[dict]) -> str:
     lines.append("step med/p90: wall ms per env.step; cpu: process CPU ms per step (load-independent); reset: "
                  "first reset of a task (loads it); re-reset: a new episode of the loaded task; expert: "
                  "env.expert_action(). ratio = step median / target.")
+    for r in results:
+        b = r.get("buy")
+        if b:
+            lines.append(
+                f"webshop Buy Now step (reward; nouns by {b['noun_extractor']}, loaded once in "
+                f"{b['spacy_load_s']:.1f} s): first buy of a product {b['first_buy_median_ms']:.2f} ms "
+                f"({b['first_buy_cpu_median_ms']:.2f} cpu), repeat "
+                f"{b['repeat_buy_median_ms']:.2f} ms, cache emptied every buy {b['uncached_buy_median_ms']:.2f} ms "
+                f"(x{b['uncached_over_repeat']:.0f} of repeat), word filter {b['word_filter_buy_median_ms']:.2f} ms; "
+                f"all steps: mean {r['single']['step_mean_ms']:.2f} ms wall, {r['single']['step_cpu_mean_ms']:.2f} ms cpu "
+                f"vs target {r['target_step_ms']:.1f}")
     try:
         lines.append(f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs")
     except OSError:

@@ -21,7 +21,8 @@ query is accepted there) and one ``click[...]`` per clickable.
 
 Products, prices, goals and the search index are loaded once per data directory and shared by all
 envs built over it (``data.cached_data``, ``backend_for``); each env keeps only its own page state, so
-a rollout worker can host many. The oracle (``expert_action``) reads the goal's target asin and
+a rollout worker can host many. The reward's spaCy pipeline loads when the first env of a process is
+built, and the nouns of each title are tagged once per process (``reward.title_nouns``). The oracle (``expert_action``) reads the goal's target asin and
 options: it searches the instruction (without the price clause), pages to the target, falls back to
 searching the target's title when the target is not among the 50 results, clicks the goal's option
 values and buys.
@@ -33,7 +34,7 @@ from typing import Optional
 
 from environments.base import TaskState, TextEnv
 from environments.webshop.data import Goal, Product, WebShopData, cached_data, canonical_split
-from environments.webshop.reward import fuzzy_score, get_reward, normalize_color
+from environments.webshop.reward import fuzzy_score, get_reward, normalize_color, spacy_model
 from environments.webshop.search import SearchBackend, make_backend
 
 SEP = " [SEP] "
@@ -68,6 +69,8 @@ class WebShopEnv(TextEnv):
         self.goal_positions = data.split_indices(split)
         self.search = backend_for(data, search_backend)
         self.nouns = nouns
+        if nouns is None:  # load the reward's spaCy pipeline now (once per process), not inside an episode
+            spacy_model()
         self._reset_page_state()
 
     @classmethod

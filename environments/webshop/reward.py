@@ -20,6 +20,9 @@ Fuzzy matching (:func:`fuzzy_score`) is rapidfuzz's ``token_set_ratio`` behind t
 dropped (``"rosé"`` -> ``"ros"``), every other non-word character becomes a space (``"_"`` is a word
 character and stays inside a token), then lower-case and strip; the score is rounded to an integer.
 So ``"rosé"``/``"rose"`` scores 86 (> 85) as in WebShop, where rapidfuzz's own processor gives 75.
+The ratio itself is rapidfuzz's (Levenshtein InDel), i.e. thefuzz with python-Levenshtein; thefuzz
+0.19 without it falls back to difflib, whose scores differ on 18% of the attribute and option pairs
+of a generated 300-product catalog but decide > 85 the same on all 13,289 of them.
 
 Nouns for the title score: WebShop tags titles with spaCy's ``en_core_web_sm`` (NOUN/PROPN,
 lower-cased). The install provides that pipeline from the package registry as
