@@ -94,7 +94,15 @@ class LabelConfig:
     mode: str = doc("budget", "budget: the top rho of steps by KL are positive; threshold: KL >= kl_threshold.")
     rho: float = doc(0.25, "Share of steps labelled precision-sensitive in budget mode.")
     kl_threshold: float = doc(0.1, "KL threshold in threshold mode (nats).")
-    kl_space: str = doc("actions", "actions: KL over the admissible-action distribution; tokens: teacher-forced over the action tokens.")
+    kl_space: str = doc("actions", "actions: KL(HP || LP) over the admissible-action distribution, at the agent's acting "
+                                   "temperature when agent.temperature > 0 (the distribution it samples from); when it "
+                                   "acts greedily (0) at temperature 1, the models' own distributions, since the greedy "
+                                   "limit of the KL is degenerate (0 or infinite): greedy_flip is that limit; "
+                                   "greedy_flip: a step is positive exactly where the two tiers' greedy (argmax) actions "
+                                   "differ (the acting rule at temperature 0; label.mode, rho and kl_threshold are then "
+                                   "unused; the rows' kl field still holds the actions KL); tokens: teacher-forced over "
+                                   "the action tokens (temperature 1). Action scores are length-normalised when the "
+                                   "agent acts on them that way (its agent_config.json), as the rollout KL is.")
 
 
 @dataclass
@@ -103,7 +111,11 @@ class SFTConfig:
     lr: float = doc(3e-4, "Adam learning rate.")
     batch_size: int = doc(64, "Minibatch size.")
     soft_targets: bool = doc(False, "Train on KL-derived soft targets instead of hard labels.")
-    holdout: float = doc(0.2, "Share of episodes held out for precision/recall/AUROC.")
+    holdout: float = doc(0.2, "Share of TASKS held out for precision/recall/AUROC (all episodes of a held-out task: a "
+                              "task replayed by several collected episodes never sits on both sides).")
+    pos_weight: float = doc(0.0, "Weight of the positive (HP) class in the BCE. 0 (auto): from the label balance of the "
+                                 "training steps, negatives / positives (1 when there are none); 1: unweighted; any "
+                                 "other positive value: that weight. Recorded in sft_metrics.json.")
     num_learners: int = doc(0, "RLlib learners (0: in the driver process).")
 
 
@@ -117,6 +129,11 @@ class GRPOConfig:
     kl_coef: float = doc(0.05, "Weight of the KL penalty to the stage-1 router.")
     hp_cost: float = doc(0.3, "lambda: reward = success - hp_cost * HP share of steps.")
     hp_budget: float = doc(-1.0, "If >= 0, hinge variant: penalise only the HP share above this budget.")
+    adv_norm: str = doc("group_mean", "Advantage normalisation: group_mean (Dr. GRPO: reward minus its task group's mean), "
+                                      "group_std (also divided by the group's std, as verl's GRPO), batch_std (group "
+                                      "mean subtracted, divided by the batch's std). group_mean is the default because "
+                                      "with group_std an all-success (or all-fail) group's advantages, which differ only "
+                                      "by lambda x HP share, are rescaled to unit size, so lambda has no effect there.")
     epochs_per_iter: int = doc(2, "Update epochs over each iteration's batch.")
     checkpoint_every: int = doc(2, "Checkpoint every K iterations.")
     lambda_sweep: list = doc([], "dmr run: extra GRPO routers trained at these lambdas (hp_cost) beside the main one, each "
@@ -183,7 +200,8 @@ CHOICES = {
     ("env", "name"): ("alfworld", "webshop"),
     ("agent", "action_mode"): ("score", "generate"),
     ("label", "mode"): ("budget", "threshold"),
-    ("label", "kl_space"): ("actions", "tokens"),
+    ("label", "kl_space"): ("actions", "tokens", "greedy_flip"),
+    ("grpo", "adv_norm"): ("group_mean", "group_std", "batch_std"),
     ("collect", "policy"): ("hp", "lp", "mixed"),
     ("hp", "dtype"): ("float32", "bfloat16", "float16"),
     ("lp", "dtype"): ("float32", "bfloat16", "float16"),
@@ -193,6 +211,7 @@ CHOICES = {
 RANGES = {
     ("label", "rho"): (0.0, 1.0),
     ("sft", "holdout"): (0.0, 0.9),
+    ("sft", "pos_weight"): (0.0, 1e6),
     ("grpo", "clip_eps"): (0.0, 1.0),
     ("router", "threshold"): (0.0, 1.0),
     ("eval", "causal_flag_share"): (0.0, 0.9),

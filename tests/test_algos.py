@@ -8,7 +8,7 @@ import sys
 import numpy as np
 import pytest
 
-from dmr_rl.algos.grpo import broadcast_to_steps, episode_rewards, group_advantages
+from dmr_rl.algos.grpo import ADV_NORMS, broadcast_to_steps, episode_rewards, group_advantages
 from dmr_rl.algos.kl_labels import (budget_cut, kl_categorical, kl_token_distributions, label_by_budget,
                                     label_by_threshold, label_steps, soft_targets)
 from dmr_rl.algos.router_losses import auroc, classification_metrics
@@ -160,6 +160,37 @@ def test_group_advantages_normalise_within_groups():
     adv_eps, _ = group_advantages([0.0, 1.0], [0, 0], eps=1e-6)
     assert adv_eps[1] == pytest.approx(0.5 / (math.sqrt(0.5) + 1e-6))
     assert broadcast_to_steps([1.5, -2.0], [2, 3]).tolist() == [1.5, 1.5, -2.0, -2.0, -2.0]
+
+
+def test_all_success_group_advantages_scale_with_lambda():
+    """The issue's inert-lambda case: every rollout of the task succeeds, rewards differ only by
+    lambda x HP share. group_std turns that into the same unit advantages for any lambda;
+    group_mean (Dr. GRPO) keeps them proportional to lambda; batch_std keeps lambda's weight
+    against a mixed group's success difference."""
+    share = np.array([0.1, 0.3, 0.5, 0.7])
+    success = np.ones(4)
+    out = {}
+    for lam in (0.01, 0.3, 3.0):
+        r = episode_rewards(success, share, hp_cost=lam)
+        out[lam] = {mode: group_advantages(r, [0] * 4, mode=mode, eps=0.0)[0] for mode in ADV_NORMS}
+    # group_std: identical for every lambda (lambda inert)
+    np.testing.assert_allclose(out[0.01]["group_std"], out[3.0]["group_std"], rtol=1e-9)
+    # group_mean: -lambda * (share - mean share), so it scales with lambda
+    for lam in (0.01, 0.3, 3.0):
+        np.testing.assert_allclose(out[lam]["group_mean"], -lam * (share - share.mean()), atol=1e-12)
+    assert out[3.0]["group_mean"][0] == pytest.approx(10 * out[0.3]["group_mean"][0])
+    # batch_std: beside a mixed group (one success of two), the all-success group's advantages
+    # grow with lambda relative to the mixed group's
+    ratios = []
+    for lam in (0.01, 0.3, 3.0):
+        r = np.concatenate([episode_rewards(success, share, lam), episode_rewards([1, 0], [0.2, 0.2], lam)])
+        adv, _ = group_advantages(r, [0, 0, 0, 0, 1, 1], mode="batch_std", eps=0.0)
+        ratios.append(abs(adv[0]) / abs(adv[4]))
+    assert ratios == pytest.approx([0.6 * lam for lam in (0.01, 0.3, 3.0)])  # |-lam * -.3| / .5
+    # the older flag still maps onto the modes; an unknown mode is refused
+    np.testing.assert_allclose(group_advantages([1.0, 0.0], [0, 0], normalize_std=False)[0], [0.5, -0.5])
+    with pytest.raises(ValueError, match="group_std"):
+        group_advantages([1.0, 0.0], [0, 0], mode="std")
 
 
 def _hand_case():

@@ -42,6 +42,7 @@ def synthetic_labelled_rows(n_eps=60, T=8, seed=0):
             obs = "You see " + " ".join(ws) + "."
             kl = float(rng.exponential(0.5) + (2.0 if crit else 0.0))
             rows.append({"episode_id": f"ep{e}", "step": t, "task": "put a mug in the fridge",
+                         "task_index": e // 2,  # every task collected twice, as a replaying collection does
                          "obs": obs, "history": [list(h) for h in hist], "kl": kl, "label": int(crit)})
             hist.append((f"go to {rng.choice(WORDS)} 1", obs))
     return rows
@@ -56,7 +57,15 @@ def test_sft_reaches_auroc_on_holdout_and_saves_a_loadable_router(tmp_path):
     assert len(read_labelled_steps(path)) == 480
     cfg = load_config(None, ["sft.epochs=8", "sft.lr=1e-3", "sft.batch_size=32", "sft.holdout=0.25"])
     res = fit(cfg, path, tmp_path / "router", log_dir=str(tmp_path / "tb"), progress=False)
-    assert res["n_holdout_episodes"] == 15 and res["n_train_episodes"] == 45
+    # the holdout is 25% of the 30 TASKS, each with both of its episodes
+    assert res["n_holdout_tasks"] == 8 and res["n_train_tasks"] == 22
+    assert res["n_holdout_episodes"] == 16 and res["n_train_episodes"] == 44
+    # BCE's positive weight from the training labels' balance (sft.pos_weight = 0: auto)
+    from dmr_rl.pipeline.train_sft import split_by_task
+
+    train, _ = split_by_task(read_labelled_steps(path), 0.25, seed=cfg.seed)
+    pos = sum(r["label"] for r in train)
+    assert res["pos_weight"] == pytest.approx((len(train) - pos) / pos) and res["pos_weight"] > 1.5
     assert res["holdout"]["auroc"] >= 0.9, res["history"]
     assert res["history"][0]["auroc"] < res["holdout"]["auroc"]  # it learned, it did not start there
     # the saved router reproduces the held-out ranking on fresh contexts
@@ -67,6 +76,20 @@ def test_sft_reaches_auroc_on_holdout_and_saves_a_loadable_router(tmp_path):
     assert d.p_hp[0] > d.p_hp[1]
     assert json.loads((tmp_path / "router" / "sft_metrics.json").read_text())["holdout"]["auroc"] >= 0.9
     assert {"sft/loss", "sft/auroc", "sft/precision", "sft/recall", "time/update"} <= _scalar_tags(tmp_path / "tb")
+
+
+def test_split_by_task_keeps_every_task_on_one_side():
+    from dmr_rl.pipeline.train_sft import balance_pos_weight, split_by_task
+
+    rows = synthetic_labelled_rows(n_eps=20, T=2)
+    train, hold = split_by_task(rows, 0.3, seed=1)
+    tr, ho = {r["task_index"] for r in train}, {r["task_index"] for r in hold}
+    assert not tr & ho and len(ho) == 3 and len(tr) == 7 and len(train) + len(hold) == len(rows)
+    # rows without task_index fall back to the task text: one task cannot be split
+    text_only = [{k: v for k, v in r.items() if k != "task_index"} for r in rows]
+    assert split_by_task(text_only, 0.3)[1] == []
+    assert balance_pos_weight([1, 0, 0, 0], 0.0) == 3.0 and balance_pos_weight([1, 0], 2.5) == 2.5
+    assert balance_pos_weight([0, 0], 0.0) == 1.0  # no positives: unweighted
 
 
 def test_labelled_steps_errors_name_file_line_and_field(tmp_path):

@@ -72,6 +72,13 @@ def test_label_different_models_marks_the_budget_share(alfworld_data, tiny_model
     cfg.label.kl_space = "tokens"
     tok = label.run(cfg, out_path=str(tmp_path / "tok.jsonl"), progress=False)
     assert tok["kl"]["mean"] > 0 and tok["steps"] == len(rows)
+    # greedy_flip: positives are exactly the steps whose two greedy actions differ; kl stays the actions KL
+    cfg.label.kl_space = "greedy_flip"
+    flip = label.run(cfg, out_path=str(tmp_path / "flip.jsonl"), progress=False)
+    frows = [json.loads(line) for line in open(flip["labelled_steps"])]
+    assert [r["kl"] for r in frows] == pytest.approx(kls.tolist())
+    assert sum(r["label"] for r in frows) == flip["positives"] == flip["greedy_flips"]
+    assert flip["mode"] == "greedy_flip" and flip["threshold"] is None and flip["kl_temperature"] == 1.0
 
 
 def test_collect_through_ray_actors_with_mixed_policy(ray_session, alfworld_data, tmp_path):
@@ -98,6 +105,26 @@ def test_label_rules_and_stats_by_hand():
     assert labels.tolist() == [0, 1, 1] and thr == 0.1
     s = kl_summary([1.0] * 19 + [81.0])
     assert s["top5_share"] == pytest.approx(81.0 / 100.0) and s["p50"] == 1.0 and s["mean"] == 5.0
+
+
+def test_label_kl_follows_the_acting_rule_by_hand():
+    from dmr_rl.models.backends.base import ActionScores
+    from dmr_rl.pipeline.label import action_kl_and_flip
+
+    # HP prefers action 0 by sum log-prob; per token (length-normalised) action 1 wins for HP
+    hp = ActionScores(np.array([-2.0, -3.0]), np.array([1, 3]))
+    lp = ActionScores(np.array([-3.0, -2.0]), np.array([1, 3]))
+    kl1, flip = action_kl_and_flip(hp, lp)
+    p = np.exp([-2.0, -3.0]) / np.exp([-2.0, -3.0]).sum()
+    assert kl1 == pytest.approx(float(np.sum(p * (np.log(p) - np.log(p[::-1])))))
+    assert flip == 1  # argmax 0 vs argmax 1
+    # length-normalised scores: HP [-2, -1], LP [-3, -2/3]: both pick action 1
+    kl_ln, flip_ln = action_kl_and_flip(hp, lp, length_normalised=True)
+    assert flip_ln == 0 and kl_ln > 0 and kl_ln != pytest.approx(kl1)
+    # a sampling agent at temperature 2: the KL of the tempered distributions (smaller here)
+    kl_t, _ = action_kl_and_flip(hp, lp, temperature=2.0)
+    q = np.exp([-1.0, -1.5]) / np.exp([-1.0, -1.5]).sum()
+    assert kl_t == pytest.approx(float(np.sum(q * (np.log(q) - np.log(q[::-1]))))) and kl_t < kl1
 
 
 def test_named_timers_accumulate_and_reach_tensorboard(tmp_path):

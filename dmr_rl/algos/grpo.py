@@ -4,9 +4,19 @@ Pipeline, in the spirit of verl's ``core_algos``:
 
 1. :func:`episode_rewards`: r = success (or WebShop score) - lambda * HP share of the episode's
    steps; hinge variant: r = success - lambda * max(0, share - budget).
-2. :func:`group_advantages`: within each task's group of G rollouts,
-   A = (r - mean_group) / (std_group + eps), std unbiased (``torch.std``, N-1), as in verl's
-   GRPO outcome advantage; a group whose rewards are all equal (or a group of one) gets A = 0.
+2. :func:`group_advantages`: within each task's group of G rollouts, one of ``ADV_NORMS``:
+   ``group_std``: A = (r - mean_group) / (std_group + eps), std unbiased (N-1), as in verl's GRPO
+   outcome advantage; ``group_mean`` (Dr. GRPO, Liu et al. 2025): A = r - mean_group, no std
+   division; ``batch_std``: A = (r - mean_group) / (std over the whole batch of r - mean_group
+   + eps). A group of one gets A = 0; a group whose rewards are all equal gets A = 0 in every mode.
+
+   Why it matters here: when all G rollouts of a task succeed (or all fail), rewards differ only
+   by lambda x HP share, and ``group_std`` rescales those differences to unit size, so lambda =
+   0.01, 0.3 and 3 give the same update on such groups (most groups, for a strong or a weak
+   agent). ``group_mean`` keeps the reward's units: an all-success group's advantages are
+   -lambda x (share - mean share), proportional to lambda, the same scale as a success
+   difference of 1 in a mixed group. ``batch_std`` keeps the ratio between groups but rescales
+   the whole batch (lambda's effect then depends on how many groups are mixed).
 3. :func:`broadcast_to_steps`: each step gets its episode's advantage.
 4. :func:`grpo_loss`: clipped-ratio policy gradient over the steps' decisions plus a KL
    penalty to the stage-1 (reference) router, averaged over valid steps ("token-mean": one
@@ -38,11 +48,20 @@ def episode_rewards(success, hp_share, hp_cost: float, hp_budget: Optional[float
     return s - hp_cost * np.maximum(0.0, h - hp_budget)
 
 
-def group_advantages(rewards, group_ids, eps: float = 1e-6, normalize_std: bool = True):
-    """Group-normalised advantages. rewards [N], group_ids [N] (hashable, e.g. task index).
+ADV_NORMS = ("group_std", "group_mean", "batch_std")
 
-    Returns (advantages [N] float64, metrics: adv_abs_mean, zero_std_groups, groups).
+
+def group_advantages(rewards, group_ids, eps: float = 1e-6, normalize_std: bool = True,
+                     mode: str | None = None):
+    """Group-relative advantages. rewards [N], group_ids [N] (hashable, e.g. task index).
+
+    ``mode`` in ADV_NORMS (see the module docstring); None: ``group_std`` when
+    ``normalize_std`` else ``group_mean`` (the older flag). Returns (advantages [N] float64,
+    metrics: adv_abs_mean, zero_std_groups, groups).
     """
+    mode = mode or ("group_std" if normalize_std else "group_mean")
+    if mode not in ADV_NORMS:
+        raise ValueError(f"advantage normalisation must be one of {ADV_NORMS}, got {mode!r}")
     r = np.asarray(rewards, dtype=np.float64).reshape(-1)
     g = np.asarray(group_ids).reshape(-1)
     if r.shape != g.shape:
@@ -57,7 +76,9 @@ def group_advantages(rewards, group_ids, eps: float = 1e-6, normalize_std: bool 
         if len(x) < 2 or std < 1e-12:
             zero += 1
             continue
-        adv[idx] = (x - x.mean()) / (std + eps) if normalize_std else x - x.mean()
+        adv[idx] = (x - x.mean()) / (std + eps) if mode == "group_std" else x - x.mean()
+    if mode == "batch_std" and len(adv) > 1:
+        adv = adv / (float(np.std(adv, ddof=1)) + eps)
     return adv, {"adv_abs_mean": float(np.abs(adv).mean()) if len(adv) else 0.0,
                  "zero_std_groups": zero, "groups": len(uniq)}
 

@@ -134,8 +134,8 @@ def check_learner_group(learner_group, stage: str, lr: float, **loss_kwargs) -> 
     if abs(float(cfg.lr) - float(lr)) > 1e-12:
         raise ValueError(f"the LearnerGroup passed in has lr={cfg.lr}, the config asks for {lr}")
     for k, v in loss_kwargs.items():
-        if k in have and have[k] != v:
-            raise ValueError(f"the LearnerGroup passed in has {k}={have[k]}, the config asks for {v}")
+        if have.get(k) != v:  # a setting the group was built without is a mismatch too
+            raise ValueError(f"the LearnerGroup passed in has {k}={have.get(k)}, the config asks for {v}")
 
 
 def make_batch(columns: dict):

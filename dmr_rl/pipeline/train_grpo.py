@@ -11,7 +11,7 @@ Passing the weights on every call is how new weights reach the workers each iter
 
 Per iteration: pick ``grpo.tasks_per_iter`` tasks; roll out G per task; reward = success (the
 episode's ``won``, or ``score`` for WebShop) minus the HP-share cost (``grpo.hp_cost``, hinge when
-``grpo.hp_budget`` >= 0); advantages normalised within each task's group; one batch row per
+``grpo.hp_budget`` >= 0); advantages relative to each task's group (``grpo.adv_norm``); one batch row per
 step (features, tier, recorded log-prob, the reference = stage-1 router's logit, the episode's
 advantage); ``grpo.epochs_per_iter`` LearnerGroup updates; new weights. Checkpoint every
 ``grpo.checkpoint_every`` iterations and after the last one:
@@ -44,9 +44,10 @@ def episode_success(ep, use_score: bool) -> float:
 
 
 def build_grpo_batch(episodes: list, ref_router, features, hp_cost: float, hp_budget: float,
-                     use_score: bool = False):
+                     use_score: bool = False, adv_norm: str = "group_mean"):
     """Rewards, group advantages and the per-step batch columns for one iteration.
 
+    ``adv_norm``: how advantages are normalised (``dmr_rl.algos.grpo.ADV_NORMS``).
     Returns (columns dict of numpy arrays, info dict: success, hp_ratio, reward means, adv
     metrics). Raises ValueError naming the episode and step when a step lacks a recorded
     router log-prob or tier.
@@ -59,7 +60,7 @@ def build_grpo_batch(episodes: list, ref_router, features, hp_cost: float, hp_bu
     success = np.array([episode_success(ep, use_score) for ep in episodes])
     hp_share = np.array([ep.hp_ratio for ep in episodes])
     rewards = episode_rewards(success, hp_share, hp_cost, hp_budget)
-    adv, adv_m = group_advantages(rewards, [ep.task_index for ep in episodes])
+    adv, adv_m = group_advantages(rewards, [ep.task_index for ep in episodes], mode=adv_norm)
     ctxs, actions, old_lp = [], [], []
     for ep in episodes:
         ctxs += contexts_from_episode(ep)
@@ -197,7 +198,7 @@ def fit(cfg, rollout_fn: Callable, out_dir, *, num_tasks: int, init_router: Opti
                 episodes = rollout_fn(policy.get_weights(), tasks, g.group_size, seed)
             with timers("batch"):
                 columns, info = build_grpo_batch(episodes, ref, policy.features, g.hp_cost,
-                                                 g.hp_budget, use_score=use_score)
+                                                 g.hp_budget, use_score=use_score, adv_norm=g.adv_norm)
             with timers("update"):
                 m = update_metrics(lg.update(batch=make_batch(columns), num_epochs=g.epochs_per_iter,
                                              minibatch_size=minibatch_size or info["steps"],
@@ -219,6 +220,10 @@ def fit(cfg, rollout_fn: Callable, out_dir, *, num_tasks: int, init_router: Opti
                 with timers("checkpoint"):
                     save_checkpoint(out, it, lg, policy, rng, history)
         policy.save(out / "router")
+        from dmr_rl.pipeline.train_sft import annotate_router
+
+        annotate_router(out / "router", stage="grpo", hp_cost=g.hp_cost, hp_budget=g.hp_budget,
+                        adv_norm=g.adv_norm, iteration=history[-1]["iteration"] if history else start - 1)
         if writer:
             writer.close()
         return {"history": history, "iteration": history[-1]["iteration"] if history else start - 1,
@@ -246,7 +251,8 @@ def run(cfg, *, init: Optional[str] = None, out_dir=None, resume: bool = False, 
     out.mkdir(parents=True, exist_ok=True)
     save_config(cfg, out / "config.yaml")
     (out / "grpo.json").write_text(json.dumps({"stage": "grpo", "hp_cost": cfg.grpo.hp_cost,
-                                               "hp_budget": cfg.grpo.hp_budget, "init": init}))
+                                               "hp_budget": cfg.grpo.hp_budget, "adv_norm": cfg.grpo.adv_norm,
+                                               "init": init}))
     router = ({"name": "transformer", "kwargs": {"path": init, "num_threads": 1}} if init else
               {"name": "transformer", "kwargs": {"config": cfg.router, "seed": cfg.seed, "num_threads": 1}})
     group = clients = None

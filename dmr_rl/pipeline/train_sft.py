@@ -4,7 +4,7 @@ Labelled-steps file (written by ``dmr label``, read here): JSON Lines, one objec
 single ``.jsonl`` file or a directory of ``*.jsonl`` shards. Fields:
 
 ==============  ========  ===========================================================
-episode_id      str       the EpisodeRecord's id (train/holdout split is by episode)
+episode_id      str       the EpisodeRecord's id
 step            int       step index within the episode (the router's step feature)
 task            str       the task text (StepContext.task)
 obs             str       the observation at this step (StepContext.obs)
@@ -15,7 +15,7 @@ label           int       1 = precision-sensitive (route HP), 0 = not
 target          float     soft target in [0, 1] (used when sft.soft_targets; default: label)
 admissible      list      admissible actions (kept for reference, not a router feature)
 task_type       str       task family type
-task_index      int       the task's index in its split
+task_index      int       the task's index in its split (train/holdout split is by task: this, else ``task``)
 tier            int       who acted while collecting (1 HP, 0 LP)
 lp_hidden       list      the LP model's last hidden state (needed when router.features=lp_hidden)
 ==============  ========  ===========================================================
@@ -23,7 +23,8 @@ lp_hidden       list      the LP model's last hidden state (needed when router.f
 :func:`step_row` builds one such object from an EpisodeRecord step; :func:`write_labelled_steps`
 and :func:`read_labelled_steps` write and read (and validate) the file.
 
-:func:`fit` splits by episode, trains for ``sft.epochs`` (each epoch one pass in minibatches of
+:func:`fit` splits by task (:func:`split_by_task`), weighs the positive class
+(``sft.pos_weight``, by default negatives / positives of the training labels), trains for ``sft.epochs`` (each epoch one pass in minibatches of
 ``sft.batch_size``), evaluates on the held-out episodes (precision / recall at
 ``router.threshold`` and at the label rate, AUROC), logs TensorBoard scalars (sft/loss,
 sft/auroc, sft/precision, sft/recall, time/...) and saves the router (``router.pt`` +
@@ -114,17 +115,43 @@ def read_labelled_steps(path) -> list:
     return rows
 
 
-def split_by_episode(rows: list, holdout: float, seed: int = 0):
-    """(train rows, holdout rows): whole episodes go to one side; at least one episode each
-    when there are two or more episodes and ``holdout`` > 0."""
-    episodes = list(dict.fromkeys(r["episode_id"] for r in rows))
+def _task_key(row: dict):
+    """The task a labelled step belongs to: its ``task_index``, else its task text."""
+    return ("index", int(row["task_index"])) if isinstance(row.get("task_index"), int) else ("text", row["task"])
+
+
+def split_by_task(rows: list, holdout: float, seed: int = 0):
+    """(train rows, holdout rows): whole TASKS go to one side (every episode and step of a held-out
+    task), so a task replayed by several collected episodes, identical under a greedy agent on a
+    deterministic environment, never sits on both sides; at least one task each when there are
+    two or more tasks and ``holdout`` > 0."""
+    tasks = sorted(set(_task_key(r) for r in rows), key=repr)
     rng = np.random.default_rng(seed)
-    order = [episodes[i] for i in rng.permutation(len(episodes))]
+    order = [tasks[i] for i in rng.permutation(len(tasks))]
     n_hold = int(round(holdout * len(order)))
     if holdout > 0 and len(order) >= 2:
         n_hold = min(max(n_hold, 1), len(order) - 1)
     held = set(order[:n_hold])
-    return [r for r in rows if r["episode_id"] not in held], [r for r in rows if r["episode_id"] in held]
+    return ([r for r in rows if _task_key(r) not in held], [r for r in rows if _task_key(r) in held])
+
+
+def balance_pos_weight(targets, setting: float) -> float:
+    """The BCE's positive-class weight: ``setting`` when > 0; 0 (auto): negatives / positives of
+    ``targets`` [N] (targets >= 0.5 count as positive), 1.0 when either class is absent."""
+    if setting > 0:
+        return float(setting)
+    y = np.asarray(targets, dtype=np.float64) >= 0.5
+    pos, neg = int(y.sum()), int((~y).sum())
+    return float(neg / pos) if pos and neg else 1.0
+
+
+def annotate_router(directory, **facts) -> None:
+    """Add training facts (``stage``, GRPO's ``hp_cost``...) to a saved router's ``router.json``,
+    where evaluation reads them (the router itself ignores extra keys)."""
+    path = Path(directory) / "router.json"
+    meta = json.loads(path.read_text())
+    meta.update(facts)
+    path.write_text(json.dumps(meta, indent=1))
 
 
 def _features(extractor, rows: list) -> dict:
@@ -178,7 +205,7 @@ def fit(cfg, labelled_path, out_dir, *, log_dir: Optional[str] = None, learner_g
     try:
         with timers("load"):
             rows = read_labelled_steps(labelled_path)
-            train_rows, hold_rows = split_by_episode(rows, sft.holdout, seed=cfg.seed)
+            train_rows, hold_rows = split_by_task(rows, sft.holdout, seed=cfg.seed)
             if not train_rows:
                 raise DataError(f"{labelled_path}: no training steps after the holdout split")
             overrides = {}
@@ -199,14 +226,15 @@ def fit(cfg, labelled_path, out_dir, *, log_dir: Optional[str] = None, learner_g
                 targets = np.array([r["label"] for r in train_rows], dtype=np.float32)
             columns = dict(train_x, targets=targets, weights=np.ones(len(targets), np.float32))
             batch = make_batch(columns)
+            pos_weight = balance_pos_weight(targets, sft.pos_weight)
         with timers("build_learners"):
             # (a LearnerGroup's truth value is its remote-learner count: test against None)
             if learner_group is not None:
-                check_learner_group(learner_group, "sft", sft.lr)
+                check_learner_group(learner_group, "sft", sft.lr, pos_weight=pos_weight)
                 lg = learner_group
             else:
                 lg = build_learner_group(ncfg, "sft", num_learners=sft.num_learners, lr=sft.lr,
-                                         seed=cfg.seed)
+                                         seed=cfg.seed, pos_weight=pos_weight)
             reset_learner_group(lg, router.get_weights())  # same start whether built or reused
         writer = SummaryWriter(log_dir) if log_dir else None
         every = eval_every or max(1, sft.epochs // 10)
@@ -234,11 +262,14 @@ def fit(cfg, labelled_path, out_dir, *, log_dir: Optional[str] = None, learner_g
             router.set_weights(router_weights(lg))
             out = Path(out_dir)
             router.save(out)
+            annotate_router(out, stage="sft")
         timers.log(writer, sft.epochs)
         result = {"holdout": hold_m, "train": train_m, "history": history,
                   "n_train_steps": len(train_rows), "n_holdout_steps": len(hold_rows),
                   "n_train_episodes": len({r["episode_id"] for r in train_rows}),
                   "n_holdout_episodes": len({r["episode_id"] for r in hold_rows}),
+                  "n_train_tasks": len({_task_key(r) for r in train_rows}),
+                  "n_holdout_tasks": len({_task_key(r) for r in hold_rows}), "pos_weight": pos_weight,
                   "label_rate": float(np.mean([r["label"] for r in rows])),
                   "epochs": sft.epochs, "router_dir": str(out), "time": timers.as_dict()}
         (out / "sft_metrics.json").write_text(json.dumps(result, indent=1, default=float))

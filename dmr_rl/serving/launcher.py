@@ -142,6 +142,8 @@ def create_model_servers(tier: str, tier_cfg, backend_spec, cpus: float = SERVER
             opts["resources"] = {str(k): float(v) for k, v in tier_cfg.resources.items()}
         if pg is not None:
             opts["scheduling_strategy"] = PlacementGroupSchedulingStrategy(pg, placement_group_bundle_index=i)
+        if getattr(tier_cfg, "python", ""):  # e.g. the vLLM side virtualenv's interpreter
+            opts["runtime_env"] = {"py_executable": os.path.abspath(tier_cfg.python)}
         handles.append(actor_cls.options(**opts).remote(tier, i, backend_spec, tier_cfg.max_batch_size,
                                                         tier_cfg.max_wait_ms))
     client = TierClient(tier, handles, offset=offset)
