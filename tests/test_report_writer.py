@@ -163,15 +163,26 @@ def test_report_refuses_methods_on_different_tasks(run_dir, tmp_path):
         write(copy, n_boot=50, tensorboard=False)
 
 
+def test_baseline_point_matched_by_the_evaluation_is_preferred():
+    from dmr_rl.report.tables import _nearest
+
+    pts = {"ratio0.300": {"params": {"matched_to": ["grpo/r0.30"]}, "hp_ratio": 0.33},
+           "ratio0.310": {"params": {}, "hp_ratio": 0.31}}
+    assert _nearest(pts, 0.31, "grpo/r0.30") == "ratio0.300"  # the evaluation's match for this point
+    assert _nearest(pts, 0.31, "router/r0.30") == "ratio0.310"  # no match recorded: nearest
+
+
 def test_lambda_sweep_table():
     from dmr_rl.report.tables import _lambda_sweep
 
-    def pt(lam, hp, point="sampled"):
-        return {point: {"params": {"kind": "router", "hp_cost": lam}, "router": True, "hp_ratio": hp,
+    def pt(lam, hp, point="sampled", kind="lambda_sweep"):
+        return {point: {"params": {"kind": kind, "hp_cost": lam, "sampled": point == "sampled"},
+                        "sampled": point == "sampled", "router": kind == "router", "hp_ratio": hp,
                         "hp_ratio_ci": [hp - 0.01, hp + 0.01], "success_mean": 0.5, "success_ci": [0.4, 0.6]}}
-    methods = {"grpo_l0.1": pt(0.1, 0.4), "grpo_l1": pt(1.0, 0.1), "grpo_l0.3": pt(0.3, 0.2)}
+    methods = {"grpo_l0.1": pt(0.1, 0.4), "grpo_l1": pt(1.0, 0.1), "grpo": {**pt(0.3, 0.2, kind="router"),
+                                                                          **pt(0.3, 0.25, "r0.25", "router")}}
     sweep = _lambda_sweep(methods)
-    assert [r["hp_cost"] for r in sweep["rows"]] == [0.1, 0.3, 1.0]
+    assert [(r["hp_cost"], r["method"]) for r in sweep["rows"]] == [(0.1, "grpo_l0.1"), (0.3, "grpo"), (1.0, "grpo_l1")]
     assert sweep["sampled_hp_falls_with_lambda"] is True
     methods["grpo_l1"] = pt(1.0, 0.3)
     assert _lambda_sweep(methods)["sampled_hp_falls_with_lambda"] is False

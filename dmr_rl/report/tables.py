@@ -72,13 +72,18 @@ def _reference(methods: dict, name: str) -> Optional[dict]:
             "cost": p["cost"], "hp_ratio": p["hp_ratio"]}
 
 
-def _nearest(points: dict, x: float) -> str:
-    return min(points, key=lambda n: (abs(points[n]["hp_ratio"] - x), n))
+def _nearest(points: dict, x: float, target: str = "") -> str:
+    """The baseline point to compare with a router point at HP ratio ``x``: among the points the
+    evaluation matched to that router point (``matched_to`` in their params holds ``target`` =
+    "method/point"), else among all, the one nearest in HP ratio."""
+    pool = [n for n, p in points.items() if target and target in (p["params"].get("matched_to") or [])] or list(points)
+    return min(pool, key=lambda n: (abs(points[n]["hp_ratio"] - x), n))
 
 
 def _comparisons(methods: dict, tables: dict, n_boot: int, boot_seed: int) -> list:
     """Every router point against every baseline: random, first-k and cascade at their point
-    nearest in HP ratio (``matched``: within MATCH_TOL), LP-only and HP-only at their one point."""
+    matched to it by the evaluation, else nearest in HP ratio (``matched``: within MATCH_TOL),
+    LP-only and HP-only at their one point."""
     out = []
     for m, pts in methods.items():
         for p, rp in sorted(pts.items(), key=lambda kv: kv[1]["hp_ratio"]):
@@ -88,7 +93,7 @@ def _comparisons(methods: dict, tables: dict, n_boot: int, boot_seed: int) -> li
                 bpts = methods.get(b)
                 if not bpts:
                     continue
-                bp = _nearest(bpts, rp["hp_ratio"]) if b in NEAREST else next(iter(bpts))
+                bp = _nearest(bpts, rp["hp_ratio"], f"{m}/{p}") if b in NEAREST else next(iter(bpts))
                 c = M.paired_comparison(tables[(m, p)], tables[(b, bp)], n_boot, boot_seed)
                 x, bx = rp["hp_ratio"], bpts[bp]["hp_ratio"]
                 out.append({"method": m, "point": p, "vs": b, "vs_point": bp, "hp_ratio": x, "vs_hp_ratio": bx,
@@ -114,24 +119,25 @@ def _tradeoff(pts: dict, per_task: dict, m: str, weak: tuple, strong: tuple, n_b
 
 
 def _lambda_sweep(methods: dict) -> Optional[dict]:
-    """GRPO routers trained with different lambda (``hp_cost`` in their point params): per lambda
-    and point name, the HP ratio and success; and whether the sampled policy's HP ratio falls as
-    lambda rises. None unless two or more distinct lambdas were evaluated."""
+    """GRPO routers trained with different lambda (``hp_cost`` in their point params), each as its
+    sampled policy (what GRPO trains; a calibrated threshold point holds its HP ratio by design):
+    per router, lambda, HP ratio and success with CIs, and whether the HP ratio falls as lambda
+    rises (over distinct lambdas; routers sharing a lambda averaged). None unless two or more
+    distinct lambdas were evaluated."""
     rows = []
     for m, pts in methods.items():
         for p, v in pts.items():
             lam = v["params"].get("hp_cost")
-            if v["router"] and lam is not None:
+            if v["sampled"] and lam is not None:
                 rows.append({"hp_cost": float(lam), "method": m, "point": p, "hp_ratio": v["hp_ratio"],
                              "hp_ratio_ci": v["hp_ratio_ci"], "success": v["success_mean"],
                              "success_ci": v["success_ci"]})
-    if len({r["hp_cost"] for r in rows}) < 2:
+    lams = sorted({r["hp_cost"] for r in rows})
+    if len(lams) < 2:
         return None
-    rows.sort(key=lambda r: (r["point"] != "sampled", r["point"], r["hp_cost"], r["method"]))
-    sampled = sorted((r for r in rows if r["point"] == "sampled"), key=lambda r: r["hp_cost"])
-    falls = (all(b["hp_ratio"] < a["hp_ratio"] for a, b in zip(sampled, sampled[1:]))
-             if len({r["hp_cost"] for r in sampled}) >= 2 else None)
-    return {"rows": rows, "sampled_hp_falls_with_lambda": falls}
+    rows.sort(key=lambda r: (r["hp_cost"], r["method"]))
+    hp = [np.mean([r["hp_ratio"] for r in rows if r["hp_cost"] == lam]) for lam in lams]
+    return {"rows": rows, "sampled_hp_falls_with_lambda": bool(all(b < a for a, b in zip(hp, hp[1:])))}
 
 
 def _arm_summary(by_seed: dict, n_boot: int, boot_seed: int) -> dict:
@@ -204,7 +210,7 @@ def summarise(run_dir, n_boot: int = 2000, boot_seed: int = 0) -> dict:
         per_task = {k: M.per_task(t) for k, t in tables.items()}
         ref = ((WEAK, weak["point"]), (STRONG, strong["point"]))
         for m, pts in methods.items():
-            if m not in (WEAK, STRONG):
+            if m not in (WEAK, STRONG) and any(not p["sampled"] for p in pts.values()):
                 tradeoff[m] = _tradeoff(pts, per_task, m, *ref, n_boot, boot_seed)
     kl_dirs = [layout.point_dir(run_dir, "kl_oracle", p) for p in loaded.get("kl_oracle", {})]
     return {
@@ -338,15 +344,15 @@ def markdown(results: dict, plots: Optional[list] = None) -> str:
     if sweep:
         falls = sweep["sampled_hp_falls_with_lambda"]
         lines += ["", "## GRPO lambda sweep", "",
-                  "Routers trained with different lambda (reward = success - lambda x HP share). The sampled "
-                  "policy is what GRPO trains; calibrated threshold points hold their HP ratio by design.", "",
-                  "| point | lambda | method | HP ratio | 95% CI | success | 95% CI |", "|---|---|---|---|---|---|---|"]
+                  "GRPO routers trained with different lambda (reward = success - lambda x HP share), each played "
+                  "as its sampled policy (what GRPO trains; calibrated threshold points hold their HP ratio by "
+                  "design).", "",
+                  "| lambda | router (sampled policy) | HP ratio | 95% CI | success | 95% CI |", "|---|---|---|---|---|---|"]
         for r in sweep["rows"]:
-            lines.append(f"| {r['point']} | {r['hp_cost']:g} | {r['method']} | {_f(r['hp_ratio'])} "
+            lines.append(f"| {r['hp_cost']:g} | {r['method']} | {_f(r['hp_ratio'])} "
                          f"| {_ci(r['hp_ratio_ci'])} | {_f(r['success'])} | {_ci(r['success_ci'])} |")
-        if falls is not None:
-            lines += ["", "The sampled policy's HP ratio " + ("falls" if falls else "does NOT fall")
-                      + " as lambda rises."]
+        lines += ["", "The sampled policy's HP ratio " + ("falls" if falls else "does NOT fall")
+                  + " as lambda rises."]
     c = results.get("causal")
     if c:
         lines += ["", "## Causal check: does per-step KL predict what matters?", "",
