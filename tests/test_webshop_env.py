@@ -23,7 +23,7 @@ def test_search_page_and_info(env):
     obs, info = env.reset(options={"task_index": 0})
     goal = env.goal
     assert obs == f"WebShop [SEP] Instruction: [SEP] {goal.instruction_text} [SEP] Search"
-    assert info["admissible_commands"] == ["search[<query>]"]
+    assert info["admissible_commands"] == [f"search[{instruction_query(goal)}]"]
     assert info["task"] == goal.instruction_text and info["task_type"] == goal.category
     assert info["step"] == 0 and not info["won"] and info["score"] == 0.0
     assert env.max_steps == 15 and isinstance(env, WebShopEnv) and env.name == "webshop"
@@ -74,7 +74,7 @@ def test_item_page_options_subpages_and_back(env):
     obs, _, _, _, info = env.step("click[< prev]")
     assert info["page"] == "results"
     obs, _, _, _, info = env.step("click[back to search]")
-    assert obs.startswith("WebShop [SEP] Instruction:") and info["admissible_commands"] == ["search[<query>]"]
+    assert obs.startswith("WebShop [SEP] Instruction:") and info["admissible_commands"][0].startswith("search[")
 
 
 def test_invalid_actions_count_and_never_crash(env):
@@ -210,8 +210,12 @@ def test_synthetic_goals_from_items_ins_v2(webshop_data):
     assert exact == 20 and sum(scores) / 20 >= 0.9
 
 
-def test_a_typed_search_is_valid_though_only_its_placeholder_is_listed(env):
+def test_the_listed_search_is_the_instruction_and_any_typed_search_is_valid(env):
     _, info = env.reset(options={"task_index": 0})
-    assert info["admissible_commands"] == ["search[<query>]"]
+    # "..., and price lower than 40.00 dollars" is cut: the listed search is the rest of the instruction
+    text = env.goal.instruction_text
+    assert ", and price lower than" in text
+    assert info["admissible_commands"] == [f"search[{text[:text.index(', and price lower than')]}]"]
+    assert info["admissible_commands"] == [f"search[{env.expert_query()}]"]  # what the oracle types first
     _, _, _, _, info = env.step("search[anything at all]")
     assert not info["invalid"] and info["page"] == "results"

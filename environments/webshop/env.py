@@ -16,8 +16,10 @@ the page has a search bar, else ``click[<clickable>]``):
 ``click[buy now]`` ends the episode with WebShop's reward (``reward.get_reward``); ``won`` means a
 reward of 1. Any other command (unknown element, search without a search bar, malformed text) returns
 ``Invalid action! ...`` followed by the current page, counts as a step and leaves the page unchanged;
-``info["invalid"]`` says so. ``admissible_commands`` lists ``search[<query>]`` on the search page (any
-query is accepted there) and one ``click[...]`` per clickable.
+``info["invalid"]`` says so. ``admissible_commands`` lists one ``click[...]`` per clickable and, on the
+search page, one concrete search: ``search[<the instruction without its price clause>]``, so an agent
+that scores the listed actions (score mode) has a search to choose; any other query typed there is
+accepted as well.
 
 Products, prices, goals and the search index are loaded once per data directory and shared by all
 envs built over it (``data.cached_data``, ``backend_for``); each env keeps only its own page state, so
@@ -233,10 +235,14 @@ class WebShopEnv(TextEnv):
         return SEP.join(parts)
 
     def _state_now(self) -> TaskState:
-        commands = ["search[<query>]"] if self.page == "search" else [f"click[{c}]" for c in self._clickables()]
+        commands = [self.search_action()] if self.page == "search" else [f"click[{c}]" for c in self._clickables()]
         return TaskState(obs=self._observation(), admissible_commands=commands, task_type=self.goal.category,
                          task=self.goal.instruction_text,
                          invalid=False, extra={"page": self.page if self.page != "sub" else self.sub_page})
+
+    def search_action(self) -> str:
+        """The search page's listed action: the instruction (without its price clause) as the query."""
+        return f"search[{instruction_query(self.goal)}]"
 
     # ---- the oracle ----------------------------------------------------------------------------
     def expert_query(self) -> str:
