@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from dmr_rl.errors import ActorError
+from dmr_rl.errors import USER_ERRORS, ActorError
 from dmr_rl.rollout.records import TrajectoryStore
 from dmr_rl.rollout.worker import summarise_episodes
 
@@ -28,8 +28,11 @@ def worker_alive(group, i: int, timeout_s: float = READY_TIMEOUT_S) -> bool:
     import ray
     from ray.exceptions import GetTimeoutError, RayActorError
 
+    from dmr_rl.serving.clients import actor_back
+
+    if not actor_back(group.workers[i], timeout_s):
+        return False
     try:
-        ray.get(group.workers[i].ready.remote(), timeout=timeout_s)
         for method, value in group.pushed():
             ray.get(getattr(group.workers[i], method).remote(value), timeout=timeout_s)
         return True
@@ -55,7 +58,7 @@ def run_with_recovery(group, tasks, draws, start, method, seed, sample, return_e
     """Summaries (one per finished share) of playing ``tasks`` (positions from ``start``) on the
     group's Ray workers, surviving worker deaths as described above."""
     import ray
-    from ray.exceptions import RayActorError
+    from ray.exceptions import RayActorError, RayTaskError
 
     owner: dict = {}
 
@@ -71,12 +74,17 @@ def run_with_recovery(group, tasks, draws, start, method, seed, sample, return_e
     shares = group.split(tasks, start)
     pending = [submit(i, pos, part) for i, (pos, part) in zip(live, shares) if part]
     out: list = []
+    server_notes: list = []  # the workers' model-server resends, one line per server at the end
     while pending:
         done, pending = ray.wait(pending, num_returns=1)
         i, pos, part = owner.pop(done[0])
         try:
             out.append(ray.get(done[0]))
-            group.take_notes(out[-1].pop("fault_notes", []))
+            server_notes += out[-1].pop("fault_notes", [])
+        except RayTaskError as e:  # a user-facing error inside the worker: its one line, not the remote traceback
+            if isinstance(getattr(e, "cause", None), USER_ERRORS):
+                raise e.cause.with_traceback(None) from None
+            raise
         except RayActorError:
             kept = finished_of(group.shard_path(i), call_id, pos)
             left = [(p, t) for p, t in zip(pos, part) if p not in kept]
@@ -100,7 +108,10 @@ def run_with_recovery(group, tasks, draws, start, method, seed, sample, return_e
                        f"{len(left)} replayed")
             if left:
                 pending.append(submit(target, [p for p, _ in left], [t for _, t in left]))
+            if progress and kept:
+                progress(len(kept))
             continue
         if progress:
             progress(out[-1]["episodes"])
+    group.take_notes(server_notes)
     return out

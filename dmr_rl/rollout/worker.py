@@ -79,7 +79,9 @@ class RolloutWorker:
 
     # ---- management ----------------------------------------------------------------------
     def ready(self) -> dict:
-        return {"worker": self.worker_index, "num_envs": len(self.envs), "shard": str(self.store.path),
+        import os
+
+        return {"worker": self.worker_index, "pid": os.getpid(), "num_envs": len(self.envs), "shard": str(self.store.path),
                 "num_tasks": self.envs.envs[0].num_tasks}
 
     def set_router(self, router) -> None:
@@ -164,7 +166,8 @@ class RolloutWorker:
                     finished.append(ep)
                     slot[i] = None
         summary = summarise_episodes(finished, time.perf_counter() - t0)
-        summary.update(worker=self.worker_index, shard=str(self.store.path), method=method)
+        summary.update(worker=self.worker_index, shard=str(self.store.path), method=method,
+                       fault_notes=[n for c in self.clients.values() for n in getattr(c, "drain_notes", list)()])
         if return_episodes:
             summary["episode_records"] = finished
         return summary

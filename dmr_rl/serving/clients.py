@@ -22,6 +22,7 @@ from dmr_rl.errors import ActorError
 from dmr_rl.serving.model_server import apportion_cost, make_backend
 
 CALLS = ("score_actions", "token_distributions", "generate")
+RESTART_TIMEOUT_S = 600.0  # how long a dying replica may take to come back (it reloads its model)
 
 
 @contextmanager
@@ -111,6 +112,27 @@ class LocalTierClient(_PlainCalls):
         pass
 
 
+def actor_back(handle, timeout_s: float) -> bool:
+    """Whether a Ray actor that failed a call answers again within ``timeout_s`` (Ray restarts
+    it while its ``max_restarts`` last; meanwhile calls fail with ActorUnavailableError). False:
+    it is dead for good, or did not come back in time."""
+    import ray
+    from ray.exceptions import ActorUnavailableError, GetTimeoutError, RayActorError
+
+    deadline = time.monotonic() + float(timeout_s)
+    while True:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            return False
+        try:
+            ray.get(handle.ready.remote(), timeout=left)
+            return True
+        except ActorUnavailableError:  # restarting
+            time.sleep(0.2)
+        except (RayActorError, GetTimeoutError):
+            return False
+
+
 class TierClient(_PlainCalls):
     """Load-balanced calls to the Ray model-server replicas of one tier."""
 
@@ -124,6 +146,9 @@ class TierClient(_PlainCalls):
         self._rr = itertools.count(self._offset)
         self._inflight: dict[int, list] = {i: [] for i in range(len(self.handles))}
         self._owner: dict = {}
+        self._calls: dict = {}  # ref -> (kind, args): what to send again if its replica dies
+        self.dead: set = set()  # replicas whose restarts are exhausted
+        self.notes: list = []  # {"tier", "replica", "outcome", "resent"} per request resent
         self.sent = [0] * len(self.handles)
 
     def __getstate__(self):  # in-flight bookkeeping is per process
@@ -151,41 +176,69 @@ class TierClient(_PlainCalls):
 
         for i, refs in self._inflight.items():
             if refs:
-                done, pending = ray.wait(refs, num_returns=len(refs), timeout=0)
-                self._inflight[i] = pending
-                for r in done:
-                    self._owner.pop(r, None)
+                _, pending = ray.wait(refs, num_returns=len(refs), timeout=0)
+                self._inflight[i] = pending  # (owner and call stay until get(): a failed one is resent)
         start = next(self._rr)
         n = len(self.handles)
-        order = [(start + k) % n for k in range(n)]
+        order = [(start + k) % n for k in range(n) if (start + k) % n not in self.dead]
         return min(order, key=lambda i: len(self._inflight[i]))
 
-    def _send(self, kind: str, *args):
-        i = self._pick()
+    def _send(self, kind: str, *args, replica: Optional[int] = None):
+        i = self._pick() if replica is None else replica
         ref = getattr(self.handles[i], kind).remote(*args)
         self._inflight[i].append(ref)
         self._owner[ref] = i
+        self._calls[ref] = (kind, args)
         self.sent[i] += 1
         return ref
 
     def get(self, ref, timeout_s: Optional[float] = None):
-        """Resolve a ``*_ref`` result; a dead or unreachable replica raises ActorError."""
+        """Resolve a ``*_ref`` result. Requests are pure, so one whose replica died is sent again:
+        to the same replica once Ray has restarted it, else to a live one (noted in ``notes``).
+        A replica that does not answer in time, or no replica left, raises ActorError."""
         import ray
         from ray.exceptions import GetTimeoutError, RayActorError
 
-        i = self._owner.get(ref, -1)
-        try:
-            return ray.get(ref, timeout=timeout_s)
-        except RayActorError as e:
+        while True:
+            cur = ref
+            i = self._owner.pop(cur, -1)
+            call = self._calls.pop(cur, None)
+            try:
+                return ray.get(cur, timeout=timeout_s)
+            except RayActorError as e:
+                if call is None:  # management calls (ready, cost) are not resent
+                    raise ActorError(f"model server of tier {self.tier!r} replica {i} died or is unreachable "
+                                     f"({type(e).__name__}: its node was lost or its process crashed)") from e
+                target, outcome = self._recover(i, e)
+                self.notes.append({"tier": self.tier, "replica": i, "outcome": outcome, "resent": 1})
+                ref = self._send(call[0], *call[1], replica=target)
+            except GetTimeoutError as e:
+                raise ActorError(f"model server of tier {self.tier!r} replica {i} did not answer "
+                                 f"within {timeout_s} s") from e
+            finally:
+                if i >= 0 and cur in self._inflight.get(i, []):
+                    self._inflight[i].remove(cur)
+
+    def _recover(self, i: int, error) -> tuple:
+        """After replica ``i`` failed a request: (replica to resend to, what happened). Waits for
+        Ray to restart it (``max_restarts``); restarts exhausted, another live replica; none left:
+        ActorError."""
+        if i >= 0 and i not in self.dead:
+            if actor_back(self.handles[i], RESTART_TIMEOUT_S):
+                return i, "restarted"
+            self.dead.add(i)
+        alive = [k for k in range(len(self.handles)) if k not in self.dead]
+        if not alive:
             raise ActorError(f"model server of tier {self.tier!r} replica {i} died or is unreachable "
-                             f"({type(e).__name__}: its node was lost or its process crashed)") from e
-        except GetTimeoutError as e:
-            raise ActorError(f"model server of tier {self.tier!r} replica {i} did not answer "
-                             f"within {timeout_s} s") from e
-        finally:
-            self._owner.pop(ref, None)
-            if i >= 0 and ref in self._inflight.get(i, []):
-                self._inflight[i].remove(ref)
+                             f"({type(error).__name__}: its node was lost or its process crashed) and no "
+                             f"replica of the tier is left (restarts exhausted)") from error
+        target = self._pick()
+        return target, f"restarts exhausted; resent to {self.tier}/{target}"
+
+    def drain_notes(self) -> list:
+        """The resend notes since the last call (and forget them)."""
+        out, self.notes = self.notes, []
+        return out
 
     # ---- calls ---------------------------------------------------------------------------
     def score_actions_ref(self, prompts, candidates):

@@ -29,6 +29,7 @@ from dmr_rl.serving.clients import LocalTierClient, TierClient
 
 SERVER_CPUS = 0.25  # CPU share reserved per model-server replica (scheduling only)
 WORKER_CPUS = 0.25  # CPU share reserved per rollout worker
+MAX_RESTARTS = 3  # default restarts per model server / rollout worker (cfg.ray.max_restarts)
 _UNIX_SOCKET_LIMIT = 100  # Ray's socket paths live under the temp dir; AF_UNIX allows ~107 bytes
 
 
@@ -121,9 +122,11 @@ def tier_placement_group(tier: str, tier_cfg, cpus: float = SERVER_CPUS, place_t
 
 def create_model_servers(tier: str, tier_cfg, backend_spec, cpus: float = SERVER_CPUS,
                          place_timeout_s: float = 60.0, ready_timeout_s: float = 600.0,
-                         offset: int = 0) -> TierClient:
+                         offset: int = 0, max_restarts: int = MAX_RESTARTS) -> TierClient:
     """Start ``tier_cfg.num_replicas`` ModelServer actors for one tier and wait until each has
-    loaded its backend. Returns the load-balancing TierClient over them."""
+    loaded its backend. Returns the load-balancing TierClient over them. Ray restarts a replica
+    that dies up to ``max_restarts`` times (on its placement-group bundle); the client resends
+    the requests it had in flight (:meth:`TierClient.get`)."""
     import ray
     from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
@@ -135,7 +138,7 @@ def create_model_servers(tier: str, tier_cfg, backend_spec, cpus: float = SERVER
     actor_cls = ray.remote(ModelServer)
     handles = []
     for i in range(tier_cfg.num_replicas):
-        opts = dict(num_cpus=cpus, max_restarts=0, max_concurrency=1000)
+        opts = dict(num_cpus=cpus, max_restarts=int(max_restarts), max_task_retries=0, max_concurrency=1000)
         if tier_cfg.num_gpus:
             opts["num_gpus"] = float(tier_cfg.num_gpus)
         if tier_cfg.resources:
@@ -167,14 +170,17 @@ def create_tier_clients(cfg, tiers=("hp", "lp"), local: bool = False, backend_sp
         if local:
             clients[tier] = LocalTierClient(tier, spec)
         else:
+            server_kw.setdefault("max_restarts", _max_restarts(cfg))
             clients[tier] = create_model_servers(tier, getattr(cfg, tier), spec, **server_kw)
     return clients
 
 
 # ---- rollout workers ------------------------------------------------------------------------
 def create_rollout_workers(n: int, worker_kwargs: dict, clients: dict, cpus: float = WORKER_CPUS,
-                           ready_timeout_s: float = 300.0) -> list:
-    """Start ``n`` RolloutWorker actors (worker i writes shard ``worker-<i>``) and wait for them."""
+                           ready_timeout_s: float = 300.0, max_restarts: int = MAX_RESTARTS) -> list:
+    """Start ``n`` RolloutWorker actors (worker i writes shard ``worker-<i>``) and wait for them.
+    Ray restarts a dead worker up to ``max_restarts`` times; its calls are not retried by Ray (the
+    RolloutGroup keeps the episodes it finished and replays only the rest)."""
     import ray
 
     from dmr_rl.rollout.worker import RolloutWorker
@@ -183,7 +189,7 @@ def create_rollout_workers(n: int, worker_kwargs: dict, clients: dict, cpus: flo
     handles = []
     for i in range(n):
         wclients = {t: (c.with_offset(i) if isinstance(c, TierClient) else c) for t, c in clients.items()}
-        handles.append(actor_cls.options(num_cpus=cpus, max_restarts=0).remote(
+        handles.append(actor_cls.options(num_cpus=cpus, max_restarts=int(max_restarts), max_task_retries=0).remote(
             worker_index=i, clients=wclients, **worker_kwargs))
     try:
         ray.get([h.ready.remote() for h in handles], timeout=ready_timeout_s)
@@ -206,8 +212,17 @@ def create_rollout_group(cfg, clients: dict, shard_dir, local: bool = False, num
     kwargs.update(worker_kw)
     if local:
         workers = [RolloutWorker(worker_index=i, clients=clients, **kwargs) for i in range(n)]
-        return RolloutGroup(workers, shard_dir, local=True)
-    return RolloutGroup(create_rollout_workers(n, kwargs, clients), shard_dir, local=False)
+        group = RolloutGroup(workers, shard_dir, local=True)
+        group.run_seed = int(cfg.seed)
+        return group
+    group = RolloutGroup(create_rollout_workers(n, kwargs, clients, max_restarts=_max_restarts(cfg)), shard_dir,
+                         local=False)
+    group.run_seed = int(cfg.seed)
+    return group
+
+
+def _max_restarts(cfg) -> int:
+    return int(getattr(cfg.ray, "max_restarts", MAX_RESTARTS))
 
 
 def shutdown_all(group=None, clients: Optional[dict] = None) -> None:
