@@ -47,10 +47,9 @@ def run_dir(tmp_path_factory):
                 eps = [_episode(rng, pw, ph, seed, i) for i in range(20)]
                 TrajectoryStore(layout.seed_dir(layout.point_dir(root, m, p), seed), "w0").append(eps)
                 written[(m, p, seed)] = eps
-    for arm, pw in (("flagged", 0.3), ("unflagged", 0.75)):
-        for seed in (0, 1, 2):
-            eps = [_episode(rng, pw, 0.7, seed, i, forced=[0, 1]) for i in range(20)]
-            TrajectoryStore(layout.seed_dir(layout.causal_dir(root) / arm, seed), "w0").append(eps)
+    for arm, pw in (("kl_flagged", 0.3), ("kl_unflagged", 0.75), ("reference", 0.8)):
+        eps = [_episode(rng, pw, 0.7, 0, i, forced=None if arm == "reference" else [0, 1]) for i in range(20)]
+        TrajectoryStore(layout.seed_dir(layout.causal_dir(root) / arm, 0), "w0").append(eps)
     TrajectoryStore(root / "labels", "w0").append([_episode(rng, 1, 1, 0, i, kl=True) for i in range(10)])
     return root, written
 
@@ -113,10 +112,11 @@ def test_report_files_and_numbers(run_dir):
     assert first < text.index("## Methods and operating points")
     assert "router t0.70" in text and "McNemar p=" in text
     # causal arms and the KL summary come from their directories
-    c = res["causal"]
-    assert c["arms"]["flagged"]["episodes"] == 60 and c["arms"]["flagged"]["forced_lp_per_episode"] == 2.0
-    assert c["unflagged_minus_flagged"]["success_diff"] == pytest.approx(
-        c["arms"]["unflagged"]["success_mean"] - c["arms"]["flagged"]["success_mean"])
+    c = res["causal"]["rows"]["kl"]
+    assert c["flagged"]["tasks"] == 20 and c["flagged"]["forced_steps"] == 40
+    arms = {a: TrajectoryStore.read(layout.seed_dir(layout.causal_dir(root) / f"kl_{a}", 0)) for a in ("flagged", "unflagged")}
+    assert c["unflagged_minus_flagged"]["diff_mean"] == pytest.approx(
+        np.mean([e.won for e in arms["unflagged"]]) - np.mean([e.won for e in arms["flagged"]]))
     assert res["kl"]["steps"] == sum(len(e.steps) for e in TrajectoryStore.read(root / "labels"))
     assert f"{r['t0.70']['success_mean']:.3f}" in text and "APGR" in text and "Causal check" in text
 

@@ -140,49 +140,13 @@ def _lambda_sweep(methods: dict) -> Optional[dict]:
     return {"rows": rows, "sampled_hp_falls_with_lambda": bool(all(b < a for a, b in zip(hp, hp[1:])))}
 
 
-def _arm_summary(by_seed: dict, n_boot: int, boot_seed: int) -> dict:
-    """One causal arm. Seeds hold different numbers of episodes here (the kept tasks differ), so
-    ``success`` is the pooled mean, the one its CI is about; ``success_mean`` is over seeds."""
-    agg = M.aggregate_seeds(by_seed, n_boot=n_boot, boot_seed=boot_seed)
-    eps = [e for s in sorted(by_seed) for e in by_seed[s]]
-    forced = [len(e.extra.get("forced_lp_steps", [])) for e in eps]
-    return {"success": float(M.per_episode_arrays(eps)["won"].mean()),
-            "success_mean": agg["success_rate_mean"], "success_std": agg["success_rate_std"],
-            "success_ci": agg["success_ci"], "score_mean": agg["mean_score_mean"],
-            "hp_ratio": agg["hp_ratio_mean"], "episodes": agg["episodes"],
-            "seeds": agg["seeds"], "forced_lp_per_episode": float(np.mean(forced)) if forced else 0.0}
-
-
-def _by_task(by_seed: dict) -> dict:
-    """{(seed, task_index): won} over an arm's episodes."""
-    return {(int(s), int(e.task_index)): bool(e.won) for s, eps in by_seed.items() for e in eps}
-
-
 def _causal(causal: Optional[dict], n_boot: int, boot_seed: int) -> Optional[dict]:
-    """Each arm's success, plus ``reference_same_tasks`` (the HP reference restricted to the tasks
-    the arms replayed: the reference over all tasks is not comparable, flagged tasks differ) and
-    the paired difference unflagged - flagged over (seed, task) pairs present in both arms."""
+    """The causal check's numbers (:mod:`dmr_rl.report.causal_stats`), None when it was not run."""
     if causal is None:
         return None
-    arms = dict(causal["arms"])
-    out: dict = {"params": causal["params"], "arms": {}}
-    if "reference" in arms and "flagged" in arms:
-        kept = set(_by_task(arms["flagged"]))
-        same = {s: [e for e in eps if (int(s), int(e.task_index)) in kept] for s, eps in arms["reference"].items()}
-        same = {s: eps for s, eps in same.items() if eps}
-        if same:
-            arms["reference_same_tasks"] = same
-    for arm, by_seed in arms.items():
-        out["arms"][arm] = _arm_summary(by_seed, n_boot, boot_seed)
-    if "flagged" in arms and "unflagged" in arms:
-        fl, un = _by_task(arms["flagged"]), _by_task(arms["unflagged"])
-        pairs = sorted(set(fl) & set(un))
-        diffs = np.array([float(un[k]) - float(fl[k]) for k in pairs])
-        lo, hi = (M.bootstrap_ci(diffs, n_boot, boot_seed, clusters=[t for _, t in pairs]) if pairs
-                  else (float("nan"), float("nan")))
-        out["unflagged_minus_flagged"] = {"success_diff": float(diffs.mean()) if pairs else float("nan"),
-                                          "ci": [lo, hi], "pairs": len(pairs), "kl_predicts_harm": bool(lo > 0)}
-    return out
+    from dmr_rl.report.causal_stats import causal_summary
+
+    return causal_summary(causal, n_boot, boot_seed)
 
 
 def _kl_summary(values: list) -> Optional[dict]:
@@ -355,23 +319,13 @@ def markdown(results: dict, plots: Optional[list] = None) -> str:
                   + " as lambda rises."]
     c = results.get("causal")
     if c:
-        lines += ["", "## Causal check: does per-step KL predict what matters?", "",
-                  "Each episode is replayed with HP everywhere except a forced set of steps run on LP: "
-                  "the steps the router flags (highest P(HP)) versus the same number of unflagged steps. "
-                  "`reference_same_tasks` is the all-HP reference on the tasks the arms replayed; the "
-                  "difference below is paired by (seed, task).", "",
-                  "| arm | success (pooled) | 95% CI | per-seed mean +- std | HP ratio | forced LP steps/episode | "
-                  "episodes |", "|---|---|---|---|---|---|---|"]
-        for arm, a in c["arms"].items():
-            lines.append(f"| {arm} | {_f(a['success'])} | {_ci(a['success_ci'])} | {_f(a['success_mean'])} +- "
-                         f"{_f(a['success_std'])} "
-                         f"| {_f(a['hp_ratio'])} | {_f(a['forced_lp_per_episode'], '{:.2f}')} | {a['episodes']} |")
-        d = c.get("unflagged_minus_flagged")
-        if d:
-            verdict = ("forcing LP on flagged steps hurts more than on unflagged ones (CI excludes 0)"
-                       if d["kl_predicts_harm"] else "no significant difference (CI includes 0 or is negative)")
-            lines += ["", f"Success(unflagged) - success(flagged) = {_f(d['success_diff'])} over {d['pairs']} "
-                          f"paired episodes, 95% CI {_ci(d['ci'])}: {verdict}."]
+        from dmr_rl.report.causal_stats import causal_lines
+
+        lines += ["", "## Causal check: do the flagged steps matter?", "",
+                  "Each task is replayed with HP everywhere except a forced set of steps run on LP: the flagged "
+                  "steps (highest per-step KL in the labels, or highest router P(HP)) versus as many unflagged "
+                  "steps from the same step-index buckets, drawn below the flag threshold. Paired by task.", "",
+                  *causal_lines(c)]
     k = results.get("kl")
     if k:
         lines += ["", "## Per-step KL(HP || LP)", "",

@@ -59,8 +59,10 @@ def _tensorboard(results: dict, directory: Path) -> bool:
                 w.add_scalar(f"tradeoff/{m}/{k}", t[k], 0)
     c = results.get("causal")
     if c:
-        for arm, a in c["arms"].items():
-            w.add_scalar(f"causal/{arm}/success", a["success"], 0)
+        for row, r in c.get("rows", {}).items():
+            for arm in ("flagged", "unflagged"):
+                if r[arm]["success"] is not None:
+                    w.add_scalar(f"causal/{row}/{arm}/success", r[arm]["success"], 0)
     w.close()
     return True
 
