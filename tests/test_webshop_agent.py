@@ -1,8 +1,9 @@
 """The WebShop agent path: `dmr train agent --env webshop` on a tiny generated catalog (tiny model).
 
-The teacher is WebShop's goal-reading oracle (``TEACHERS["webshop"]``); the agent acts in score mode
-over the listed actions, which on the search page are one concrete search (the instruction without
-its price clause) and elsewhere the page's clickables. This smoke test checks the plumbing -- every
+The teacher (``TEACHERS["webshop"]``) is ``FirstMatchTeacher``: it reads the goal like the oracle but
+buys the first listed product that earns a reward of 1. The agent acts in score mode over the listed
+actions, which on the search page are one concrete search (the instruction without its price clause)
+and elsewhere the page's clickables. This smoke test checks the plumbing -- every
 page type gives labelled samples, the search included; the command trains and saves an agent that
 plays valid actions -- not the agent's quality.
 """
@@ -24,7 +25,7 @@ def catalog(tmp_path_factory):
     return str(root)
 
 
-def test_oracle_labels_every_page_type_including_the_search(catalog):
+def test_teacher_buys_the_first_full_match_and_labels_every_page_type(catalog):
     from dmr_rl.models.bc_data import make_teacher, rollout_labelled
     from dmr_rl.models.prompting import PromptConfig
 
@@ -41,8 +42,32 @@ def test_oracle_labels_every_page_type_including_the_search(catalog):
             label = s.admissible[s.target]
             kinds.add("search" if label.startswith("search[") else label if label in (
                 "click[buy now]", "click[next >]", "click[< prev]") else "item" if label[6:8] == "b0" else "option")
-    assert wins >= env.num_tasks - 1  # the oracle buys the target (a title search only if it is not found)
+    assert wins == env.num_tasks  # every purchase earns 1
     assert {"search", "item", "option", "click[buy now]"} <= kinds
+
+
+def test_teacher_takes_the_first_full_match_on_the_page_and_leaves_a_wrong_item(catalog):
+    from environments.webshop.teacher import FirstMatchTeacher
+
+    env = make_env("webshop", catalog, "train")
+    teacher = FirstMatchTeacher()
+    for index in range(env.num_tasks):
+        obs, info = env.reset(options={"task_index": index})
+        teacher.reset(env)
+        obs, _, _, _, info = env.step(teacher.act(obs, info))
+        page = [env.data.products[i] for i in env._page_results()]
+        scores = [teacher.score(p) for p in page]
+        if 1.0 in scores and scores[0] < 1.0:
+            break
+    else:
+        pytest.fail("no goal whose first result falls short of a reward of 1")
+    # the first result does not earn 1: the teacher clicks the first one that does
+    assert teacher.act(obs, info) == f"click[{page[scores.index(1.0)].asin.lower()}]"
+    # on the first (wrong) result's page it goes back and never picks it again
+    obs, _, _, _, info = env.step(f"click[{page[0].asin.lower()}]")
+    assert teacher.act(obs, info) == "click[< prev]" and page[0].asin in teacher.rejected
+    obs, _, _, _, info = env.step("click[< prev]")
+    assert teacher.act(obs, info) == f"click[{page[scores.index(1.0)].asin.lower()}]"
 
 
 def test_dmr_train_agent_webshop_trains_saves_and_acts(catalog, tmp_path):
@@ -56,7 +81,7 @@ def test_dmr_train_agent_webshop_trains_saves_and_acts(catalog, tmp_path):
                "--val-games", "2"])
     assert rc == 0
     info = json.loads((out / "training.json").read_text())
-    assert info["env"] == "webshop" and info["data"]["teacher"] == "environments.policies:ExpertPolicy"
+    assert info["env"] == "webshop" and info["data"]["teacher"] == "environments.webshop.teacher:FirstMatchTeacher"
     assert info["data"]["samples"] > 0 and info["validation"]["games"] == 2
     assert json.loads((out / "agent_config.json").read_text())["action_mode"] == "score"
     # the saved agent plays an episode: its first action is the listed search, then only listed clicks

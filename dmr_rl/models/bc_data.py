@@ -1,7 +1,8 @@
 """Behaviour-cloning data for ``dmr train agent``: teachers, labelled rollouts, augmentation.
 
 * :data:`TEACHERS` names the observation-driven teacher per environment (ALFWorld:
-  ``ExplorerExpert``, which sees only what the agent sees; WebShop: the env's expert).
+  ``ExplorerExpert``, which sees only what the agent sees; WebShop: ``FirstMatchTeacher``, which
+  buys the first listed product that satisfies the goal).
 * :func:`rollout_labelled` plays one episode with the teacher (or, for DAgger, with the learner
   mixed in) and labels every state with the teacher's action: a :class:`Sample` per step
   (prompt, admissible actions, index of the teacher's action).
@@ -23,7 +24,7 @@ from dmr_rl.step import StepContext
 #: teacher per environment: "module:Class" of a policy (reset(env), act(obs, info)).
 TEACHERS = {
     "alfworld": "environments.alfworld.teacher:ExplorerExpert",
-    "webshop": "environments.policies:ExpertPolicy",
+    "webshop": "environments.webshop.teacher:FirstMatchTeacher",
 }
 
 

@@ -251,9 +251,10 @@ class WebShopEnv(TextEnv):
             return self.data.product(self.goal.asin).title
         return instruction_query(self.goal)
 
-    def expert_options(self) -> dict[str, str]:
-        """{option name: value} of the target that best match each goal option (fuzzy, colour-normalised)."""
-        target = self.data.product(self.goal.asin)
+    def expert_options(self, product: Optional[Product] = None) -> dict[str, str]:
+        """{option name: value} of ``product`` (default: the target) that best match each goal option
+        (fuzzy, colour-normalised)."""
+        target = product or self.data.product(self.goal.asin)
         if isinstance(self.goal.goal_options, dict):  # a synthetic goal names each option and its value
             return {n: v for n, v in self.goal.goal_options.items() if v in target.options.get(n, [])}
         chosen: dict[str, str] = {}
