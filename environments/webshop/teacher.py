@@ -13,8 +13,9 @@ the same way (its attributes, options and budget) but picks among what the page 
   product (where a learner went in DAgger) is rejected and left with ``< prev``;
 * description / features / reviews: ``< prev``.
 
-On generated catalogs the first match sits on the first result page for every goal (measured: 50
-of 50 test goals of a 2,000-product catalog; the target itself only on 52% of the goals), so the
+On a generated 2,000-product catalog (seed 3, all 200 goals) the first match is on the first result
+page for 198 goals and is the first result for 156, and every purchase earns 1 in 4.3 steps on
+average (the oracle: 4.9 steps; its target is on page 1 for about half of the goals), so the
 trajectories are short and every step is decided by what is on screen plus the goal.
 """
 from __future__ import annotations
