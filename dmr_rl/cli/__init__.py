@@ -54,12 +54,18 @@ def main(argv=None) -> int:
         print("interrupted", file=sys.stderr)
         return 130
     except Exception as e:  # every user-facing error ends here with its message, not a traceback
-        from dmr_rl.errors import USER_ERRORS
+        from dmr_rl.errors import log_traceback, one_line, user_facing
 
-        if isinstance(e, USER_ERRORS):
-            print(f"dmr: error: {e}", file=sys.stderr)
+        log = log_traceback(e)  # (a run's <run_dir>/logs/dmr.log, when there is one)
+        shown = user_facing(e)
+        if shown is not None:
+            print(f"dmr: error: {one_line(shown)}" + (f" (traceback in {log})" if log else ""), file=sys.stderr)
             return 2
         raise
+    finally:
+        from dmr_rl.errors import set_log_file
+
+        set_log_file(None)
 
 
 if __name__ == "__main__":

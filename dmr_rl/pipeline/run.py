@@ -5,7 +5,9 @@
 Everything lands in ``cfg.run_dir``: the generated data, the LP checkpoint, trajectory shards,
 labelled steps, both routers, evaluation episodes, ``report/``. A stage whose output is already
 there is skipped, so an interrupted run continues where it stopped (``fresh=True`` starts over
-in a new directory instead of overwriting anything). ``timings.json`` records each stage's seconds.
+in a new directory instead of overwriting anything); it continues only with the config it was
+made with (``config.yaml``; run-only fields may change) and one call at a time
+(:mod:`dmr_rl.pipeline.rundir`). ``timings.json`` records each stage's seconds.
 """
 from __future__ import annotations
 
@@ -41,8 +43,10 @@ class MainJob:
             print(f"[dmr run {time.strftime('%H:%M:%S')}] {msg}", flush=True)
 
     def _mark(self, stage: str, info: Optional[dict] = None) -> None:
+        from dmr_rl.pipeline.rundir import write_atomic
+
         self.done[stage] = info or {}
-        self.done_path.write_text(json.dumps(self.done, indent=1, default=str))
+        write_atomic(self.done_path, json.dumps(self.done, indent=1, default=str))
 
     def _stage(self, stage: str, fn) -> None:
         if stage in self.done:
@@ -146,6 +150,8 @@ class MainJob:
         from dmr_rl.pipeline import train_grpo
 
         resume = (self.run_dir / "router_grpo" / "checkpoints" / "LATEST").is_file()
+        if resume:
+            self._say(f"grpo: continuing from checkpoint {train_grpo.latest_checkpoint(self.run_dir / 'router_grpo')}")
         r = train_grpo.run(self.cfg, resume=resume, progress=self.progress)
         out = {"iterations": r["iteration"], "router_dir": r["router_dir"], "last": r["history"][-1:]}
         for lam, d in self.lambda_sweep_dirs().items():
@@ -153,7 +159,10 @@ class MainJob:
                 continue
             self._say(f"grpo, lambda sweep: hp_cost {lam:g}")
             cfg = dataclasses.replace(self.cfg, grpo=dataclasses.replace(self.cfg.grpo, hp_cost=float(lam)))
-            train_grpo.run(cfg, out_dir=d, resume=(d / "checkpoints" / "LATEST").is_file(), progress=self.progress)
+            resume = (d / "checkpoints" / "LATEST").is_file()
+            if resume:
+                self._say(f"grpo: continuing from checkpoint {train_grpo.latest_checkpoint(d)}")
+            train_grpo.run(cfg, out_dir=d, resume=resume, progress=self.progress)
         return out
 
     def lambda_sweep_dirs(self) -> dict:
@@ -185,7 +194,7 @@ class MainJob:
 
     # ---- the driver --------------------------------------------------------------------------
     def fit(self) -> Path:
-        from dmr_rl.config import save_config
+        from dmr_rl.pipeline.rundir import record_filled, write_atomic
 
         self.run_dir.mkdir(parents=True, exist_ok=True)
         for stage, (section, field, key) in RESTORED_PATHS.items():
@@ -194,14 +203,14 @@ class MainJob:
         t0 = time.perf_counter()
         for stage in STAGES:
             self._stage(stage, getattr(self, stage))
-            if stage == "quantize":
-                save_config(self.cfg, self.run_dir / "config.yaml")
+            if stage in ("games", "agent", "quantize"):  # the paths they produced, into the recorded config
+                record_filled(self.cfg)
         total = time.perf_counter() - t0
         # every stage's seconds, including those done by an earlier, interrupted call
         timings = {stage: float(self.done[stage].get("seconds", 0.0)) for stage in STAGES}
         timings["total"] = sum(timings.values())
         timings["this_call"] = total
-        (self.run_dir / "timings.json").write_text(json.dumps(timings, indent=1))
+        write_atomic(self.run_dir / "timings.json", json.dumps(timings, indent=1))
         report = Path(self.done["report"]["report"])
         self._say(f"finished in {total / 60:.1f} min: " + ", ".join(f"{k} {v:.0f}s" for k, v in timings.items()))
         return report
@@ -217,10 +226,27 @@ def fresh_run_dir(run_dir: str) -> str:
 
 
 def run(cfg, *, fresh: bool = False, train_agent: bool = False, progress: bool = True) -> Path:
-    """Run (or continue) the main job; returns the path of ``report/report.md``."""
+    """Run (or continue) the main job; returns the path of ``report/report.md``.
+
+    The run directory is locked for the call (:class:`~dmr_rl.pipeline.rundir.RunLock`); a
+    continued run must ask for the config the directory was made with, up to run-only fields
+    (:func:`~dmr_rl.pipeline.rundir.check_resume`). Tracebacks of errors go to
+    ``<run_dir>/logs/dmr.log``."""
+    import sys
+
+    from dmr_rl.errors import set_log_file
+    from dmr_rl.pipeline.rundir import RunLock, check_resume
+
     if fresh:
         cfg.run_dir = fresh_run_dir(cfg.run_dir)
-    return MainJob(cfg, progress=progress, train_agent=train_agent).fit()
+
+    def note(msg: str) -> None:
+        print(f"dmr: {msg}", file=sys.stderr, flush=True)
+
+    with RunLock(cfg.run_dir, say=note):
+        set_log_file(Path(cfg.run_dir) / "logs" / "dmr.log")
+        check_resume(cfg, say=note)
+        return MainJob(cfg, progress=progress, train_agent=train_agent).fit()
 
 
 def default_preset() -> Optional[str]:

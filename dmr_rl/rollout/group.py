@@ -60,7 +60,7 @@ class RolloutGroup:
         self.workers, self.shard_dir, self.local = list(workers), str(shard_dir), bool(local)
         self.run_seed = 0  # the first element of GRPO's rng key (the launcher sets cfg.seed)
         self.notes: list = []  # one line per fault survived ("rollout worker 1 died; ...")
-        self.on_note = None  # a callable given each such line as it happens (the CLI prints it)
+        self.on_note = print_note  # a callable given each such line as it happens
         self.dead: set = set()  # workers whose restarts are exhausted
         self._pushed: list = []  # [(method, value)] last router spec / weights sent to every worker
         self._shards: dict = {}
@@ -246,6 +246,13 @@ class RolloutGroup:
                 ray.kill(w)
             except Exception:
                 pass
+
+
+def print_note(line: str) -> None:
+    """The default way a run says what fault it survived: one line on stderr."""
+    import sys
+
+    print(f"dmr: {line}", file=sys.stderr, flush=True)
 
 
 def format_server_notes(notes: list) -> list:
