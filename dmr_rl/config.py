@@ -8,6 +8,7 @@ applies ``section.field=value`` overrides from the command line, and validates t
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import typing
 from dataclasses import dataclass, field
@@ -170,6 +171,8 @@ class RayConfig:
     address: str = doc("", "Ray address: empty starts a local Ray; 'auto' joins a running cluster.")
     num_cpus: int = doc(0, "CPUs for a local Ray (0: all).")
     num_gpus: int = doc(0, "GPUs for a local Ray.")
+    max_restarts: int = doc(3, "Times Ray restarts a dead model server or rollout worker (requests in flight are resent, "
+                               "finished episodes kept); after that the run stops with one error line.")
 
 
 @dataclass
@@ -247,7 +250,58 @@ def validate(cfg: DMRConfig) -> DMRConfig:
     bad = [r for r in cfg.eval.target_hp_ratios if not isinstance(r, (int, float)) or not 0.0 < float(r) <= 1.0]
     if bad or not cfg.eval.target_hp_ratios:
         raise ConfigError(f"eval.target_hp_ratios must list ratios in (0, 1], got {cfg.eval.target_hp_ratios}")
+    check_quantization_and_paths(cfg)
     return cfg
+
+
+QUANT_BITS = (2, 3, 4, 8)
+
+
+def _model_widths(model_dir: Path) -> list:
+    """The input widths of a checkpoint's quantized linears (hidden, attention, MLP) from its
+    config.json; [] when there is none to read."""
+    try:
+        c = json.loads((model_dir / "config.json").read_text())
+    except (OSError, ValueError):
+        return []
+    c = c.get("text_config", c)
+    hidden, heads = c.get("hidden_size"), c.get("num_attention_heads")
+    widths = [hidden, c.get("intermediate_size")]
+    if hidden and heads:
+        widths.append(int(c.get("head_dim") or hidden // heads) * int(heads))
+    return sorted({int(w) for w in widths if isinstance(w, int) and w > 0})
+
+
+def check_quantization_and_paths(cfg: DMRConfig) -> None:
+    """What can be checked without loading a model: bit width and group size of each quantized
+    tier, the group size against the widths of the checkpoint the LP copy is made from (its
+    config.json, when it is on this machine), and, on a local Ray, that given paths exist."""
+    for tier in ("hp", "lp"):
+        t = getattr(cfg, tier)
+        if t.quant_method != "none":
+            if t.bits not in QUANT_BITS:
+                raise ConfigError(f"{tier}.bits={t.bits}: {t.quant_method} supports {list(QUANT_BITS)} bits")
+            if t.group_size <= 0 or t.group_size % 8:
+                raise ConfigError(f"{tier}.group_size={t.group_size} must be a positive multiple of 8 "
+                                  f"({t.quant_method} stores one scale per group of weights)")
+    local = not cfg.ray.address
+    if local:
+        for key, value in (("env.data_dir", cfg.env.data_dir), ("hp.model_path", cfg.hp.model_path),
+                           ("lp.model_path", cfg.lp.model_path)):
+            if value and not Path(value).is_dir():
+                raise ConfigError(f"{key}={value!r} is not a directory")
+    lp = cfg.lp
+    if lp.quant_method != "none" and not lp.model_path:  # dmr run quantizes the HP checkpoint
+        src = Path(cfg.hp.model_path) if cfg.hp.model_path else \
+            Path(__file__).resolve().parent / "assets" / "agents" / cfg.env.name
+        widths = _model_widths(src)
+        bad = [w for w in widths if w % lp.group_size]
+        if bad:
+            fits = [g for g in (128, 64, 32, 16, 8) if all(w % g == 0 for w in widths)]
+            raise ConfigError(f"lp.group_size={lp.group_size} does not divide the model's widths {bad} "
+                              f"({src / 'config.json'}); try {fits[:3]}")
+    if cfg.ray.max_restarts < 0:
+        raise ConfigError(f"ray.max_restarts must be >= 0, got {cfg.ray.max_restarts}")
 
 
 # ---------------------------------------------------------------------------------------------
