@@ -15,7 +15,8 @@ pytestmark = pytest.mark.skipif(not (ASSETS / "alfworld" / "config.json").exists
 
 TINY = ["env.generate_n=18", "env.max_steps=6", "collect.episodes=4", "collect.num_workers=1",
         "collect.envs_per_worker=4", "grpo.iterations=1", "grpo.tasks_per_iter=2", "grpo.group_size=2",
-        "sft.epochs=2", "eval.episodes=2", "eval.seeds=[0]", "eval.thresholds=[0.5]",
+        "sft.epochs=2", "eval.episodes=2", "eval.seeds=[0]", "eval.target_hp_ratios=[0.5]",
+        "eval.calib_episodes=2", "grpo.lambda_sweep=[1.0]",
         "eval.baselines=[hp_only, lp_only, random]", "eval.baseline_sweeps={random: [0.5]}",
         "eval.causal_episodes=0", "eval.bootstrap=50", "lp.bits=4"]
 
@@ -38,8 +39,11 @@ def test_main_job_runs_every_stage_and_resumes(ray_session, alfworld_data, tmp_p
     assert (run_dir / "router_grpo" / "router" / "router.json").is_file()
     results = json.loads((run_dir / "report" / "results.json").read_text())
     text = json.dumps(results)
-    for method in ("hp_only", "lp_only", "random", "sft", "grpo"):
+    for method in ("hp_only", "lp_only", "random", "sft", "grpo", "grpo_l1"):
         assert method in text
+    assert (run_dir / "router_grpo_l1" / "router" / "router.json").is_file()
+    calibration = json.loads((run_dir / "eval" / "calibration.json").read_text())
+    assert set(calibration) == {"sft", "grpo"} and calibration["grpo"]["split"] == "valid_seen"
     timings = json.loads((run_dir / "timings.json").read_text())
     assert set(main_job.STAGES) <= set(timings) and timings["collect"] > 0
 
