@@ -114,7 +114,8 @@ def test_report_files_and_numbers(run_dir):
     # causal arms and the KL summary come from their directories
     c = res["causal"]["rows"]["kl"]
     assert c["flagged"]["tasks"] == 20 and c["flagged"]["forced_steps"] == 40
-    arms = {a: TrajectoryStore.read(layout.seed_dir(layout.causal_dir(root) / f"kl_{a}", 0)) for a in ("flagged", "unflagged")}
+    arms = {a: TrajectoryStore.read(layout.seed_dir(layout.causal_dir(root) / f"kl_{a}", 0))
+            for a in ("flagged", "unflagged")}
     assert c["unflagged_minus_flagged"]["diff_mean"] == pytest.approx(
         np.mean([e.won for e in arms["unflagged"]]) - np.mean([e.won for e in arms["flagged"]]))
     assert res["kl"]["steps"] == sum(len(e.steps) for e in TrajectoryStore.read(root / "labels"))

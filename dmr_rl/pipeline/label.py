@@ -172,7 +172,8 @@ def print_stats(s: dict) -> None:
     print(f"label: {s['steps']} steps of {s['episodes']} episodes -> {s['labelled_steps']}")
     space = "actions" if s["kl_space"] == "greedy_flip" else s["kl_space"]
     print(f"  KL(HP||LP) over {space} (temperature {s.get('kl_temperature', 1.0):g}): mean {k['mean']:.4f}  "
-          f"p50 {k['p50']:.4f}  p90 {k['p90']:.4f}  p99 {k['p99']:.4f}  max {k['max']:.4f}  top-5% share {k['top5_share']:.3f}")
+          f"p50 {k['p50']:.4f}  p90 {k['p90']:.4f}  p99 {k['p99']:.4f}  max {k['max']:.4f}  "
+          f"top-5% share {k['top5_share']:.3f}")
     print(f"  {s['mode']} labels: {s['positives']} positive ({100 * s['positive_rate']:.1f}%), "
           + (f"threshold {s['threshold']:.4g}" if s["threshold"] is not None else "where the greedy actions differ")
           + "   time: " + ", ".join(f"{n} {v:.1f}s" for n, v in s["timers_s"].items()))

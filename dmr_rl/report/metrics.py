@@ -233,7 +233,8 @@ def paired_comparison(a: dict, b: dict, n_boot: int = 2000, seed: int = 0, level
     if both:
         common = sorted(sa & sb)
         ma, mb = np.isin(a["seed"], common), np.isin(b["seed"], common)
-    for key, name, prefix, p_name in (("won", "success", "", "mcnemar_p"), ("score", "score", "score_", "score_sign_p")):
+    for key, name, prefix, p_name in (("won", "success", "", "mcnemar_p"),
+                                      ("score", "score", "score_", "score_sign_p")):
         ka, va = _pair_means(ia[ma], a[key][ma])
         kb, vb = _pair_means(ib[mb], b[key][mb])
         keys, xa, xb = np.intersect1d(ka, kb, assume_unique=True, return_indices=True)

@@ -300,7 +300,8 @@ def markdown(results: dict, plots: Optional[list] = None) -> str:
                 lines.append(f"| {m} | withheld: {t['withheld']} | | | | | | {_f(t.get('apgr_score'))} |")
                 continue
             lines.append(f"| {m} | {_f(t.get('apgr'))} | {_ci_or_dash(t.get('apgr_ci'))} | {_f(t.get('cpt50'))} "
-                         f"| {_ci_or_dash(t.get('cpt50_ci'))} | {_f(t.get('cpt80'))} | {_ci_or_dash(t.get('cpt80_ci'))} "
+                         f"| {_ci_or_dash(t.get('cpt50_ci'))} | {_f(t.get('cpt80'))} "
+                         f"| {_ci_or_dash(t.get('cpt80_ci'))} "
                          f"| {_f(t.get('apgr_score'))} |")
     else:
         lines += ["", "Trade-off metrics need both `hp_only` and `lp_only` runs; at least one is missing."]
@@ -311,7 +312,8 @@ def markdown(results: dict, plots: Optional[list] = None) -> str:
                   "GRPO routers trained with different lambda (reward = success - lambda x HP share), each played "
                   "as its sampled policy (what GRPO trains; calibrated threshold points hold their HP ratio by "
                   "design).", "",
-                  "| lambda | router (sampled policy) | HP ratio | 95% CI | success | 95% CI |", "|---|---|---|---|---|---|"]
+                  "| lambda | router (sampled policy) | HP ratio | 95% CI | success | 95% CI |",
+                  "|---|---|---|---|---|---|"]
         for r in sweep["rows"]:
             lines.append(f"| {r['hp_cost']:g} | {r['method']} | {_f(r['hp_ratio'])} "
                          f"| {_ci(r['hp_ratio_ci'])} | {_f(r['success'])} | {_ci(r['success_ci'])} |")
