@@ -23,6 +23,9 @@ def register(sub, groups) -> None:
     r.add_argument("run_dir", help="the run directory (holds eval/ and optionally causal/, labels*)")
     r.add_argument("--bootstrap", type=int, default=2000, help="bootstrap resamples for the 95%% CIs")
     r.add_argument("--no-tensorboard", action="store_true")
+    r.add_argument("--skip-corrupt", action="store_true",
+                   help="skip corrupt record lines (a torn last line is always skipped) instead of stopping; the "
+                        "report's header states how many per method, and paired comparisons leave their tasks out")
     r.set_defaults(func=_report)
 
     # ---- `dmr run` (the main job) is registered below this line by its own function ---------
@@ -84,9 +87,10 @@ def _eval(args) -> int:
 
 
 def _report(args) -> int:
-    from dmr_rl.report import write
+    from dmr_rl.report import layout, write
 
-    path = write(args.run_dir, n_boot=args.bootstrap, tensorboard=not args.no_tensorboard)
+    with layout.skipping_corrupt(args.skip_corrupt):
+        path = write(args.run_dir, n_boot=args.bootstrap, tensorboard=not args.no_tensorboard)
     print(f"report: {path}")
     print(f"results: {path.parent / 'results.json'}   plots: {path.parent / 'plots'}")
     return 0

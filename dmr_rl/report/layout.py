@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import json
 import re
+from contextlib import contextmanager
+from contextvars import ContextVar
 from pathlib import Path
 from typing import Optional
 
@@ -46,13 +48,13 @@ def report_dir(run_dir) -> Path:
 
 
 def write_point_meta(run_dir, method: str, point: str, params: dict, default: bool = False) -> Path:
-    """Record what an operating point is (its knob values) beside its shards."""
-    d = point_dir(run_dir, method, point)
-    d.mkdir(parents=True, exist_ok=True)
-    path = d / "point.json"
-    path.write_text(json.dumps({"method": method, "point": point, "params": params,
-                                "default": bool(default)}, indent=1))
-    return path
+    """Record what an operating point is (its knob values) beside its shards (written whole or
+    not at all)."""
+    from dmr_rl.pipeline.rundir import write_atomic
+
+    return write_atomic(point_dir(run_dir, method, point) / "point.json",
+                        json.dumps({"method": method, "point": point, "params": params,
+                                    "default": bool(default)}, indent=1))
 
 
 def _read_json(path: Path) -> dict:
@@ -62,24 +64,129 @@ def _read_json(path: Path) -> dict:
         raise DataError(f"{path}: not valid JSON ({e})") from None
 
 
-def read_seeds(base) -> dict[int, list[EpisodeRecord]]:
-    """{seed: episodes} from ``<base>/seed_<s>/`` shard directories (seeds without episodes skipped)."""
+_SKIP_CORRUPT: ContextVar = ContextVar("skip_corrupt", default=False)
+
+
+@contextmanager
+def skipping_corrupt(on: bool = True):
+    """Within the block, readers skip corrupt record lines (``dmr report --skip-corrupt``)
+    instead of raising DataError; :func:`skipped_records` says which."""
+    token = _SKIP_CORRUPT.set(bool(on))
+    try:
+        yield
+    finally:
+        _SKIP_CORRUPT.reset(token)
+
+
+def read_seeds(base, skipped: Optional[list] = None) -> dict[int, list[EpisodeRecord]]:
+    """{seed: episodes} from ``<base>/seed_<s>/`` shard directories (seeds without episodes skipped).
+    A torn last line of a shard is skipped; any other corrupt line raises DataError naming file and
+    line, unless inside :func:`skipping_corrupt` (then it goes to ``skipped``, with its seed)."""
     out = {}
     for d in sorted(Path(base).iterdir()):
         m = SEED_DIR.match(d.name)
         if d.is_dir() and m:
-            eps = TrajectoryStore.read(d)
+            found: list = []
+            eps = TrajectoryStore.read(d, skip_corrupt=_SKIP_CORRUPT.get(), skipped=found)
+            for rec in found:
+                rec["seed"] = int(m.group(1))
+            if skipped is not None:
+                skipped += found
             if eps:
                 out[int(m.group(1))] = eps
     return out
+
+
+def skip_note(run_dir, results: dict) -> str:
+    """Under :func:`skipping_corrupt`: put what was skipped into ``results["skipped_records"]`` and
+    return the report header's line saying so ("" when nothing was skipped)."""
+    if not _SKIP_CORRUPT.get():
+        return ""
+    skipped = skipped_records(run_dir)
+    if not skipped:
+        return ""
+    counts = skipped_counts(skipped)
+    dropped = dropped_pairs(run_dir, skipped=skipped)
+    tasks = sorted({t for _, _, t in dropped})
+    results["skipped_records"] = {"lines": len(skipped), "per_method": counts, "dropped_tasks": tasks,
+                                  "records": skipped}
+    return (f"**{len(skipped)} corrupt record line(s) skipped** (--skip-corrupt): "
+            + ", ".join(f"{m} {n}" for m, n in counts.items())
+            + f"; paired comparisons leave out task(s) {tasks} for every method.")
+
+
+def skipped_records(run_dir) -> list[dict]:
+    """Every corrupt (not torn-last) record line under ``<run_dir>/eval``: ``{"path", "line",
+    "reason", "method", "point", "seed", "task_index"}`` (task_index None where the broken text
+    does not say)."""
+    root = eval_dir(run_dir)
+    out: list = []
+    if not root.is_dir():
+        return out
+    with skipping_corrupt():
+        for mdir in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("_")):
+            for pdir in sorted(p for p in mdir.iterdir() if p.is_dir()):
+                found: list = []
+                read_seeds(pdir, found)
+                for rec in found:
+                    rec.update(method=mdir.name, point=pdir.name)
+                out += found
+    return out
+
+
+def skipped_counts(skipped: list) -> dict:
+    """{method: number of skipped lines} (what the report's header states)."""
+    counts: dict = {}
+    for rec in skipped:
+        counts[rec["method"]] = counts.get(rec["method"], 0) + 1
+    return dict(sorted(counts.items()))
+
+
+def dropped_pairs(run_dir, loaded: Optional[dict] = None, skipped: Optional[list] = None) -> set:
+    """The (method, seed, task_index) triples paired comparisons must leave out because a record of
+    that task was corrupt somewhere: a task with a skipped line is dropped under every seed and for
+    every method alike (a deterministic method's one playthrough pairs with every seed of a
+    stochastic one). A line whose task cannot be read drops the tasks its (method, point, seed)
+    lacks compared with all tasks played. Empty when nothing was skipped."""
+    skipped = skipped_records(run_dir) if skipped is None else skipped
+    if not skipped:
+        return set()
+    if loaded is None:
+        with skipping_corrupt():
+            loaded = _load_eval(run_dir)
+    played = {m: {s: {e.task_index for e in eps} for pt in pts.values() for s, eps in pt["by_seed"].items()}
+              for m, pts in loaded.items()}
+    every = {t for by_seed in played.values() for tasks in by_seed.values() for t in tasks}
+    tasks: set = set()
+    for rec in skipped:
+        if rec.get("task_index") is not None:
+            tasks.add(int(rec["task_index"]))
+            continue
+        point = loaded.get(rec["method"], {}).get(rec["point"], {"by_seed": {}})
+        have = {e.task_index for e in point["by_seed"].get(rec["seed"], [])}
+        tasks |= every - have
+    return {(m, s, t) for m, by_seed in played.items() for s in by_seed for t in tasks}
 
 
 def load_eval(run_dir) -> dict:
     """{method: {point: {"params", "default", "by_seed": {seed: [EpisodeRecord]}}}} from the shards.
 
     Raises FileNotFoundError when there is no ``eval`` directory, DataError when it holds no
-    episodes at all.
+    episodes at all, or a corrupt record line (file and line named). Inside
+    :func:`skipping_corrupt` such lines are skipped and every task they touch is left out for
+    every method and seed alike (:func:`dropped_pairs`), so comparisons stay paired.
     """
+    out = _load_eval(run_dir)
+    if _SKIP_CORRUPT.get():
+        dropped = dropped_pairs(run_dir, loaded=out)
+        for m, points in out.items():
+            for entry in points.values():
+                entry["by_seed"] = {s: [e for e in eps if (m, s, e.task_index) not in dropped]
+                                    for s, eps in entry["by_seed"].items()}
+    return out
+
+
+def _load_eval(run_dir) -> dict:
     root = eval_dir(run_dir)
     if not root.is_dir():
         raise FileNotFoundError(f"no evaluation results at {root} (run `dmr eval` first)")

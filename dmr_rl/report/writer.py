@@ -91,6 +91,12 @@ def write(run_dir, n_boot: int = 2000, boot_seed: int = 0, tensorboard: bool = T
     results["plots"] = made
     results["tensorboard"] = str(out / "tb") if tensorboard and _tensorboard(results, out / "tb") else None
     (out / "results.json").write_text(json.dumps(_json_safe(results), indent=1))
+    note = layout.skip_note(run_dir, results)  # dmr report --skip-corrupt: what was skipped, in the header
+    text = tables.markdown(results, made)
+    if note:
+        title, _, rest = text.partition("\n")
+        text = f"{title}\n\n{note}\n{rest}"
+        (out / "results.json").write_text(json.dumps(_json_safe(results), indent=1))
     report = out / "report.md"
-    report.write_text(tables.markdown(results, made))
+    report.write_text(text)
     return report
