@@ -73,6 +73,8 @@ def test_sign_test_and_paired_comparison_by_hand():
     # 10 pairs favour A, 2 favour B: p = 2 * P(Bin(12, .5) <= 2) = 2 * 79 / 4096
     assert M.sign_test_p([1] * 10 + [-1] * 2 + [0] * 5) == pytest.approx(2 * 79 / 4096)
     assert M.sign_test_p([0.0, 0.0]) == 1.0 and M.sign_test_p([1, -1]) == 1.0
+    # thousands of pairs (134 tasks x 3 seeds x K draws): exact integers, no float overflow
+    assert 0.05 < M.sign_test_p([1] * 1500 + [-1] * 1400) < 0.08
 
     def table(seeds, tasks, won):
         n = len(won)

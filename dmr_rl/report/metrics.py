@@ -196,7 +196,7 @@ def sign_test_p(diffs) -> float:
     if n == 0:
         return 1.0
     k = min(pos, neg)
-    tail = sum(math.comb(n, i) for i in range(k + 1)) / 2.0 ** n
+    tail = sum(math.comb(n, i) for i in range(k + 1)) / (1 << n)  # exact integers: no overflow for large n
     return float(min(1.0, 2.0 * tail))
 
 
