@@ -44,6 +44,7 @@ BASELINE_SWEEPS = {  # baseline -> (router kwarg, values, point-name format), us
     "first_k": ("k", [1, 2, 4, 8], "k{}"),
     "cascade": ("max_prob_threshold", [0.3, 0.5, 0.7, 0.9], "p{:.2f}"),
     "kl_oracle": ("kl_threshold", [0.02, 0.1, 0.3, 1.0], "kl{:g}"),
+    "flip_oracle": (None, [None], "default"),
 }
 MATCHED = ("random", "first_k")  # baselines run at each router point's realised HP ratio
 STOCHASTIC_BASELINES = {"random"}

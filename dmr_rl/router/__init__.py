@@ -6,8 +6,8 @@ package imports no torch and no ray: the transformer router's module loads on fi
 from __future__ import annotations
 
 from dmr_rl.router.base import RouteDecision, Router
-from dmr_rl.router.baselines import (CascadeRouter, FirstKRouter, HPOnlyRouter, KLOracleRouter,
-                                     LPOnlyRouter, RandomRouter)
+from dmr_rl.router.baselines import (CascadeRouter, FirstKRouter, FlipOracleRouter, HPOnlyRouter,
+                                     KLOracleRouter, LPOnlyRouter, RandomRouter)
 
 
 class _LazyTransformer:
@@ -34,6 +34,7 @@ ROUTERS = {
     "first_k": FirstKRouter,
     "cascade": CascadeRouter,
     "kl_oracle": KLOracleRouter,
+    "flip_oracle": FlipOracleRouter,
 }
 
 
@@ -57,4 +58,4 @@ def __getattr__(name):  # TransformerRouter on demand, without importing torch a
 
 __all__ = ["ROUTERS", "make_router", "Router", "RouteDecision", "TransformerRouter",
            "HPOnlyRouter", "LPOnlyRouter", "RandomRouter", "FirstKRouter", "CascadeRouter",
-           "KLOracleRouter"]
+           "KLOracleRouter", "FlipOracleRouter"]

@@ -132,3 +132,24 @@ class KLOracleRouter(Router):
             kls.append(float(kl_categorical(ph, pl, kind="probs")))
         kls = np.array(kls)
         return _det(kls > self.kl_threshold, kls / (1.0 + kls))
+
+
+class FlipOracleRouter(Router):
+    """Reference that sees both tiers: HP exactly where the tiers' greedy actions differ (the steps
+    where LP would change what the agent does). The upper bound a per-step router can reach with
+    a greedy agent: its acting HP share is the flip rate, its success HP-only's when every flip
+    matters. Score p_hp = 1 for a flip."""
+
+    name = "flip_oracle"
+    needs_both = True
+
+    def __init__(self, **_):
+        pass
+
+    def route(self, contexts, rng, sample=False, lp_action_probs=None, hp_action_probs=None, **_):
+        if (lp_action_probs is None or hp_action_probs is None
+                or len(lp_action_probs) != len(contexts) or len(hp_action_probs) != len(contexts)):
+            raise ValueError("flip_oracle router needs hp_action_probs and lp_action_probs per context")
+        flips = [int(np.argmax(_as_probs(ph, "flip_oracle router")) != np.argmax(_as_probs(pl, "flip_oracle router")))
+                 for ph, pl in zip(hp_action_probs, lp_action_probs)]
+        return _det(flips)
