@@ -61,6 +61,9 @@ class TierConfig:
 
 @dataclass
 class AgentConfig:
+    name: str = doc("", "Committed agent (a directory under dmr_rl/assets/agents/) the tiers serve when hp/lp.model_path "
+                        "are empty: alfworld (the tiny 0.7M agent) or alfworld-smollm2 (SmolLM2-135M + LoRA adapter, "
+                        "merged with its base once at first use). Empty: the directory named after env.name.")
     action_mode: str = doc("score", "score: rank admissible actions by log-likelihood; generate: free text matched to an admissible action.")
     history_window: int = doc(4, "Recent (observation, action) pairs kept in the prompt.")
     temperature: float = doc(0.0, "0: argmax/greedy; >0: sample with this temperature.")

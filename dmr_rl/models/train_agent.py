@@ -36,6 +36,7 @@ from dmr_rl.errors import ModelError
 from dmr_rl.models.agent import AGENT_CONFIG, TRAINING_INFO, AgentPolicy, LMAgent
 from dmr_rl.models.bc_data import TEACHERS, augmented, make_teacher, rollout_labelled
 from dmr_rl.models.bc_loss import build_model, encode, load_init_model, train_for
+from dmr_rl.models.lora import apply_lora, save_adapter
 from dmr_rl.models.prompting import PromptConfig
 
 
@@ -71,6 +72,9 @@ class TrainAgentConfig:
     init: str = ""  # "" builds a model from hidden/layers/heads with its own tokenizer; "smollm2" or a checkpoint dir fine-tunes that
     train_layers: int = 8  # with init: only the top N decoder layers (and the final norm) train; 0: all
     snapshots: bool = False  # also save the agent after the teacher-data phase and each DAgger round (out/snapshots/)
+    lora_rank: int = 0  # with init: > 0 trains a LoRA adapter of this rank on the top train_layers layers (0: all)
+    lora_alpha: float = 0.0  # LoRA scale numerator (0: 2 x rank)
+    bf16: bool = False  # bf16 autocast for forward and backward (fast where the CPU has AMX / AVX-512 BF16)
     # window 1: the memory lines carry the rest of the history, and shorter prompts train faster
     prompt: PromptConfig = field(default_factory=lambda: PromptConfig(history_window=1, show_admissible=False,
                                                                       task_last=True))
@@ -86,6 +90,12 @@ class TrainAgentConfig:
             raise ModelError(f"--init {self.init}: no such checkpoint directory (or use --init smollm2)")
         if self.train_layers < 0:
             raise ModelError(f"--train-layers must be >= 0, got {self.train_layers}")
+        if self.lora_rank < 0:
+            raise ModelError(f"--lora-rank must be >= 0, got {self.lora_rank}")
+        if self.lora_rank and not self.init:
+            raise ModelError("--lora-rank needs --init (an adapter on a pretrained model)")
+        if self.lora_rank and self.snapshots:
+            raise ModelError("--snapshots is not supported with --lora-rank")
 
 
 #: what ``--init`` changes unless given: a pretrained model fine-tunes with a small learning rate,
@@ -100,13 +110,21 @@ def make_agent(model, tokenizer, prompt_cfg: PromptConfig) -> LMAgent:
     return LMAgent(TransformersBackend(model, tokenizer), action_mode="score", prompt=prompt_cfg)
 
 
-def save_agent(model, tokenizer, out: Path, cfg: TrainAgentConfig, info: dict, calib: list) -> None:
+def save_agent(model, tokenizer, out: Path, cfg: TrainAgentConfig, info: dict, calib: list,
+               peft_model=None) -> None:
+    """The checkpoint (or, with ``peft_model``, only its bf16 LoRA adapter plus ``base`` in
+    agent_config.json, merged at first use by :func:`dmr_rl.models.agent.resolve_agent_dir`),
+    tokenizer, agent_config.json, calib_prompts.json and training.json."""
     out.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(str(out))
+    settings = {"action_mode": "score", "temperature": 0.0, "length_normalised": False,
+                "prompt": cfg.prompt.to_dict(), "env": cfg.env}
+    if peft_model is not None:
+        info.setdefault("model", {})["adapter_bytes"] = save_adapter(peft_model, out)
+        settings["base"] = cfg.init
+    else:
+        model.save_pretrained(str(out))
     tokenizer.save_pretrained(str(out))
-    (out / AGENT_CONFIG).write_text(json.dumps({"action_mode": "score", "temperature": 0.0,
-                                                "length_normalised": False,
-                                                "prompt": cfg.prompt.to_dict(), "env": cfg.env}, indent=1))
+    (out / AGENT_CONFIG).write_text(json.dumps(settings, indent=1))
     (out / "calib_prompts.json").write_text(json.dumps(calib))
     (out / TRAINING_INFO).write_text(json.dumps(info, indent=1))
 
@@ -155,7 +173,11 @@ def _train_agent(cfg: TrainAgentConfig, env, val_env, teacher, progress) -> dict
     progress(f"teacher: {len(samples)} steps from {len(teacher_wins)} games, "
              f"teacher success {np.mean(teacher_wins):.2f} ({time.perf_counter() - t0:.0f}s)")
 
-    if cfg.init:
+    peft_model = None
+    if cfg.init and cfg.lora_rank:
+        model, tokenizer = load_init_model(cfg.init, 0)
+        peft_model = apply_lora(model, cfg.lora_rank, cfg.lora_alpha, cfg.train_layers, cfg.seed)
+    elif cfg.init:
         model, tokenizer = load_init_model(cfg.init, cfg.train_layers)
     else:
         texts = [s.prompt for s in samples] + [a for s in samples for a in s.admissible]
@@ -170,7 +192,7 @@ def _train_agent(cfg: TrainAgentConfig, env, val_env, teacher, progress) -> dict
     remaining = budget - (time.perf_counter() - t0)
     n_rounds = max(0, cfg.dagger_rounds)
     first = remaining * (cfg.train_share if n_rounds else 1.0)
-    steps += train_for(model, data, first, cfg, opt, rng, log, steps)
+    steps += train_for(model, data, first, cfg, opt, rng, log, steps, progress=progress)
     progress(f"trained {steps} steps on teacher data; last {log[-1] if log else {}}")
     snapshot = _snapshot_saver(cfg, model, tokenizer, samples, t0, progress)
     snapshot("bc", steps)
@@ -219,13 +241,15 @@ def _train_agent(cfg: TrainAgentConfig, env, val_env, teacher, progress) -> dict
         "dagger": rounds, "validation": val, "loss_log": log[:1] + log[-10:] if len(log) > 11 else log,
         "lp": {"method": "awq", "bits": 3, "group_size": min(32, model.config.hidden_size)},
     }
-    save_agent(model, tokenizer, Path(cfg.out), cfg, info, calib)
+    save_agent(model, tokenizer, Path(cfg.out), cfg, info, calib, peft_model)
     return info
 
 
 def model_summary(model, tokenizer, cfg: TrainAgentConfig) -> dict:
     mc = model.config
-    return {"arch": (mc.architectures or [type(model).__name__])[0], "init": cfg.init or "random",
+    lora = {"rank": cfg.lora_rank, "alpha": cfg.lora_alpha or 2 * cfg.lora_rank,
+            "layers": cfg.train_layers or mc.num_hidden_layers} if cfg.lora_rank else None
+    return {"arch": (mc.architectures or [type(model).__name__])[0], "init": cfg.init or "random", "lora": lora,
             "hidden": mc.hidden_size, "layers": mc.num_hidden_layers, "heads": mc.num_attention_heads,
             "vocab": len(tokenizer), "params": int(sum(p.numel() for p in model.parameters())),
             "trained_params": int(sum(p.numel() for p in model.parameters() if p.requires_grad))}
@@ -318,6 +342,12 @@ def register_train_agent(train_sub) -> None:
     p.add_argument("--label-smoothing", type=float, default=TrainAgentConfig.label_smoothing,
                    help="label smoothing of the loss over the candidate actions")
     p.add_argument("--threads", type=int, default=1, help="torch threads (1 is fastest on a busy 2-core box)")
+    p.add_argument("--lora-rank", type=int, default=0, help="with --init: train a LoRA adapter of this rank "
+                   "(on the top --train-layers layers, 0: all) instead of the layers themselves; the output "
+                   "holds only the adapter (bf16) and is merged with the base at first use")
+    p.add_argument("--lora-alpha", type=float, default=0.0, help="LoRA scale numerator (0: 2 x rank)")
+    p.add_argument("--bf16", action="store_true", help="bf16 autocast while training (about 5x faster per "
+                   "core where the CPU has AMX; see bc_loss.cpu_bf16_fast)")
     p.add_argument("--snapshots", action="store_true", help="also save the agent after each training phase "
                    "(teacher data, each DAgger round) under OUT/snapshots/")
     p.add_argument("--eval-data", default="", help="after training: data root whose --eval-split games "
@@ -339,7 +369,8 @@ def config_from_args(args) -> TrainAgentConfig:
                            split=args.split, max_games=args.max_games, val_games=args.val_games,
                            hidden=args.hidden, layers=args.layers, heads=args.heads, vocab=args.vocab,
                            threads=args.threads, lm_weight=args.lm_weight, label_smoothing=args.label_smoothing,
-                           snapshots=args.snapshots, init=args.init, train_layers=args.train_layers)
+                           snapshots=args.snapshots, init=args.init, train_layers=args.train_layers,
+                           lora_rank=args.lora_rank, lora_alpha=args.lora_alpha, bf16=args.bf16)
     for name in ("lr", "batch_size", "max_candidates", "dagger_rounds"):
         given = getattr(args, name)
         if given is not None:

@@ -74,7 +74,7 @@ class MainJob:
         hp = self.cfg.hp
         if not hp.model_path:
             try:
-                hp.model_path = "" if self.train_agent else str(agents.agent_dir(self.cfg.env.name))
+                hp.model_path = "" if self.train_agent else str(agents.agent_dir(agents.agent_name(self.cfg)))
             except ModelError:
                 hp.model_path = ""
             if not hp.model_path:
