@@ -24,10 +24,13 @@ accepted as well.
 Products, prices, goals and the search index are loaded once per data directory and shared by all
 envs built over it (``data.cached_data``, ``backend_for``); each env keeps only its own page state, so
 a rollout worker can host many. The reward's spaCy pipeline loads when the first env of a process is
-built, and the nouns of each title are tagged once per process (``reward.title_nouns``). The oracle (``expert_action``) reads the goal's target asin and
-options: it searches the instruction (without the price clause), pages to the target, falls back to
-searching the target's title when the target is not among the 50 results, clicks the goal's option
-values and buys.
+built, and the nouns of each title are tagged once per process (``reward.title_nouns``): the goal's at
+``reset``, the purchased product's at its first purchase.
+
+The oracle (``expert_action``) reads the goal's target asin and options: it searches the
+instruction (without the price clause), pages to the target, falls back to searching the target's
+title when the target is not among the 50 results, clicks the goal's option values and buys. The
+behaviour-cloning teacher is ``teacher.FirstMatchTeacher`` (the first listed product that earns 1).
 """
 from __future__ import annotations
 
@@ -36,7 +39,7 @@ from typing import Optional
 
 from environments.base import TaskState, TextEnv
 from environments.webshop.data import Goal, Product, WebShopData, cached_data, canonical_split
-from environments.webshop.reward import fuzzy_score, get_reward, normalize_color, spacy_model
+from environments.webshop.reward import fuzzy_score, get_reward, normalize_color, spacy_model, title_nouns
 from environments.webshop.search import SearchBackend, make_backend
 
 SEP = " [SEP] "
@@ -104,6 +107,8 @@ class WebShopEnv(TextEnv):
 
     def _reset_task(self, index: int) -> TaskState:
         self._reset_page_state()
+        if self.nouns is None:  # tag the goal's title now (cached), so "Buy Now" tags at most the purchase's
+            title_nouns(self.goal.name)
         return self._state_now()
 
     def _step_task(self, command: str) -> TaskState:
