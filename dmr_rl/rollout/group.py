@@ -29,17 +29,13 @@ def merge_summaries(parts: list) -> dict:
 def worker_kwargs_from_config(cfg, shard_dir, envs_per_worker: Optional[int] = None,
                               split: Optional[str] = None, record_kl: bool = False) -> dict:
     """RolloutWorker keyword arguments (all picklable) from the root config."""
-    from dmr_rl.errors import ModelError
-    from dmr_rl.models.agent import agent_dir, read_agent_config
+    from dmr_rl.models.agent import ASSETS, agent_name, read_agent_config
     from dmr_rl.rollout.envs import env_spec_from_config
 
     # a trained agent is prompted (and scores actions) the way it was trained: its agent_config.json
     # (an unreadable one is a ModelError naming the file); a checkpoint without one, or an env with no
     # project agent and no hp.model_path (then the tiers' backends are given explicitly), uses the config's
-    try:
-        hp_dir = cfg.hp.model_path or str(agent_dir(cfg.env.name))
-    except ModelError:
-        hp_dir = ""
+    hp_dir = cfg.hp.model_path or (ASSETS / agent_name(cfg) if (ASSETS / agent_name(cfg)).is_dir() else "")
     saved = read_agent_config(hp_dir) if hp_dir else {}
     prompt = dict(saved["prompt"]) if saved.get("prompt") else {"history_window": cfg.agent.history_window}
     acting = ActingSpec(action_mode=cfg.agent.action_mode, temperature=cfg.agent.temperature,
