@@ -85,7 +85,7 @@ def test_collect_through_ray_actors_with_mixed_policy(ray_session, alfworld_data
     from dmr_rl.pipeline import collect
     from dmr_rl.serving.fake_backend import FakeBackend
 
-    cfg = load_config(None, _overrides(tmp_path / "run", alfworld_data, "unused", "unused", episodes=6)
+    cfg = load_config(None, _overrides(tmp_path / "run", alfworld_data, str(tmp_path), str(tmp_path), episodes=6)
                       + ["collect.policy=mixed", "collect.num_workers=2", "collect.envs_per_worker=1"])
     specs = {t: functools.partial(FakeBackend, t) for t in ("hp", "lp")}
     s = collect.run(cfg, local=False, record_kl=True, progress=False, backend_specs=specs)
