@@ -46,7 +46,8 @@ class EnvConfig:
 @dataclass
 class TierConfig:
     model_path: str = doc("", "Local checkpoint directory (transformers layout). Empty: the project's agent for this env.")
-    backend: str = doc("transformers", "Backend key in dmr_rl.models.BACKENDS (transformers, compressed, quanto, autoawq, vllm).")
+    backend: str = doc("transformers", "Backend key in dmr_rl.models.BACKENDS (transformers, compressed, quanto, autoawq, "
+                                       "vllm; vllm needs the tier's python to name an interpreter that has vLLM).")
     dtype: str = doc("float32", "Compute dtype: float32, bfloat16, float16.")
     quant_method: str = doc("none", "Quantization applied when the checkpoint is produced: none, awq, rtn.")
     bits: int = doc(16, "Weight bits for quant_method (2, 3, 4, 8; 16 means unquantized).")
@@ -57,6 +58,16 @@ class TierConfig:
     resources: dict = doc({}, "Extra Ray custom resources per replica, e.g. {hp_model: 1}.")
     max_batch_size: int = doc(64, "Largest batch a server forms from queued requests.")
     max_wait_ms: float = doc(2.0, "How long a server waits to fill a batch.")
+    tensor_parallel_size: int = doc(1, "vllm backend: GPUs one replica's engine shards the model over (set num_gpus to the "
+                                       "same number).")
+    gpu_memory_utilization: float = doc(0.4, "vllm backend: share of each GPU's memory one engine takes for weights and KV "
+                                             "cache, in (0, 1]; replicas sharing a GPU must sum to at most 1.")
+    enforce_eager: bool = doc(False, "vllm backend: skip CUDA-graph / torch.compile capture (starts faster, steps slower).")
+    python: str = doc("", "Interpreter this tier's model servers run in (Ray runtime_env py_executable), e.g. "
+                          ".venv-vllm/bin/python from `python -m dmr_rl.models.vllm_env` for backend vllm, whose "
+                          "compressed-tensors pin differs from the base install's; a relative path is taken from the "
+                          "driver's working directory and must exist on every node that hosts the tier; empty: the "
+                          "driver's interpreter.")
 
 
 @dataclass
@@ -246,6 +257,13 @@ def validate(cfg: DMRConfig) -> DMRConfig:
             raise ConfigError(f"{tier}.bits={t.bits} is not a supported bit width (2, 3, 4, 8, 16)")
         if t.quant_method != "none" and t.bits == 16:
             raise ConfigError(f"{tier}.quant_method={t.quant_method!r} needs bits < 16")
+        if t.tensor_parallel_size < 1:
+            raise ConfigError(f"{tier}.tensor_parallel_size must be >= 1, got {t.tensor_parallel_size}")
+        if t.tensor_parallel_size > 1 and t.backend != "vllm":
+            raise ConfigError(f"{tier}.tensor_parallel_size={t.tensor_parallel_size} needs backend vllm "
+                              f"(the {t.backend} backend does not shard)")
+        if not 0.0 < t.gpu_memory_utilization <= 1.0:
+            raise ConfigError(f"{tier}.gpu_memory_utilization={t.gpu_memory_utilization} is outside (0, 1]")
     if len(cfg.eval.seeds) < 1:
         raise ConfigError("eval.seeds must list at least one seed")
     if cfg.eval.episodes < 0 or cfg.eval.calib_episodes < 0 or cfg.eval.causal_episodes < 0:
