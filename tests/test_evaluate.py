@@ -117,7 +117,7 @@ def test_methods_route_as_they_claim(evaluated):
 
 
 def test_random_and_first_k_run_at_the_routers_realised_ratios(evaluated):
-    from dmr_rl.pipeline.evaluate import realised_hp_ratio
+    from dmr_rl.report.metrics import realised_hp_ratio
 
     cfg = evaluated[0]
     realised = {p: realised_hp_ratio(_eps(cfg, "router", p, 0)) for p in _points(cfg, "router")}
@@ -164,7 +164,8 @@ def test_resume_skips_finished_points(evaluated):
 
 def test_calibration_and_ratio_helpers_by_hand():
     from dmr_rl.pipeline.calibrate import share_at, thresholds_for_targets, weighted_threshold
-    from dmr_rl.pipeline.evaluate import eval_tasks, realised_hp_ratio
+    from dmr_rl.pipeline.evaluate import eval_tasks
+    from dmr_rl.report.metrics import realised_hp_ratio
     from dmr_rl.rollout.records import EpisodeRecord, StepRecord
 
     s = np.array([0.9, 0.8, 0.7, 0.6, 0.5])

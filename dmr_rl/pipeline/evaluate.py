@@ -19,7 +19,8 @@ sampling agent) are played under every seed, each draw keyed by (run seed, metho
 task), so methods pair exactly and a resumed run reproduces them.
 
 HP ratio, everywhere: per step, the tiers it paid (a cascade's LP pass counts as LP use); per task,
-HP calls / all calls; a method's ratio is the mean over tasks (:func:`realised_hp_ratio`).
+HP calls / all calls; a method's ratio is the mean over tasks
+(:func:`dmr_rl.report.metrics.realised_hp_ratio`).
 
 Episodes go to ``<run_dir>/eval/<method>/<point>/seed_<s>/`` (:mod:`dmr_rl.report.layout`);
 ``point.json`` beside them says what the point is (kind router/baseline, stochastic, threshold,
@@ -36,6 +37,7 @@ from typing import Optional
 import numpy as np
 
 from dmr_rl.report import layout
+from dmr_rl.report.metrics import realised_hp_ratio
 
 BASELINE_SWEEPS = {  # baseline -> (router kwarg, values, point-name format), used when no router sets the cost
     "hp_only": (None, [None], "default"),
@@ -157,19 +159,6 @@ def eval_tasks(num_tasks: int, episodes: int) -> list:
     if num_tasks <= 0:
         raise ValueError("the evaluation split has no tasks")
     return list(range(num_tasks)) if episodes <= 0 or episodes >= num_tasks else spread_tasks(num_tasks, episodes)
-
-
-def realised_hp_ratio(episodes: list) -> float:
-    """Mean over tasks of (HP calls / all tier calls) over the task's episodes; a step's calls are
-    the tiers in ``extra["paid"]`` (``tier`` for records without it)."""
-    per_task: dict = {}
-    for ep in episodes:
-        for st in ep.steps:
-            paid = st.extra.get("paid") or [("hp" if st.tier == 1 else "lp")]
-            hp_lp = per_task.setdefault(ep.task_index, [0, 0])
-            hp_lp[0] += paid.count("hp")
-            hp_lp[1] += len(paid)
-    return float(np.mean([h / n for h, n in per_task.values() if n])) if per_task else float("nan")
 
 
 def start_group(cfg, shard_dir=None):

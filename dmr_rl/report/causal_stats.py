@@ -30,20 +30,15 @@ def arm_summary(episodes: list) -> dict:
 
 
 def paired_task_diff(a: dict, b: dict, n_boot: int = 2000, seed: int = 0) -> dict:
-    """Mean of a[t] - b[t] over the tasks both have, and its 95% percentile bootstrap CI over tasks.
+    """Mean of a[t] - b[t] over the tasks both have, and the 95% bootstrap CI of that same mean
+    (tasks resampled). a, b: {task: value}."""
+    from dmr_rl.report.metrics import mean_with_ci
 
-    a, b: {task: value}. The estimate is the mean of the resampled statistic's own sample, so the
-    CI contains it unless every resample agrees exactly (then CI = [estimate, estimate]).
-    """
     tasks = sorted(set(a) & set(b))
     if not tasks:
         return {"n_tasks": 0, "diff_mean": None, "diff_ci": None}
-    d = np.array([float(a[t]) - float(b[t]) for t in tasks])
-    rng = np.random.default_rng(seed)
-    boots = d[rng.integers(0, len(d), size=(int(n_boot), len(d)))].mean(axis=1)
-    lo, hi = np.percentile(boots, [2.5, 97.5])
-    est = float(d.mean())
-    return {"n_tasks": len(tasks), "diff_mean": est, "diff_ci": [float(min(lo, est)), float(max(hi, est))]}
+    est, ci = mean_with_ci([float(a[t]) - float(b[t]) for t in tasks], n_boot, seed)
+    return {"n_tasks": len(tasks), "diff_mean": est, "diff_ci": ci}
 
 
 def causal_summary(causal: dict, n_boot: int = 2000, seed: int = 0) -> dict:
