@@ -61,7 +61,11 @@ def run(args) -> dict:
     from dmr_rl.serving.launcher import create_rollout_group, create_tier_clients, ray_init, shutdown_all
 
     t_start = time.perf_counter()
-    agent = Path(args.agent) if args.agent else agent_dir("alfworld")
+    from dmr_rl.models.agent import ASSETS
+
+    # the shipped SmolLM2 agent when the checkout has it, else the tiny one
+    name = args.agent_name or ("alfworld-smollm2" if (ASSETS / "alfworld-smollm2").is_dir() else "alfworld")
+    agent = Path(args.agent) if args.agent else agent_dir(name)
     cache = Path(args.cache or os.environ.get("DMR_CACHE") or Path.home() / ".cache" / "dmr_rl") / "gpu_check"
     lp_dir = lp_copy(agent, args.lp_bits, args.lp_method, cache)
     t_quant = time.perf_counter() - t_start
@@ -88,7 +92,7 @@ def run(args) -> dict:
     validate(cfg)
     ray_init(cfg.ray, cfg.run_dir, num_gpus=1 if gpu else 0)
     clients, group = {}, None
-    out: dict = {"device": args.device, "dtype": dtype, "agent": str(agent), "lp": str(lp_dir), "lp_backend": args.lp_backend,
+    out: dict = {"device": args.device, "dtype": dtype, "agent": args.agent or name, "lp": str(lp_dir), "lp_backend": args.lp_backend,
                  "episodes": args.episodes, "router": args.router}
     try:
         t0 = time.perf_counter()
@@ -129,7 +133,9 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--device", default="cuda", help="cuda (default) or cpu")
     ap.add_argument("--episodes", type=int, default=20, help="ALFWorld games per method")
-    ap.add_argument("--agent", default="", help="agent checkpoint (default: the shipped ALFWorld agent)")
+    ap.add_argument("--agent", default="", help="agent checkpoint directory (overrides --agent-name)")
+    ap.add_argument("--agent-name", default="", help="a committed agent (default: alfworld-smollm2 if shipped, "
+                                                      "else alfworld)")
     ap.add_argument("--python", default=".venv-vllm/bin/python", help="the vLLM side venv's interpreter")
     ap.add_argument("--lp-bits", type=int, default=4)
     ap.add_argument("--lp-method", default="awq", choices=("awq", "rtn"))
