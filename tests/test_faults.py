@@ -15,7 +15,7 @@ from dmr_rl.config import TierConfig
 from dmr_rl.errors import ActorError
 from dmr_rl.rollout.envs import EnvSpec
 from dmr_rl.rollout.group import RolloutGroup
-from dmr_rl.rollout.records import TrajectoryStore
+from dmr_rl.rollout.records import HP, TrajectoryStore
 from dmr_rl.serving.fake_backend import FakeBackend
 
 TASKS = [0, 1, 2, 3, 4, 5, 0, 1, 2, 3, 4, 5, 0, 1, 2, 3]
@@ -88,6 +88,12 @@ def test_point_survives_a_killed_model_server_and_rollout_worker(ray_session, al
         # the restarted actors serve the next point
         assert group.run_episodes([0, 1], "lp", seed=0)["episodes"] == 2
         assert group.run_episodes([0, 1], "mixed", seed=0, rng_key=KEY)["episodes"] == 2
+        # a worker killed between two points: the next point's router reaches its restarted self
+        os.kill(_pid(ray_session, group.workers[0]), signal.SIGKILL)
+        group.set_router({"name": "random", "kwargs": {"hp_ratio": 1.0}})
+        s = group.run_episodes([0, 1, 2, 3], "router", seed=0, return_episodes=True)
+        assert s["episodes"] == 4 and {e.extra["worker"] for e in s["episode_records"]} == {0, 1}
+        assert all(st.tier == HP for e in s["episode_records"] for st in e.steps)
     finally:
         _stop(clients, group)
 

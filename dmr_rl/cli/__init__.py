@@ -56,10 +56,14 @@ def main(argv=None) -> int:
     except Exception as e:  # every user-facing error ends here with its message, not a traceback
         from dmr_rl.errors import log_traceback, one_line, user_facing
 
+        from dmr_rl.errors import ActorError
+
         log = log_traceback(e)  # (a run's <run_dir>/logs/dmr.log, when there is one)
         shown = user_facing(e)
         if shown is not None:
-            print(f"dmr: error: {one_line(shown)}" + (f" (traceback in {log})" if log else ""), file=sys.stderr)
+            # an actor, Ray or OS failure has a traceback worth keeping; bad input does not
+            where = f" (traceback in {log})" if log and (shown is not e or isinstance(e, (ActorError, OSError))) else ""
+            print(f"dmr: error: {one_line(shown)}{where}", file=sys.stderr)
             return 2
         raise
     finally:
