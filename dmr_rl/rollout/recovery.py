@@ -13,6 +13,7 @@ ActorError.
 """
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 from dmr_rl.errors import USER_ERRORS, ActorError
@@ -22,13 +23,32 @@ from dmr_rl.rollout.worker import summarise_episodes
 READY_TIMEOUT_S = 600.0  # how long a restarting worker may take to come back
 
 
+def actor_back(handle, timeout_s: float) -> bool:
+    """Whether a Ray actor that failed a call answers again within ``timeout_s`` (Ray restarts
+    it while its ``max_restarts`` last; meanwhile calls fail with ActorUnavailableError). False:
+    it is dead for good, or did not come back in time."""
+    import ray
+    from ray.exceptions import ActorUnavailableError, GetTimeoutError, RayActorError
+
+    deadline = time.monotonic() + float(timeout_s)
+    while True:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            return False
+        try:
+            ray.get(handle.ready.remote(), timeout=left)
+            return True
+        except ActorUnavailableError:  # restarting
+            time.sleep(0.2)
+        except (RayActorError, GetTimeoutError):
+            return False
+
+
 def worker_alive(group, i: int, timeout_s: float = READY_TIMEOUT_S) -> bool:
     """Whether worker ``i`` answers (Ray restarts a dead one while restarts remain); a restarted
     worker gets the router the group last pushed."""
     import ray
     from ray.exceptions import GetTimeoutError, RayActorError
-
-    from dmr_rl.serving.clients import actor_back
 
     if not actor_back(group.workers[i], timeout_s):
         return False

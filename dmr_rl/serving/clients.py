@@ -19,6 +19,7 @@ from contextlib import contextmanager
 from typing import Optional
 
 from dmr_rl.errors import ActorError
+from dmr_rl.rollout.recovery import actor_back
 from dmr_rl.serving.model_server import apportion_cost, make_backend
 
 CALLS = ("score_actions", "token_distributions", "generate")
@@ -110,27 +111,6 @@ class LocalTierClient(_PlainCalls):
 
     def shutdown(self) -> None:
         pass
-
-
-def actor_back(handle, timeout_s: float) -> bool:
-    """Whether a Ray actor that failed a call answers again within ``timeout_s`` (Ray restarts
-    it while its ``max_restarts`` last; meanwhile calls fail with ActorUnavailableError). False:
-    it is dead for good, or did not come back in time."""
-    import ray
-    from ray.exceptions import ActorUnavailableError, GetTimeoutError, RayActorError
-
-    deadline = time.monotonic() + float(timeout_s)
-    while True:
-        left = deadline - time.monotonic()
-        if left <= 0:
-            return False
-        try:
-            ray.get(handle.ready.remote(), timeout=left)
-            return True
-        except ActorUnavailableError:  # restarting
-            time.sleep(0.2)
-        except (RayActorError, GetTimeoutError):
-            return False
 
 
 class TierClient(_PlainCalls):
