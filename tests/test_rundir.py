@@ -13,7 +13,8 @@ import yaml
 from dmr_rl.config import load_config
 from dmr_rl.errors import RunDirError
 from dmr_rl.pipeline import rundir
-from dmr_rl.pipeline.rundir import RunLock, check_resume, write_atomic
+from dmr_rl.atomic_io import write_atomic
+from dmr_rl.pipeline.rundir import RunLock, check_resume
 
 
 def _cfg(run_dir, *sets):

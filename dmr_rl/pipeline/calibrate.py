@@ -92,6 +92,7 @@ def calibrate(cfg, router_dirs: dict, clients: dict, local: bool = False, progre
     """{method: {"thresholds": {target: t}, ...}} for every learned router in ``router_dirs``
     ({method: checkpoint dir}), playing the validation split through rollout workers built on
     ``clients`` (the evaluation's own tier clients)."""
+    from dmr_rl.atomic_io import write_atomic
     from dmr_rl.report import layout
     from dmr_rl.rollout.records import TrajectoryStore
     from dmr_rl.serving import launcher
@@ -129,10 +130,7 @@ def calibrate(cfg, router_dirs: dict, clients: dict, local: bool = False, progre
             if progress:
                 print(f"calibrated {method} on {split} ({len(set(ids))} tasks, {len(scores)} steps): "
                       + ", ".join(f"{r:g}->{t:.3f}" for r, t in thr.items()), flush=True)
-            path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_suffix(".json.tmp")
-            tmp.write_text(json.dumps(done, indent=1))
-            tmp.replace(path)
+            write_atomic(path, json.dumps(done, indent=1))
     finally:
         group.shutdown()
     return done

@@ -334,10 +334,9 @@ def run(cfg, router_ckpt=None, methods: Optional[list] = None, group=None, clien
     results["calibration"] = calibration
     from dmr_rl.report.writer import _json_safe
 
-    path = layout.eval_dir(cfg.run_dir) / "results.json"
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(_json_safe(results), indent=1))
-    tmp.replace(path)
+    from dmr_rl.atomic_io import write_atomic
+
+    path = write_atomic(layout.eval_dir(cfg.run_dir) / "results.json", json.dumps(_json_safe(results), indent=1))
     if progress:
         print(f"eval: {len(ev.played)} operating points on {len(tasks)} tasks; {ev.timers.summary()}; "
               f"results in {path}")

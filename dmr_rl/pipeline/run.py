@@ -43,7 +43,7 @@ class MainJob:
             print(f"[dmr run {time.strftime('%H:%M:%S')}] {msg}", flush=True)
 
     def _mark(self, stage: str, info: Optional[dict] = None) -> None:
-        from dmr_rl.pipeline.rundir import write_atomic
+        from dmr_rl.atomic_io import write_atomic
 
         self.done[stage] = info or {}
         write_atomic(self.done_path, json.dumps(self.done, indent=1, default=str))
@@ -194,7 +194,8 @@ class MainJob:
 
     # ---- the driver --------------------------------------------------------------------------
     def fit(self) -> Path:
-        from dmr_rl.pipeline.rundir import record_filled, write_atomic
+        from dmr_rl.atomic_io import write_atomic
+        from dmr_rl.pipeline.rundir import record_filled
 
         self.run_dir.mkdir(parents=True, exist_ok=True)
         for stage, (section, field, key) in RESTORED_PATHS.items():

@@ -9,8 +9,6 @@
   a one-line diff (``--fresh`` or a new ``run_dir`` is the way out); fields that only change how
   the run runs (``RUN_ONLY``: workers, replicas, Ray, batching) are allowed and noted in
   ``<run_dir>/resumes.jsonl``. The recorded config is never rewritten with the new values.
-* :func:`write_atomic` - tmp file + fsync + ``os.replace``, so a file is whole or absent, and an
-  OS error names the path.
 """
 from __future__ import annotations
 
@@ -21,6 +19,7 @@ import time
 from pathlib import Path
 from typing import Optional
 
+from dmr_rl.atomic_io import write_atomic
 from dmr_rl.config import ConfigError
 from dmr_rl.errors import RunDirError
 
@@ -38,27 +37,6 @@ RUN_ONLY = {"collect.num_workers", "collect.envs_per_worker", "sft.num_learners"
 STAGE_FILLED = {"env.data_dir", "hp.model_path", "lp.model_path"}
 
 
-def write_atomic(path, text: str) -> Path:
-    """Write ``text`` to ``path`` whole or not at all; an OSError names ``path``."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with open(tmp, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except OSError as e:
-        try:
-            tmp.unlink()
-        except OSError:
-            pass
-        raise OSError(e.errno, e.strerror or str(e), str(path)) from None
-    return path
-
-
-# ---- lock ----------------------------------------------------------------------------------------
 def _proc_start(pid: int) -> str:
     """The process's start time in clock ticks since boot (Linux), '' elsewhere: tells a live
     holder from a new process that reuses its pid."""

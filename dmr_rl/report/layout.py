@@ -50,7 +50,7 @@ def report_dir(run_dir) -> Path:
 def write_point_meta(run_dir, method: str, point: str, params: dict, default: bool = False) -> Path:
     """Record what an operating point is (its knob values) beside its shards (written whole or
     not at all)."""
-    from dmr_rl.pipeline.rundir import write_atomic
+    from dmr_rl.atomic_io import write_atomic
 
     return write_atomic(point_dir(run_dir, method, point) / "point.json",
                         json.dumps({"method": method, "point": point, "params": params,
