@@ -314,7 +314,7 @@ def check_quantization_and_paths(cfg: DMRConfig) -> None:
     lp = cfg.lp
     if lp.quant_method != "none" and not lp.model_path:  # dmr run quantizes the HP checkpoint
         src = Path(cfg.hp.model_path) if cfg.hp.model_path else \
-            Path(__file__).resolve().parent / "assets" / "agents" / cfg.env.name
+            Path(__file__).resolve().parent / "assets" / "agents" / (cfg.agent.name or cfg.env.name)
         widths = _model_widths(src)
         bad = [w for w in widths if w % lp.group_size]
         if bad:

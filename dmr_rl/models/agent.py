@@ -16,6 +16,11 @@ Where the project's agents live
     ``training.json``'s ``lp`` entry, calibrated on the agent's own prompts in
     ``calib_prompts.json``) into ``$DMR_CACHE`` (default ``~/.cache/dmr_rl``)
     ``/agents/<env>/<lp.dir>`` and reused from there. ``--model DIR`` loads any checkpoint dir.
+    A LoRA agent (``alfworld-smollm2``: SmolLM2-135M-Instruct + a committed bf16 adapter) holds
+    only its adapter; :func:`resolve_agent_dir` merges it with its base once into
+    ``$DMR_CACHE/agents/merged/`` and its low-bit copy is made beside that merged checkpoint.
+    ``dmr env eval --policy agent`` plays :data:`DEFAULT_AGENTS` (the LoRA agent for alfworld);
+    a run serves ``agent.name`` (empty: the tiny agent named after the env).
 """
 from __future__ import annotations
 

@@ -11,6 +11,9 @@ Recipe (all on CPU, within a wall-clock budget):
    Why both: an agent trained from scratch for minutes keeps wide action margins and shrugs off
    2-bit weights (its low-bit copy is a few points worse); a pretrained model fine-tuned the same
    way inherits a dense, precision-sensitive network (its 3-bit copy loses most of its wins).
+   With ``lora_rank`` the pretrained weights stay frozen and a LoRA adapter (peft) trains instead;
+   only the adapter is saved (bf16, a few MB), see :mod:`dmr_rl.models.lora`. ``bf16`` trains
+   under bf16 autocast (AMX CPUs: ~5x the fp32 matmul rate per core).
 3. **Score-mode loss** (:mod:`dmr_rl.models.bc_loss`): one forward scores every candidate
    action of a step; cross-entropy over the candidates against the teacher's action (exactly
    how score mode acts) plus a small language-modelling term.
@@ -36,7 +39,7 @@ from dmr_rl.errors import ModelError
 from dmr_rl.models.agent import AGENT_CONFIG, TRAINING_INFO, AgentPolicy, LMAgent
 from dmr_rl.models.bc_data import TEACHERS, augmented, make_teacher, rollout_labelled
 from dmr_rl.models.bc_loss import build_model, encode, load_init_model, train_for
-from dmr_rl.models.lora import apply_lora, save_adapter
+from dmr_rl.models.lora import apply_lora, cpu_bf16_fast, save_adapter
 from dmr_rl.models.prompting import PromptConfig
 
 
@@ -96,6 +99,9 @@ class TrainAgentConfig:
             raise ModelError("--lora-rank needs --init (an adapter on a pretrained model)")
         if self.lora_rank and self.snapshots:
             raise ModelError("--snapshots is not supported with --lora-rank")
+        if self.bf16 and not cpu_bf16_fast():
+            raise ModelError("--bf16: this CPU has neither AMX nor AVX-512-BF16, so bf16 matmuls are emulated "
+                             "(measured 7x slower than fp32 on such a box); train without --bf16")
 
 
 #: what ``--init`` changes unless given: a pretrained model fine-tunes with a small learning rate,
