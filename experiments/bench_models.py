@@ -1,16 +1,26 @@
-"""Benchmark of the precision tiers: speed per tier and batch size, beside modelled weight bytes.
+"""Benchmark of the precision tiers: agent steps/s old vs new path, speed per tier, KL between tiers.
 
     python experiments/bench_models.py                       # SmolLM2 if cached, else a tiny model
-    python experiments/bench_models.py --model DIR --awq DIR --batch-sizes 1 4 16
+    python experiments/bench_models.py --json                # the agent-steps section as one JSON line
+    python experiments/bench_models.py --model DIR --awq DIR --throughput --kl-games 12
 
 Sections (each a function returning rows, so other sections can be added beside them):
 
-- :func:`bench_throughput`: generated tokens/s (greedy decode) and scored token positions/s
+- :func:`bench_agent_steps` (always): agent steps per second on real multi-step episodes (the
+  expert's consecutive steps of generated ALFWorld valid_unseen games, prompted as the agent
+  is), per tier (HP: the model; LP: its AWQ copy), at 1 and 4 environments per call, for
+  today's path (fp32, ``batched`` engine, no sessions) and the new one (``dtype=auto``,
+  ``packed`` engine, one session per episode so consecutive prompts reuse their KV cache).
+  Both paths score the same calls alternately, so load from other processes hits both alike;
+  ``agree`` is the share of steps whose argmax action is the same on both paths.
+  ``--json``: one line with ``speedup`` {"hp": x, "lp": y} (new/old steps/s at 1 env per call).
+
+- :func:`bench_throughput` (``--throughput``): generated tokens/s (greedy decode) and scored token positions/s
   (``score_actions``) per tier and batch size, with weight bytes; printed as ratios to fp32.
 - :func:`bench_ray_overhead` (``--ray-overhead``): a Ray model-server call against an in-process one.
-- :func:`bench_score_actions`: the rollout hot path, one step = one prompt and C admissible
+- :func:`bench_score_actions` (``--throughput``): the rollout hot path, one step = one prompt and C admissible
   actions: batched KV-reuse ``score_actions`` against a naive one-forward-per-candidate loop.
-- :func:`bench_step_kl` (``--kl-games N``, default 12; 0 skips): per-step KL(HP || LP) on expert
+- :func:`bench_step_kl` (``--kl-games N``, default 0: skipped): per-step KL(HP || LP) on expert
   trajectories of generated ALFWorld valid_unseen games, between the committed agent and its
   low-bit copy: over the admissible actions and teacher-forced over the expert's action tokens
   (mean, p50, p90, p99, share of the total in the top 5% of steps), the share of steps where the
@@ -167,6 +177,102 @@ def default_model() -> tuple:
     return str(src), str(tmp / "awq")
 
 
+def episode_prompts(n_games: int = 4, data_dir: str = "", agent: str = "", max_steps: int = 25) -> list:
+    """Real multi-step episodes: for ``n_games`` generated ALFWorld valid_unseen games (in
+    ``data_dir``, default: generated into a temporary directory), the explorer expert's
+    consecutive steps as (prompt, admissible actions), prompted as ``agent`` (its
+    agent_config.json) or as a SmolLM2 agent trained by ``dmr train agent`` is by default."""
+    from dmr_rl.models.agent import read_agent_config
+    from dmr_rl.models.bc_data import make_teacher, rollout_labelled
+    from dmr_rl.models.prompting import PromptConfig
+    from dmr_rl.models.train_agent import TrainAgentConfig
+    from environments import make_env
+    from environments.runner import spread_tasks
+
+    if not data_dir:
+        from environments.alfworld.generator import generate
+
+        with tempfile.TemporaryDirectory(prefix="dmr_bench_games_") as tmp:
+            generate(tmp, n=3 * n_games, seed=0)
+            return episode_prompts(n_games, tmp, agent, max_steps)
+    prompt = (PromptConfig.from_dict(read_agent_config(agent).get("prompt", {})) if agent
+              else TrainAgentConfig().prompt)
+    env = make_env("alfworld", data_dir, "valid_unseen")
+    teacher = make_teacher("alfworld")
+    return [[(s.prompt, list(s.admissible)) for s in rollout_labelled(env, teacher, i, prompt, max_steps=max_steps)[0]]
+            for i in spread_tasks(env.num_tasks, min(n_games, env.num_tasks))]
+
+
+def bench_agent_steps(paths: dict, episodes: list, n_envs=(1, 4)) -> list:
+    """Agent steps/s of each tier's old and new path on ``episodes`` (lists of (prompt, actions)).
+
+    paths: tier -> (old backend, new backend). Episodes are played ``n`` at a time in lock-step,
+    one ``score_actions`` call per step for the ``n`` environments (the new path with one session
+    id per episode, ended with ``end_sessions`` when the episode ends). The two paths score each
+    call back to back in alternating order. Steps/s are per CPU second of this process (with one
+    torch thread that is wall time on an idle core, and it stays honest on a machine shared with
+    other jobs); ``*_wall_steps_s`` are per wall second. Rows: tier, envs, steps, old/new steps/s,
+    speedup, agree (share of steps with the same argmax action on both paths)."""
+    rows = []
+    for tier, (old, new) in paths.items():
+        warm = episodes[0][0]
+        old.score_actions([warm[0]], [warm[1]])
+        new.score_actions([warm[0]], [warm[1]])
+        for n in n_envs:
+            t_old = t_new = w_old = w_new = 0.0
+            steps = same = 0
+            for g in range(0, len(episodes), n):
+                group = episodes[g:g + n]
+                ids = [f"{tier}-{n}-{g + k}" for k in range(len(group))]
+                for t in range(max(map(len, group))):
+                    live = [k for k, ep in enumerate(group) if t < len(ep)]
+                    prompts, cands = [group[k][t][0] for k in live], [group[k][t][1] for k in live]
+                    for first in ((old, new) if (steps + t) % 2 == 0 else (new, old)):
+                        t0, c0 = time.perf_counter(), time.process_time()
+                        if first is old:
+                            a = old.score_actions(prompts, cands)
+                            t_old += time.process_time() - c0
+                            w_old += time.perf_counter() - t0
+                        else:
+                            b = new.score_actions(prompts, cands, sessions=[ids[k] for k in live])
+                            t_new += time.process_time() - c0
+                            w_new += time.perf_counter() - t0
+                    steps += len(live)
+                    same += sum(int(np.argmax(x.sum_logprobs) == np.argmax(y.sum_logprobs)) for x, y in zip(a, b))
+                    new.end_sessions([ids[k] for k, ep in enumerate(group) if len(ep) == t + 1])
+            rows.append({"tier": tier, "envs": n, "steps": steps, "old_steps_s": steps / t_old,
+                         "new_steps_s": steps / t_new, "speedup": t_old / t_new, "agree": same / steps,
+                         "old_wall_steps_s": steps / w_old, "new_wall_steps_s": steps / w_new,
+                         "old": old.info()["label"] + f" {old.info()['dtype']}/{old.engine}",
+                         "new": new.info()["label"] + f" {new.info()['dtype']}/{new.engine}+sessions"})
+    return rows
+
+
+def agent_step_paths(model_dir: str, awq_dir: str) -> dict:
+    """tier -> (today's path: fp32, batched engine; new path: dtype auto, packed engine)."""
+    from dmr_rl.models import load_backend
+
+    paths = {"hp": (load_backend(model_path=model_dir, dtype="float32", engine="batched"),
+                    load_backend(model_path=model_dir, dtype="auto"))}
+    if awq_dir:
+        paths["lp"] = (load_backend(model_path=awq_dir, backend="compressed", dtype="float32", engine="batched"),
+                       load_backend(model_path=awq_dir, backend="compressed", dtype="auto"))
+    return paths
+
+
+def format_steps(rows: list) -> str:
+    head = (f"{'tier':<5}{'envs':>5}{'steps':>7}{'old steps/s':>13}{'new steps/s':>13}{'speedup':>9}{'agree':>7}"
+            f"{'wall: old':>11}{'new':>7}")
+    out = [head, "-" * len(head)]
+    for r in rows:
+        out.append(f"{r['tier']:<5}{r['envs']:>5}{r['steps']:>7}{r['old_steps_s']:>13.2f}{r['new_steps_s']:>13.2f}"
+                   f"{r['speedup']:>9.2f}{r['agree']:>7.3f}{r['old_wall_steps_s']:>11.2f}{r['new_wall_steps_s']:>7.2f}")
+    for tier in dict.fromkeys(r["tier"] for r in rows):
+        r = next(x for x in rows if x["tier"] == tier)
+        out.append(f"{tier}: old = {r['old']}; new = {r['new']}")
+    return "\n".join(out)
+
+
 def bench_step_kl(n_games: int = 12, data_dir: str = "", agent: str = "", lp: str = "") -> dict:
     """KL statistics of ``agent`` (default: the committed ALFWorld agent) against ``lp`` (default:
     its low-bit copy) on the explorer expert's trajectories of ``n_games`` valid_unseen games of
@@ -255,28 +361,52 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--model", default="", help="full-precision checkpoint (default: SmolLM2 if cached, else tiny)")
     ap.add_argument("--awq", default="", help="its compressed-tensors AWQ (or RTN) copy (dmr quantize --out)")
+    ap.add_argument("--agent", default="", help="agent directory whose agent_config.json prompts the episodes "
+                                                "(default: the SmolLM2 agent's default prompt format)")
+    ap.add_argument("--data", default="", help="generated ALFWorld games for the agent-steps section (default: generate)")
+    ap.add_argument("--games", type=int, default=4, help="generated valid_unseen games played by the agent-steps section")
+    ap.add_argument("--max-steps", type=int, default=25, help="steps per episode in the agent-steps section")
+    ap.add_argument("--envs", type=int, nargs="+", default=[1, 4], help="environments per call")
+    ap.add_argument("--json", action="store_true", help="print the agent-steps section as one JSON line only")
+    ap.add_argument("--throughput", action="store_true", help="also the throughput-per-tier and score_actions sections")
     ap.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 4, 16])
     ap.add_argument("--new-tokens", type=int, default=16)
     ap.add_argument("--no-quanto", action="store_true")
-    ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    ap.add_argument("--threads", type=int, default=1, help="torch threads (a model server runs with one; 0: torch's default)")
     ap.add_argument("--ray-overhead", action="store_true", help="also time a Ray model-server call against an in-process one")
-    ap.add_argument("--kl-games", type=int, default=12, help="valid_unseen games for the KL section (0: skip it)")
+    ap.add_argument("--kl-games", type=int, default=0, help="valid_unseen games for the KL section (0: skip it)")
     ap.add_argument("--kl-data", default="", help="generated ALFWorld games for the KL section (default: generate)")
     ap.add_argument("--kl-agent", default="", help="HP agent for the KL section (default: the committed one)")
     ap.add_argument("--kl-lp", default="", help="its low-bit copy (default: the agent's configured LP)")
     args = ap.parse_args(argv)
+    import json
+    import os
+
     import torch
+
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")  # keep CPU time in the measured thread
 
     if args.threads:
         torch.set_num_threads(args.threads)
     model, awq = (args.model, args.awq) if args.model else default_model()
+    episodes = episode_prompts(args.games, args.data, agent=args.agent, max_steps=args.max_steps)
+    rows = bench_agent_steps(agent_step_paths(model, awq), episodes, args.envs)
+    if args.json:
+        first = {r["tier"]: r for r in rows if r["envs"] == args.envs[0]}
+        print(json.dumps({"model": model, "awq": awq, "torch_threads": torch.get_num_threads(), "rows": rows,
+                          "speedup": {t: round(r["speedup"], 3) for t, r in first.items()}}))
+        return 0
     print(f"model: {model}\nawq:   {awq or '(none)'}\ntorch threads: {torch.get_num_threads()}\n")
-    tiers = load_tiers(model, awq, quanto=not args.no_quanto)
-    print("== throughput per tier and batch size (x = ratio to fp32 at the same batch) ==")
-    print(format_table(bench_throughput(tiers, args.batch_sizes, args.new_tokens)))
-    print("\n== score_actions, one step (fp32): batched KV reuse vs one forward per candidate ==")
-    for r in bench_score_actions(tiers["fp32"]):
-        print("  ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in r.items()))
+    print(f"== agent steps/s, today's path vs the new one ({len(episodes)} episodes, "
+          f"{sum(map(len, episodes))} steps; steps per CPU second, speedup = new/old) ==")
+    print(format_steps(rows))
+    if args.throughput:
+        tiers = load_tiers(model, awq, quanto=not args.no_quanto)
+        print("\n== throughput per tier and batch size (x = ratio to fp32 at the same batch) ==")
+        print(format_table(bench_throughput(tiers, args.batch_sizes, args.new_tokens)))
+        print("\n== score_actions, one step (fp32): batched KV reuse vs one forward per candidate ==")
+        for r in bench_score_actions(tiers["fp32"]):
+            print("  ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in r.items()))
     if args.ray_overhead:
         print("\n== Ray call overhead per step (median ms, one score_actions call of n envs) ==")
         for r in bench_ray_overhead(model):

@@ -49,14 +49,18 @@ def test_score_actions_matches_naive_loop(tiny):
             assert sc.sum_logprobs[j] == pytest.approx(ref, abs=2e-4)
     snap = be.cost.snapshot()
     assert snap["calls"] == 1 and snap["by_call"] == {"score": 1}
-    assert snap["weight_bytes_read"] == pytest.approx(2 * be.weight_bytes)  # two batched forwards
+    assert snap["weight_bytes_read"] == pytest.approx(3 * be.weight_bytes)  # packed engine: one forward per prompt
+    batched = load_backend({"model_path": tiny, "dtype": "float32"}, engine="batched")
+    for a, b in zip(scores, batched.score_actions(PROMPTS, CANDS)):
+        np.testing.assert_allclose(a.sum_logprobs, b.sum_logprobs, atol=2e-4)
+    assert batched.cost.weight_bytes_read == pytest.approx(2 * be.weight_bytes)  # two batched forwards
 
 
 def test_score_actions_chunks_agree(tiny, monkeypatch):
     """Splitting the candidate rows into several forwards changes nothing."""
     import dmr_rl.models.backends.transformers_backend as tb
 
-    be = load_backend(model_path=tiny)
+    be = load_backend(model_path=tiny, engine="batched")
     full = be.score_actions(PROMPTS, CANDS)
     monkeypatch.setattr(tb, "MAX_LOGIT_ELEMENTS", 1)
     chunked = be.score_actions(PROMPTS, CANDS)

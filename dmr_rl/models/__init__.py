@@ -9,7 +9,8 @@ What works where:
 ============  ==========================================  =====================================
 name          CPU (this machine)                          GPU
 ============  ==========================================  =====================================
-transformers  fp32 / bf16 / fp16 (bf16, fp16 slow on CPU)  fp32 / bf16 / fp16
+transformers  fp32 / bf16 / fp16 (bf16 fast only with AMX   fp32 / bf16 / fp16
+              or AVX-512-BF16; ``auto`` picks)
 compressed    llm-compressor pack-quantized checkpoints,   same path (decompressed); vLLM
               decompressed at load (quant error baked in)  serves the checkpoint natively
 quanto        optimum-quanto int8 / int4 weights           same (quanto has CUDA kernels)
@@ -37,6 +38,8 @@ BACKENDS: dict[str, str] = {
 
 _TIER_FIELDS = ("model_path", "backend", "dtype", "device", "bits", "group_size", "quant_method",
                 "tensor_parallel_size", "gpu_memory_utilization", "enforce_eager")
+#: keyword arguments load_backend passes on beside the TierConfig fields (transformers-based backends)
+_BACKEND_OPTIONS = ("engine", "max_sessions")
 
 
 def backend_class(name: str):
@@ -50,7 +53,12 @@ def backend_class(name: str):
 def load_backend(tier: Any = None, **kwargs):
     """Build a backend from a TierConfig (or a dict / keyword arguments with its field names).
 
-    Fields used: ``model_path``, ``backend``, ``dtype``, ``device``, and for ``quanto`` ``bits``.
+    Fields used: ``model_path``, ``backend``, ``dtype``, ``device``, and for ``quanto`` ``bits``;
+    keyword options ``engine`` and ``max_sessions`` go to transformers-based backends.
+    ``dtype="auto"`` (the default) is resolved here by
+    :func:`~dmr_rl.models.backends.base.resolve_dtype` (bf16 on CUDA and on CPUs with fast bf16,
+    else fp32; float16 for ``autoawq``, whose kernels compute in half precision); the backend's
+    ``info()["dtype"]`` says what it runs in.
     A ``transformers`` tier whose checkpoint is a compressed-tensors checkpoint (what
     ``dmr quantize`` writes) is loaded by the ``compressed`` backend, so that its weight bytes are
     the packed size.
@@ -70,4 +78,9 @@ def load_backend(tier: Any = None, **kwargs):
         if quantization_format(path) == "compressed-tensors":
             name = "compressed"
     cls = backend_class(name)
-    return cls.from_dir(path, **{k: v for k, v in fields.items() if k in _TIER_FIELDS})
+    from dmr_rl.models.backends.base import resolve_dtype
+
+    dtype = fields.get("dtype") or "auto"
+    fields["dtype"] = "float16" if (name == "autoawq" and dtype == "auto") else resolve_dtype(
+        dtype, fields.get("device") or "cpu")
+    return cls.from_dir(path, **{k: v for k, v in fields.items() if k in _TIER_FIELDS + _BACKEND_OPTIONS})

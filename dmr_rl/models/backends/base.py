@@ -13,6 +13,41 @@ from typing import Optional
 
 import numpy as np
 
+#: Compute dtypes a tier may ask for; ``auto`` is resolved by :func:`resolve_dtype` at load.
+DTYPES = ("auto", "float32", "bfloat16", "float16")
+#: CPU flags (Linux /proc/cpuinfo names) whose presence makes bf16 matmuls fast (oneDNN uses them).
+FAST_BF16_FLAGS = ("amx_bf16", "avx512_bf16")
+
+
+def cpu_flags() -> frozenset:
+    """The CPU's feature flags from /proc/cpuinfo (empty where that file is absent or unreadable)."""
+    try:
+        with open("/proc/cpuinfo") as fh:
+            for line in fh:
+                if line.startswith("flags"):
+                    return frozenset(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return frozenset()
+
+
+def resolve_dtype(dtype: str, device: str = "cpu", flags: Optional[frozenset] = None) -> str:
+    """The concrete compute dtype for ``dtype`` on ``device``.
+
+    ``auto``: ``bfloat16`` on CUDA, and on a CPU with AMX-BF16 or AVX-512-BF16 (``flags``, default
+    :func:`cpu_flags`), where bf16 linears run ~5x faster than fp32; ``float32`` on other CPUs
+    (bf16 there is emulated and slower than fp32). Any other known dtype is returned unchanged."""
+    from dmr_rl.errors import ModelError
+
+    if dtype not in DTYPES:
+        raise ModelError(f"unknown dtype {dtype!r}; known: {', '.join(DTYPES)}")
+    if dtype != "auto":
+        return dtype
+    if str(device).startswith("cuda"):
+        return "bfloat16"
+    flags = cpu_flags() if flags is None else flags
+    return "bfloat16" if any(f in flags for f in FAST_BF16_FLAGS) else "float32"
+
 
 @dataclass
 class SamplingParams:
@@ -100,9 +135,24 @@ class Backend(abc.ABC):
         """Batched generation: one :class:`Generation` per prompt."""
 
     @abc.abstractmethod
-    def score_actions(self, prompts: list, candidates: list) -> list:
+    def score_actions(self, prompts: list, candidates: list, sessions: Optional[list] = None) -> list:
         """Batched action scoring: ``candidates[i]`` is a list of strings continuing ``prompts[i]``;
-        returns one :class:`ActionScores` per prompt."""
+        returns one :class:`ActionScores` per prompt.
+
+        ``sessions`` (optional, one hashable id or None per prompt, e.g. the episode's id): a
+        backend may keep per-session state across calls (the transformers backend keeps the
+        prompt's KV cache and reuses its longest common token prefix with the session's next
+        prompt). Results never depend on it, only speed; a backend without such state ignores it.
+        Call :meth:`end_sessions` when an episode ends."""
+
+    def end_sessions(self, sessions: list) -> None:
+        """Forget the per-session state of ``sessions`` (episodes that ended); unknown ids are ignored."""
+
+    def info(self) -> dict:
+        """What this tier runs as, for logs and reports: at least ``backend``, ``label``, ``dtype``
+        (the resolved compute dtype) and ``device``."""
+        return {"backend": self.name, "label": getattr(self, "label", self.name),
+                "dtype": getattr(self, "dtype", ""), "device": getattr(self, "device", "")}
 
     @abc.abstractmethod
     def token_distributions(self, prompts: list, continuations: list, top_k: int = 0) -> list:

@@ -7,10 +7,21 @@ Tokenisation contract (the agent relies on it): a candidate/continuation is toke
 (``add_special_tokens=False``) and appended to the prompt's ids, so put the separating space or
 newline where it belongs (in the prompt's tail or the candidate's head) and keep it consistent.
 
-``score_actions`` is the hot path of every rollout step. It runs two batched forwards: all
-prompts once (left-padded, KV cache kept), then every candidate of every prompt as one batch of
-right-padded rows that reuse their prompt's cache (``batch_select_indices``), so a prompt of L
-tokens with C candidates costs L + C*len(candidate) token positions, not C*(L + len).
+``score_actions`` is the hot path of every rollout step. Two engines compute the same numbers:
+
+* ``packed`` (the default on CPU): one forward per prompt over the prompt's uncached tail and
+  the candidates' shared-prefix token tree, with a tree-shaped 4D attention mask
+  (:mod:`.packing`); with a session id per prompt the prompt's KV cache is kept across calls
+  (bounded LRU, ``max_sessions``) and the next prompt of that session recomputes only the tokens
+  after their longest common token prefix. A step costs (new prompt tokens + distinct
+  candidate-prefix tokens) positions and no cache copies.
+* ``batched`` (the default elsewhere, e.g. CUDA): two batched forwards, all prompts once
+  (left-padded, KV cache kept), then every candidate of every prompt as one batch of
+  right-padded rows that reuse their prompt's cache (``batch_select_indices``): a prompt of L
+  tokens with C candidates costs L + C*len(candidate) positions plus C copies of its cache.
+
+``dtype="auto"`` resolves to bf16 on CUDA and on CPUs with AMX/AVX-512-BF16, else fp32
+(:func:`~dmr_rl.models.backends.base.resolve_dtype`); :meth:`TransformersBackend.info` reports it.
 """
 from __future__ import annotations
 
@@ -20,10 +31,13 @@ from typing import Callable, Optional
 import numpy as np
 
 from dmr_rl.models.backends.base import (ActionScores, Backend, Generation, SamplingParams,
-                                         TokenDistributions)
+                                         TokenDistributions, resolve_dtype)
+from dmr_rl.models.backends.packing import (SessionCache, candidate_sums, candidate_tree, common_prefix,
+                                            packed_inputs)
 
 #: Largest number of logit elements (rows x tokens x vocab) materialised at once while scoring.
 MAX_LOGIT_ELEMENTS = 16_000_000
+ENGINES = ("auto", "packed", "batched")
 
 
 class TransformersBackend(Backend):
@@ -32,25 +46,42 @@ class TransformersBackend(Backend):
     name = "transformers"
 
     def __init__(self, model, tokenizer, device: str = "cpu", weight_bytes: Optional[float] = None,
-                 label: str = "") -> None:
+                 label: str = "", engine: str = "auto", max_sessions: int = 64) -> None:
         super().__init__()
+        from dmr_rl.errors import ModelError
         from dmr_rl.models.checkpoints import param_bytes
 
+        if engine not in ENGINES:
+            raise ModelError(f"unknown scoring engine {engine!r}; known: {', '.join(ENGINES)}")
         self.model = model.eval()
         self.tokenizer = tokenizer
         if tokenizer.pad_token_id is None:
             tokenizer.pad_token = tokenizer.eos_token
         self.device = device
+        self.dtype = str(next(model.parameters()).dtype).replace("torch.", "")
         self._weight_bytes = float(weight_bytes if weight_bytes is not None else param_bytes(model))
         self.label = label or self.name
+        self.engine = engine if engine != "auto" else ("packed" if str(device) == "cpu" else "batched")
+        self.sessions = SessionCache(max_sessions)
 
     @classmethod
-    def from_dir(cls, model_path: str, dtype: str = "float32", device: str = "cpu", **_):
+    def from_dir(cls, model_path: str, dtype: str = "auto", device: str = "cpu", engine: str = "auto",
+                 max_sessions: int = 64, **_):
         from dmr_rl.models.checkpoints import load_causal_lm, load_tokenizer
 
+        dtype = resolve_dtype(dtype, device)
         tok = load_tokenizer(model_path)
         model = load_causal_lm(model_path, dtype, device)
-        return cls(model, tok, device=device, label=f"{cls.name}:{dtype}")
+        return cls(model, tok, device=device, label=f"{cls.name}:{dtype}", engine=engine, max_sessions=max_sessions)
+
+    def info(self) -> dict:
+        import torch
+
+        return {**super().info(), "engine": self.engine, "torch_threads": torch.get_num_threads(),
+                "session_cache": self.sessions.stats()}
+
+    def end_sessions(self, sessions: list) -> None:
+        self.sessions.end(list(sessions))
 
     @property
     def weight_bytes(self) -> float:
@@ -154,13 +185,63 @@ class TransformersBackend(Backend):
     # ------------------------------------------------------------------------------------------
     # the Backend interface
     # ------------------------------------------------------------------------------------------
-    def score_actions(self, prompts: list, candidates: list) -> list:
-        import torch
-
+    def score_actions(self, prompts: list, candidates: list, sessions: Optional[list] = None) -> list:
         if len(prompts) != len(candidates):
             raise ValueError(f"score_actions: {len(prompts)} prompts but {len(candidates)} candidate lists")
+        if sessions is not None and len(sessions) != len(prompts):
+            raise ValueError(f"score_actions: {len(prompts)} prompts but {len(sessions)} session ids")
         if not prompts:
             return []
+        if self.engine == "packed":
+            return self._score_packed(prompts, candidates, sessions or [None] * len(prompts))
+        return self._score_batched(prompts, candidates)
+
+    def _score_packed(self, prompts: list, candidates: list, sessions: list) -> list:
+        """The packed engine: one forward per prompt over its uncached tail and its candidate tree."""
+        import torch
+        from transformers import DynamicCache
+
+        out = []
+        with self.timed("score") as t:
+            p_all = self._prompt_ids(prompts)
+            for p_ids, cands, sid in zip(p_all, candidates, sessions):
+                c_ids = [self._cont_ids(c) for c in cands]
+                tree = candidate_tree(c_ids)
+                entry = self.sessions.take(sid) if sid is not None else None
+                keep, cache = 0, None
+                if entry is not None:
+                    keep = min(common_prefix(entry[0], p_ids), len(p_ids) - 1)
+                    if keep > 0:
+                        cache = entry[1]
+                        _crop(cache, keep)
+                        self.sessions.reused_tokens += keep
+                    else:
+                        keep = 0
+                if cache is None:
+                    cache = DynamicCache(config=self.model.config)
+                x = packed_inputs(len(p_ids), keep, p_ids[keep:], tree)
+                dev = self.device
+                with self._no_grad():
+                    o = self.model(input_ids=x["ids"].to(dev), position_ids=x["pos"].to(dev),
+                                   attention_mask=x["mask"].to(dev), past_key_values=cache, use_cache=True,
+                                   logits_to_keep=x["pred"].to(dev))
+                    logp = torch.log_softmax(o.logits[0].float(), dim=-1)  # [R, V]
+                    tok = torch.as_tensor(tree.token, device=logp.device)
+                    rows = torch.as_tensor(x["node_row"], device=logp.device)
+                    node_lp = logp[rows, tok].double().cpu().numpy() if len(tree.token) else np.zeros(0)
+                del o, logp
+                if sid is not None:
+                    _crop(cache, len(p_ids))
+                    self.sessions.put(sid, p_ids, cache)
+                out.append(ActionScores(sum_logprobs=candidate_sums(tree, node_lp),
+                                        num_tokens=np.array([len(c) for c in c_ids], dtype=np.int64)))
+                t.record(prompt_tokens=len(p_ids) - keep + len(tree.token))  # positions scored, reuse counted once
+        return out
+
+    def _score_batched(self, prompts: list, candidates: list) -> list:
+        """The batched engine: all prompts in one forward, all candidate rows in another."""
+        import torch
+
         with self.timed("score") as t:
             p_ids = self._prompt_ids(prompts)
             suffixes = [(i, self._cont_ids(c)) for i, cands in enumerate(candidates) for c in cands]
@@ -272,6 +353,13 @@ class TransformersBackend(Backend):
                 gens.append(Generation(text=text, token_ids=row, logprobs=lp))
             t.record(prompt_tokens=sum(map(len, p_ids)), generated_tokens=n_gen, forwards=new.shape[1])
         return gens
+
+
+def _crop(cache, length: int) -> None:
+    """Cut a DynamicCache back to its first ``length`` positions."""
+    extra = cache.get_seq_length() - length
+    if extra > 0:
+        cache.crop(-extra)
 
 
 def _cut(tok, row: list, stops: list, eos: int, pad: int):
