@@ -41,9 +41,10 @@ def apply_lora(model, rank: int, alpha: float = 0.0, layers: int = 0, seed: int 
     return get_peft_model(model, lcfg)
 
 
-def save_adapter(peft_model, out, dtype: str = "bfloat16") -> int:
+def save_adapter(peft_model, out, dtype: str = "bfloat16", base: str = "") -> int:
     """Write the adapter (``adapter_config.json``, ``adapter_model.safetensors``) with its weights
-    in ``dtype``; the live model keeps its own. Returns the weight file's size in bytes."""
+    in ``dtype`` (``base`` recorded as the base model's name); the live model keeps its own.
+    Returns the weight file's size in bytes."""
     from peft import get_peft_model_state_dict
     from safetensors.torch import save_file
 
@@ -53,7 +54,10 @@ def save_adapter(peft_model, out, dtype: str = "bfloat16") -> int:
     out.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().to(torch_dtype(dtype)).contiguous()
              for k, v in get_peft_model_state_dict(peft_model).items()}
-    peft_model.peft_config["default"].save_pretrained(str(out))
+    config = peft_model.peft_config["default"]
+    if base:  # the base's name (e.g. smollm2), not this machine's cache path
+        config.base_model_name_or_path = base
+    config.save_pretrained(str(out))
     save_file(state, str(out / ADAPTER_WEIGHTS), metadata={"format": "pt"})
     return (out / ADAPTER_WEIGHTS).stat().st_size
 

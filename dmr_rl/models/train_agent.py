@@ -125,7 +125,7 @@ def save_agent(model, tokenizer, out: Path, cfg: TrainAgentConfig, info: dict, c
     settings = {"action_mode": "score", "temperature": 0.0, "length_normalised": False,
                 "prompt": cfg.prompt.to_dict(), "env": cfg.env}
     if peft_model is not None:
-        info.setdefault("model", {})["adapter_bytes"] = save_adapter(peft_model, out)
+        info.setdefault("model", {})["adapter_bytes"] = save_adapter(peft_model, out, base=cfg.init)
         settings["base"] = cfg.init
     else:
         model.save_pretrained(str(out))
