@@ -7,7 +7,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from dmr_rl.models.agent import ASSETS, AGENT_CONFIG, DEFAULT_AGENTS, is_adapter_dir
+from dmr_rl.models.agent import ASSETS, AGENT_CONFIG, is_adapter_dir
 
 CFG = SimpleNamespace(batch_size=4, max_candidates=3, lm_weight=0.2, label_smoothing=0.0, bf16=False)
 
@@ -111,7 +111,7 @@ def test_adapter_round_trip_and_agent_dir(tiny, tmp_path, monkeypatch):
         resolve_agent_dir(out)
 
 
-SHIPPED = ASSETS / DEFAULT_AGENTS["alfworld"]
+SHIPPED = ASSETS / "alfworld-smollm2"
 
 
 @pytest.mark.skipif(not is_adapter_dir(SHIPPED), reason="the shipped SmolLM2 LoRA agent is not committed")
@@ -124,7 +124,7 @@ def test_shipped_adapter_agent_acts(alfworld_data):
     info = json.loads((SHIPPED / "training.json").read_text())
     assert info["eval"]["hp"]["success"] >= 0.6 and info["model"]["lora"]["rank"] > 0
     env = make_env("alfworld", alfworld_data, "valid_seen", max_steps=3)
-    policy = agent_policy_from_args(SimpleNamespace(model="", tier="hp", env="alfworld", seed=0), env)
+    policy = agent_policy_from_args(SimpleNamespace(model=str(SHIPPED), tier="hp", env="alfworld", seed=0), env)
     assert isinstance(policy, AgentPolicy)
     obs, info = env.reset(options={"task_index": 0})
     policy.reset(env)

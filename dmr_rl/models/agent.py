@@ -19,8 +19,8 @@ Where the project's agents live
     A LoRA agent (``alfworld-smollm2``: SmolLM2-135M-Instruct + a committed bf16 adapter) holds
     only its adapter; :func:`resolve_agent_dir` merges it with its base once into
     ``$DMR_CACHE/agents/merged/`` and its low-bit copy is made beside that merged checkpoint.
-    ``dmr env eval --policy agent`` plays :data:`DEFAULT_AGENTS` (the LoRA agent for alfworld);
-    a run serves ``agent.name`` (empty: the tiny agent named after the env).
+    ``dmr env eval --policy agent`` plays :data:`DEFAULT_AGENTS` (else the agent named after the
+    env); a run serves ``agent.name`` (empty: the agent named after the env, the tiny one).
 """
 from __future__ import annotations
 
@@ -170,8 +170,9 @@ class AgentPolicy:
 
 
 # ---- finding the project's agents and their low-bit copies --------------------------------------
-#: the agent ``dmr env eval --policy agent`` plays when no ``--model`` is given (default: the env's name)
-DEFAULT_AGENTS = {"alfworld": "alfworld-smollm2"}
+#: the agent ``dmr env eval --policy agent`` plays when no ``--model`` is given (default: the env's name);
+#: ``alfworld-smollm2`` (the SmolLM2 LoRA agent) goes here once one that wins >= 0.6 is committed
+DEFAULT_AGENTS: dict = {}
 
 
 def agent_name(cfg) -> str:
@@ -318,7 +319,7 @@ def agent_policy_from_args(args, env) -> AgentPolicy:
         raise ModelError(f"unknown tier {tier!r}; known: hp, lp")
     if model:  # a trained agent's directory: its low-bit copy with --tier lp
         if not Path(model).is_dir():
-            raise ModelError(f"--model {model}: no such directory")
+            raise ModelError(f"model directory {model} does not exist")
         model_dir = lp_checkpoint(Path(model), env_name) if tier == "lp" else Path(model)
     else:
         name = DEFAULT_AGENTS.get(env_name, env_name)
