@@ -103,7 +103,8 @@ def routing_overhead(cfg, specs, reps: int) -> dict:
 
 
 def throughput(cfg, specs, workers: list, episodes: int, hidden_dim: int = 0) -> list:
-    from dmr_rl.pipeline.evaluate import num_tasks_of, task_sample
+    from dmr_rl.pipeline.evaluate import num_tasks_of
+    from environments.runner import spread_tasks
     from dmr_rl.serving import launcher
 
     clients = launcher.create_tier_clients(cfg, ("hp", "lp"), backend_specs=specs)
@@ -115,7 +116,7 @@ def throughput(cfg, specs, workers: list, episodes: int, hidden_dim: int = 0) ->
                                                       router={"name": "transformer",
                                                               "kwargs": _router_kwargs(cfg, hidden_dim)})
                 try:
-                    tasks = task_sample(num_tasks_of(group), episodes, seed=0)
+                    tasks = spread_tasks(num_tasks_of(group), episodes)
                     t0 = time.perf_counter()
                     s = group.run_episodes(tasks, "router", seed=0)
                     dt = time.perf_counter() - t0
