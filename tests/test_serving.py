@@ -141,7 +141,7 @@ def test_server_that_cannot_load_its_backend_is_named(ray_session, tmp_path):
 
 
 CLUSTER_SCRIPT = r'''
-import functools, sys
+import functools, os, sys
 import ray
 from ray.cluster_utils import Cluster
 from dmr_rl.config import RayConfig, TierConfig
@@ -149,6 +149,7 @@ from dmr_rl.errors import ActorError
 from dmr_rl.serving.fake_backend import FakeBackend
 from dmr_rl.serving.launcher import create_model_servers, ray_init
 
+os.makedirs("/tmp/ray", exist_ok=True)  # Ray records the cluster address there, without creating it
 c = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "temp_dir": sys.argv[1]})
 hp_node = c.add_node(num_cpus=1, resources={"hp_model": 2})
 lp_node = c.add_node(num_cpus=1, resources={"lp_model": 1})
@@ -156,7 +157,8 @@ gpu_node = c.add_node(num_cpus=1, num_gpus=1)
 c.wait_for_nodes()
 ray_init(RayConfig(address=c.address), sys.argv[1])
 hp = create_model_servers("hp", TierConfig(resources={"hp_model": 1}, num_replicas=2), functools.partial(FakeBackend, "hp"))
-lp = create_model_servers("lp", TierConfig(resources={"lp_model": 1}), functools.partial(FakeBackend, "lp"))
+lp = create_model_servers("lp", TierConfig(resources={"lp_model": 1}), functools.partial(FakeBackend, "lp"),
+                        max_restarts=0)  # node loss with no restart left: an ActorError naming the tier
 assert {r["node_id"] for r in hp.ready()} == {hp_node.node_id}, hp.ready()
 assert [r["node_id"] for r in lp.ready()] == [lp_node.node_id], lp.ready()
 assert len(hp.score_actions(["a >"], [["x", "y"]])[0].sum_logprobs) == 2
