@@ -13,6 +13,10 @@
 4. choose the actions (score mode: from the admissible-action distribution; generate mode:
    free text matched to an admissible action), step the environments, record.
 
+Score mode sends one session id per episode with its rows (``ActingSpec.sessions``), so a tier
+may keep the episode's KV cache between its steps (the prompt only grows); when an episode ends
+its sessions are ended on the tiers that served it (one ``end_sessions`` call per tier per step).
+
 Finished episodes are appended to the worker's own :class:`TrajectoryStore` shard at once
 (``worker-<i>.jsonl``, fsync'd), so a worker that dies loses no finished episode.
 
@@ -21,6 +25,7 @@ Finished episodes are appended to the worker's own :class:`TrajectoryStore` shar
 """
 from __future__ import annotations
 
+import os
 import time
 from collections import deque
 from dataclasses import dataclass, field
@@ -44,6 +49,7 @@ class ActingSpec:
     max_new_tokens: int = 24
     length_normalised: bool = False
     prompt: dict = field(default_factory=dict)  # PromptConfig fields (the agent's own, when trained)
+    sessions: bool = True  # score mode: one session id per episode, so tiers may keep its KV cache across steps
 
 
 @dataclass
@@ -79,8 +85,6 @@ class RolloutWorker:
 
     # ---- management ----------------------------------------------------------------------
     def ready(self) -> dict:
-        import os
-
         return {"worker": self.worker_index, "pid": os.getpid(), "num_envs": len(self.envs), "shard": str(self.store.path),
                 "num_tasks": self.envs.envs[0].num_tasks}
 
@@ -148,7 +152,7 @@ class RolloutWorker:
             raise ValueError(f"run_episodes: {len(tasks)} tasks, {len(positions)} positions, {len(draws)} draws")
         queue = deque((p, t, d, key, seed, call_id) for p, t, d in zip(positions, tasks, draws))
         n_env = len(self.envs)
-        slot: list = [None] * n_env  # per env: (position, EpisodeRecord, StepContext)
+        slot: list = [None] * n_env  # per env: [position, EpisodeRecord, StepContext, rng, session id, tiers used]
         finished: list = []
         t0 = time.perf_counter()
         while queue or any(s is not None for s in slot):
@@ -157,6 +161,7 @@ class RolloutWorker:
                     slot[i] = self._start(i, *queue.popleft())
             active = [i for i in range(n_env) if slot[i] is not None]
             self._step(active, slot, router, RowRngs([slot[i][3] for i in active]), sample)
+            ended: dict = {}  # tier -> session ids of episodes that finished this step
             for i in active:
                 ep = slot[i][1]
                 if self.envs.done[i]:
@@ -164,7 +169,10 @@ class RolloutWorker:
                     ep.won, ep.score = bool(info.get("won", False)), float(info.get("score", 0.0))
                     self.store.append(ep)  # durable before anything else happens
                     finished.append(ep)
+                    for tier in slot[i][5]:
+                        ended.setdefault(tier, []).append(slot[i][4])
                     slot[i] = None
+            self._end_sessions(ended)
         summary = summarise_episodes(finished, time.perf_counter() - t0)
         summary.update(worker=self.worker_index, shard=str(self.store.path), method=method,
                        fault_notes=[n for c in self.clients.values() for n in getattr(c, "drain_notes", list)()])
@@ -187,12 +195,23 @@ class RolloutWorker:
                                   "rng_key": [run_seed, method, point], "call": str(call_id)})
         ctx = StepContext(task=ep.task, obs=obs, history=[], admissible=list(info.get("admissible_commands") or []),
                           step=0, task_type=ep.task_type)
-        return [position, ep, ctx, episode_rng(run_seed, method, point, seed, task_index, draw)]
+        # unique per episode played by this worker process (a repeat of the same id would only hit a
+        # cache whose prefix is checked token by token, so even that could not change a result)
+        session = f"w{self.worker_index}-{os.getpid()}-r{self._runs}-p{position}-{ep.episode_id}"
+        return [position, ep, ctx, episode_rng(run_seed, method, point, seed, task_index, draw), session, set()]
+
+    def _end_sessions(self, ended: dict) -> None:
+        """One ``end_sessions`` call per tier for the episodes that finished (ids per tier)."""
+        for tier, ids in ended.items():
+            end = getattr(self.clients.get(tier), "end_sessions", None)
+            if end is not None and ids:
+                end(ids)
 
     def _step(self, active: list, slot: list, router, rng, sample: bool) -> None:
         from dmr_rl.models.prompting import build_prompt
 
         ctxs = [slot[i][2] for i in active]
+        sids = [slot[i][4] for i in active] if self.acting.sessions and self.acting.action_mode == "score" else None
         for c in ctxs:
             if not c.admissible:
                 c.admissible = ["look"]
@@ -204,24 +223,28 @@ class RolloutWorker:
         hidden, hidden_costs = self._hidden(prompts) if wants_hidden or self.record_hidden else (None, None)
         kw = {"lp_hidden": hidden} if wants_hidden else {}
         if router.needs_both or self.record_kl:
-            outs[HP], outs[LP] = self._act([("hp", everyone), ("lp", everyone)], ctxs, prompts, rng)
+            outs[HP], outs[LP] = self._act([("hp", everyone), ("lp", everyone)], ctxs, prompts, rng, sids)
             dec = router.route(ctxs, rng, sample, lp_action_probs=[outs[LP][k].probs for k in everyone],
                                hp_action_probs=[outs[HP][k].probs for k in everyone], **kw)
             for k in everyone:
                 paid[k] = {HP, LP} if router.needs_both else {int(dec.tiers[k])}
         elif router.needs_lp_first:
-            outs[LP], = self._act([("lp", everyone)], ctxs, prompts, rng)
+            outs[LP], = self._act([("lp", everyone)], ctxs, prompts, rng, sids)
             dec = router.route(ctxs, rng, sample, lp_action_probs=[outs[LP][k].probs for k in everyone], **kw)
             flagged = [k for k in everyone if int(dec.tiers[k]) == HP]
-            outs[HP], = self._act([("hp", flagged)], ctxs, prompts, rng)
+            outs[HP], = self._act([("hp", flagged)], ctxs, prompts, rng, sids)
             for k in everyone:
                 paid[k] = {LP, HP} if k in outs[HP] else {LP}
         else:
             dec = router.route(ctxs, rng, sample, **kw)
             outs[HP], outs[LP] = self._act([(TIER_NAMES[t], [k for k in everyone if int(dec.tiers[k]) == t])
-                                            for t in (HP, LP)], ctxs, prompts, rng)
+                                            for t in (HP, LP)], ctxs, prompts, rng, sids)
             for k in everyone:
                 paid[k] = {int(dec.tiers[k])}
+        if sids is not None:  # the tiers that now hold state of each episode
+            for t in (HP, LP):
+                for k in outs[t]:
+                    slot[active[k]][5].add(TIER_NAMES[t])
         kls = self._kl(everyone, outs, ctxs, prompts)
         actions = {}
         for k, i in enumerate(active):
@@ -267,14 +290,14 @@ class RolloutWorker:
             return client.get(client.prompt_hidden_ref(prompts))
         return client.prompt_hidden_costed(prompts)
 
-    def _act(self, requests: list, ctxs: list, prompts: list, rng) -> list:
+    def _act(self, requests: list, ctxs: list, prompts: list, rng, sessions: Optional[list] = None) -> list:
         """Batched calls, one per (tier, contexts in ``which``) in ``requests``; with Ray clients
-        all are sent before any is awaited, so the tiers work at the same time.
-        Returns one {k: _TierOut} per request."""
-        sent = [self._send(tier, which, ctxs, prompts, rng) for tier, which in requests]
+        all are sent before any is awaited, so the tiers work at the same time. ``sessions``: one id
+        per context (score mode), or None. Returns one {k: _TierOut} per request."""
+        sent = [self._send(tier, which, ctxs, prompts, rng, sessions) for tier, which in requests]
         return [self._receive(h, which, ctxs, rng) for h, (_, which) in zip(sent, requests)]
 
-    def _send(self, tier: str, which: list, ctxs: list, prompts: list, rng: RowRngs):
+    def _send(self, tier: str, which: list, ctxs: list, prompts: list, rng: RowRngs, sessions=None):
         if not which:
             return None
         client = self.clients[tier]
@@ -282,6 +305,8 @@ class RolloutWorker:
         sub_prompts = [prompts[k] for k in which]
         if a.action_mode == "score":
             args = ("score_actions", sub_prompts, [list(ctxs[k].admissible) for k in which])
+            if sessions is not None:
+                args += ([sessions[k] for k in which],)
         else:
             from dmr_rl.models.backends.base import SamplingParams
 

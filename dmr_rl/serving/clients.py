@@ -10,6 +10,13 @@ Both clients offer, for each Backend call, three forms:
 and likewise ``token_distributions`` and ``generate``. ``TierClient`` balances requests over the
 replicas: it sends each request to the replica with the fewest of *this client's* requests still
 in flight (ties broken round-robin from a per-client offset, so many workers spread out).
+
+Sessions: ``score_actions(..., sessions=ids)`` carries one id (or None) per prompt, e.g. the
+episode's, so the backend may keep that episode's KV cache between steps; ``end_sessions(ids)``
+when the episodes end. A request that carries sessions goes to this client's *home* replica (its
+offset modulo the replicas, the next live one when that one is dead), so an episode's next step
+finds its cache; a request resent after its replica died goes wherever it is resent (the cache
+misses there, results are the same: a cache is only reused over a verified common token prefix).
 """
 from __future__ import annotations
 
@@ -45,8 +52,8 @@ def torch_threads_set(n):
 class _PlainCalls:
     """The Backend calls without per-row costs, derived from a client's ``*_costed`` methods."""
 
-    def score_actions(self, prompts, candidates):
-        return self.score_actions_costed(prompts, candidates)[0]
+    def score_actions(self, prompts, candidates, sessions=None):
+        return self.score_actions_costed(prompts, candidates, sessions)[0]
 
     def token_distributions(self, prompts, continuations, top_k: int = 0):
         return self.token_distributions_costed(prompts, continuations, top_k)[0]
@@ -73,9 +80,15 @@ class LocalTierClient(_PlainCalls):
     def weight_bytes(self) -> float:
         return float(self.backend.weight_bytes)
 
-    def score_actions_costed(self, prompts, candidates):
+    def score_actions_costed(self, prompts, candidates, sessions=None):
         weights = [len(p) + sum(len(c) for c in cs) for p, cs in zip(prompts, candidates)]
-        return self._costed("score_actions", weights, prompts, candidates)
+        kw = {"sessions": list(sessions)} if sessions is not None and any(x is not None for x in sessions) else {}
+        return self._costed("score_actions", weights, prompts, candidates, **kw)
+
+    def end_sessions(self, sessions) -> None:
+        """Forget the backend's state of ``sessions`` (episodes that ended)."""
+        if sessions:
+            self.backend.end_sessions(list(sessions))
 
     def token_distributions_costed(self, prompts, continuations, top_k: int = 0):
         weights = [len(p) + len(c) for p, c in zip(prompts, continuations)]
@@ -130,6 +143,8 @@ class TierClient(_PlainCalls):
         self.dead: set = set()  # replicas whose restarts are exhausted
         self.notes: list = []  # {"tier", "replica", "outcome", "resent"} per request resent
         self.sent = [0] * len(self.handles)
+        self._session_replicas: dict = {}  # session id -> replicas its rows were sent to
+        self._ended: list = []  # refs of fire-and-forget end_sessions calls, drained unread
 
     def __getstate__(self):  # in-flight bookkeeping is per process
         return {"tier": self.tier, "handles": self.handles, "weight_bytes": self._weight_bytes,
@@ -163,8 +178,25 @@ class TierClient(_PlainCalls):
         order = [(start + k) % n for k in range(n) if (start + k) % n not in self.dead]
         return min(order, key=lambda i: len(self._inflight[i]))
 
+    def home_replica(self) -> int:
+        """Where requests with sessions go: this client's offset modulo the replicas, else the next
+        live replica after it (stable while no replica dies, so an episode keeps its cache)."""
+        n = len(self.handles)
+        for k in range(n):
+            i = (self._offset + k) % n
+            if i not in self.dead:
+                return i
+        raise ActorError(f"model server of tier {self.tier!r}: no live replica left")
+
     def _send(self, kind: str, *args, replica: Optional[int] = None):
-        i = self._pick() if replica is None else replica
+        sessions = args[2] if kind == "score_actions" and len(args) > 2 and args[2] is not None else ()
+        sessions = [x for x in sessions if x is not None]
+        if replica is not None:
+            i = replica
+        else:
+            i = self.home_replica() if sessions else self._pick()
+        for sid in sessions:
+            self._session_replicas.setdefault(sid, set()).add(i)
         ref = getattr(self.handles[i], kind).remote(*args)
         self._inflight[i].append(ref)
         self._owner[ref] = i
@@ -221,7 +253,9 @@ class TierClient(_PlainCalls):
         return out
 
     # ---- calls ---------------------------------------------------------------------------
-    def score_actions_ref(self, prompts, candidates):
+    def score_actions_ref(self, prompts, candidates, sessions=None):
+        if sessions is not None and any(x is not None for x in sessions):
+            return self._send("score_actions", list(prompts), [list(c) for c in candidates], list(sessions))
         return self._send("score_actions", list(prompts), [list(c) for c in candidates])
 
     def token_distributions_ref(self, prompts, continuations, top_k: int = 0):
@@ -233,8 +267,32 @@ class TierClient(_PlainCalls):
     def prompt_hidden_ref(self, prompts):
         return self._send("prompt_hidden", list(prompts))
 
-    def score_actions_costed(self, prompts, candidates):
-        return self.get(self.score_actions_ref(prompts, candidates)) if prompts else ([], [])
+    def score_actions_costed(self, prompts, candidates, sessions=None):
+        return self.get(self.score_actions_ref(prompts, candidates, sessions)) if prompts else ([], [])
+
+    def end_sessions(self, sessions) -> None:
+        """Tell every replica that served rows of ``sessions`` to forget them. Fire-and-forget: no
+        wait, and a dead replica's error is swallowed (its cache died with it; the episode is done)."""
+        import ray
+
+        if self._ended:  # collect finished calls so their errors are read (and dropped), not logged
+            done, self._ended = ray.wait(self._ended, num_returns=len(self._ended), timeout=0)
+            for ref in done:
+                try:
+                    ray.get(ref, timeout=0)
+                except Exception:
+                    pass
+        by_replica: dict = {}
+        for sid in sessions:
+            for i in self._session_replicas.pop(sid, ()):
+                by_replica.setdefault(i, []).append(sid)
+        for i, ids in sorted(by_replica.items()):
+            if i in self.dead:
+                continue
+            try:
+                self._ended.append(self.handles[i].end_sessions.remote(ids))
+            except Exception:  # a handle that cannot even submit: nothing to forget there
+                pass
 
     def token_distributions_costed(self, prompts, continuations, top_k: int = 0):
         return self.get(self.token_distributions_ref(prompts, continuations, top_k)) if prompts else ([], [])

@@ -32,6 +32,14 @@ class FakeBackend(Backend):
                  sharpness: float = 4.0):
         super().__init__()
         self.salt, self.delay_s, self._weight_bytes, self.sharpness = salt, float(delay_s), float(weight_bytes), sharpness
+        self.session_calls = 0  # score_actions rows that carried a session id
+        self.ended: list = []  # ids passed to end_sessions, in order
+
+    def end_sessions(self, sessions: list) -> None:
+        self.ended.extend(sessions)
+
+    def info(self) -> dict:
+        return {**super().info(), "session_calls": self.session_calls, "ended_sessions": len(self.ended)}
 
     @property
     def weight_bytes(self) -> float:
@@ -40,7 +48,9 @@ class FakeBackend(Backend):
     def _tokens(self, text: str) -> list:
         return [int(_unit("tok", w) * VOCAB) for w in text.split()] or [0]
 
-    def score_actions(self, prompts: list, candidates: list) -> list:
+    def score_actions(self, prompts: list, candidates: list, sessions=None) -> list:
+        """``sessions`` only counts in ``session_calls`` (rows that carried one); results never depend on it."""
+        self.session_calls += sum(s is not None for s in (sessions or []))
         with self.timed("score") as t:
             time.sleep(self.delay_s)
             out = []

@@ -92,6 +92,18 @@ def tier_backend_spec(cfg, tier: str):
     return functools.partial(load_tier_backend, getattr(cfg, tier), tier_model_dir(cfg, tier))
 
 
+def server_torch_threads(tier_cfg, cpus: float = SERVER_CPUS) -> int:
+    """Torch intra-op threads of one model server: its Ray CPU share rounded down, at least 1 (one
+    thread per server on a small box, servers spread over the cores; torch's default would give
+    every server all cores, and they would fight). 0 (leave torch alone) for GPU tiers and vLLM,
+    which runs its own threads."""
+    import math
+
+    if getattr(tier_cfg, "backend", "") == "vllm" or not str(getattr(tier_cfg, "device", "cpu")).startswith("cpu"):
+        return 0
+    return max(1, math.floor(float(cpus)))
+
+
 def tier_bundle(tier_cfg, cpus: float = SERVER_CPUS) -> dict:
     bundle = {"CPU": float(cpus)}
     if tier_cfg.num_gpus:
@@ -148,7 +160,7 @@ def create_model_servers(tier: str, tier_cfg, backend_spec, cpus: float = SERVER
         if getattr(tier_cfg, "python", ""):  # e.g. the vLLM side virtualenv's interpreter
             opts["runtime_env"] = {"py_executable": os.path.abspath(tier_cfg.python)}
         handles.append(actor_cls.options(**opts).remote(tier, i, backend_spec, tier_cfg.max_batch_size,
-                                                        tier_cfg.max_wait_ms))
+                                                        tier_cfg.max_wait_ms, server_torch_threads(tier_cfg, cpus)))
     client = TierClient(tier, handles, offset=offset)
     try:
         info = client.ready(ready_timeout_s)

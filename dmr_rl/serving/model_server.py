@@ -5,6 +5,11 @@ them and runs one backend forward over up to ``max_batch_size`` rows, waiting at
 ``max_wait_ms`` for a batch to fill. Requests with different call kinds or arguments (top_k,
 sampling parameters) are never mixed in one forward; a request is never split.
 
+``score_actions`` rows may carry a session id (one per episode): the id travels in its row, so a
+batch mixing many workers' requests hands each row's id to the backend, which may keep that
+episode's KV cache between steps (only when some row of the batch has one). ``end_sessions``
+runs in the same single backend thread as the forwards, so it never races one over that cache.
+
 Every call returns ``(results, row_costs)``: ``results`` exactly what the Backend returns for
 those rows, ``row_costs`` one dict per row with the batch's measured cost apportioned to it
 (prompt tokens by text length, generated tokens exactly, ``latency_s`` the wall time of the
@@ -22,7 +27,7 @@ import time
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any, Hashable
+from typing import Any, Hashable, Optional
 
 
 def make_backend(spec):
@@ -50,28 +55,49 @@ class ModelServer:
     ``prompt_hidden`` are batched."""
 
     def __init__(self, tier: str, replica: int, backend_spec, max_batch_size: int = 64,
-                 max_wait_ms: float = 2.0):
+                 max_wait_ms: float = 2.0, torch_threads: int = 0):
+        """``torch_threads``: torch intra-op threads of this server (the launcher passes its Ray CPU
+        share, at least 1, so servers spread over the cores instead of each taking all); 0: leave
+        torch's setting as it is."""
         if max_batch_size <= 0:
             raise ValueError(f"max_batch_size must be positive, got {max_batch_size}")
+        if torch_threads < 0:
+            raise ValueError(f"torch_threads must be >= 0, got {torch_threads}")
         self.tier, self.replica = tier, int(replica)
+        self.torch_threads = int(torch_threads)
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"{tier}-{replica}-fwd")
+        if self.torch_threads:  # here and in the backend thread (where the forwards run)
+            _set_torch_threads(self.torch_threads)
+            self._pool.submit(_set_torch_threads, self.torch_threads).result()
         self.backend = make_backend(backend_spec)
         self.max_batch_size = int(max_batch_size)
         self.max_wait_s = max(0.0, float(max_wait_ms)) / 1000.0
         self._queue: asyncio.Queue | None = None
         self._held: deque = deque()
         self._loop_task = None
-        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"{tier}-{replica}-fwd")
         self.batches = 0
         self.rows_served = 0
         self.requests_served = 0
         self.max_rows_in_batch = 0
 
     # ---- public calls --------------------------------------------------------------------
-    async def score_actions(self, prompts: list, candidates: list):
+    async def score_actions(self, prompts: list, candidates: list, sessions: Optional[list] = None):
+        """``sessions``: None, or one hashable id (or None) per prompt, e.g. the episode's."""
         _check_lengths("score_actions", prompts, candidates)
-        rows = list(zip(prompts, candidates))
-        weights = [len(p) + sum(len(c) for c in cs) for p, cs in rows]
+        if sessions is None:
+            sessions = [None] * len(prompts)
+        _check_lengths("score_actions", prompts, sessions, "session ids")
+        rows = list(zip(prompts, candidates, sessions))
+        weights = [len(p) + sum(len(c) for c in cs) for p, cs, _ in rows]
         return await self._submit("score_actions", None, None, rows, weights)
+
+    async def end_sessions(self, sessions: list) -> int:
+        """Forget the backend's state of ``sessions`` (episodes that ended), in the backend thread
+        (after the forwards already running there). Returns how many ids were passed."""
+        ids = list(sessions)
+        if ids:
+            await asyncio.get_running_loop().run_in_executor(self._pool, self.backend.end_sessions, ids)
+        return len(ids)
 
     async def token_distributions(self, prompts: list, continuations: list, top_k: int = 0):
         _check_lengths("token_distributions", prompts, continuations)
@@ -104,6 +130,13 @@ class ModelServer:
                 "backend": getattr(self.backend, "name", type(self.backend).__name__),
                 "weight_bytes": float(self.backend.weight_bytes),
                 "memory": dict(getattr(self.backend, "memory", None) or {})}  # e.g. vLLM's GPU bytes taken
+
+    def info(self) -> dict:
+        """The backend's ``info()`` (dtype, engine, session-cache counters ...) with tier, replica and
+        this server's torch threads."""
+        info = dict(self.backend.info())
+        info.update(tier=self.tier, replica=self.replica, server_torch_threads=_get_torch_threads())
+        return info
 
     def cost(self) -> dict:
         """The backend's accumulated CostMeter plus this server's batching statistics."""
@@ -201,7 +234,9 @@ class ModelServer:
         before = self.backend.cost.snapshot()
         t0 = time.perf_counter()
         if head.kind == "score_actions":
-            results = self.backend.score_actions([r[0] for r in rows], [list(r[1]) for r in rows])
+            sessions = [r[2] for r in rows]
+            kw = {"sessions": sessions} if any(s is not None for s in sessions) else {}
+            results = self.backend.score_actions([r[0] for r in rows], [list(r[1]) for r in rows], **kw)
         elif head.kind == "token_distributions":
             results = self.backend.token_distributions([r[0] for r in rows], [r[1] for r in rows],
                                                        top_k=head.args)
@@ -239,7 +274,21 @@ def _compatible(a: _Request, b: _Request) -> bool:
     return a.kind == b.kind and a.key == b.key
 
 
-def _check_lengths(call: str, prompts: list, other: list) -> None:
+def _check_lengths(call: str, prompts: list, other: list, what: str = "candidate lists/continuations") -> None:
     if len(prompts) != len(other):
-        raise ValueError(f"{call}: {len(prompts)} prompts but {len(other)} candidate lists/continuations")
+        raise ValueError(f"{call}: {len(prompts)} prompts but {len(other)} {what}")
+
+
+def _set_torch_threads(n: int) -> None:
+    import torch
+
+    torch.set_num_threads(int(n))
+
+
+def _get_torch_threads() -> int:
+    try:
+        import torch
+    except ImportError:  # pragma: no cover
+        return 0
+    return int(torch.get_num_threads())
 

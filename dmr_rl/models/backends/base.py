@@ -91,6 +91,23 @@ class TokenDistributions:
     target_logprobs: np.ndarray
 
 
+def split_scores(candidates: list, sums, num_tokens) -> list:
+    """Per-prompt :class:`ActionScores` from flat per-candidate arrays: ``sums`` [sum_i C_i] float
+    summed log-probs and ``num_tokens`` [sum_i C_i] token counts, laid out prompt by prompt in
+    ``candidates`` order (prompt i has C_i = len(candidates[i]) candidates)."""
+    sums = np.asarray(sums, dtype=np.float64)
+    num_tokens = np.asarray(num_tokens, dtype=np.int64)
+    total = sum(len(c) for c in candidates)
+    if len(sums) != total or len(num_tokens) != total:
+        raise ValueError(f"split_scores: {total} candidates but {len(sums)} sums and {len(num_tokens)} token counts")
+    out, k = [], 0
+    for cands in candidates:
+        n = len(cands)
+        out.append(ActionScores(sum_logprobs=sums[k:k + n].copy(), num_tokens=num_tokens[k:k + n].copy()))
+        k += n
+    return out
+
+
 @dataclass
 class CostMeter:
     """Accumulated cost of a backend's calls."""

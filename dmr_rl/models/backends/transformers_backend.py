@@ -31,7 +31,7 @@ from typing import Callable, Optional
 import numpy as np
 
 from dmr_rl.models.backends.base import (ActionScores, Backend, Generation, SamplingParams,
-                                         TokenDistributions, resolve_dtype)
+                                         TokenDistributions, resolve_dtype, split_scores)
 from dmr_rl.models.backends.packing import (SessionCache, candidate_sums, candidate_tree, common_prefix,
                                             packed_inputs)
 
@@ -254,13 +254,7 @@ class TransformersBackend(Backend):
 
             fw = self._suffix_logprobs(p_ids, suffixes, consume)
             t.record(prompt_tokens=sum(map(len, p_ids)) + sum(len(s) for _, s in suffixes), forwards=fw)
-        out, k = [], 0
-        for cands in candidates:
-            n = len(cands)
-            out.append(ActionScores(sum_logprobs=sums[k:k + n].copy(),
-                                    num_tokens=np.array([len(suffixes[k + m][1]) for m in range(n)], dtype=np.int64)))
-            k += n
-        return out
+        return split_scores(candidates, sums, [len(ids) for _, ids in suffixes])
 
     def prompt_hidden(self, prompts: list) -> list:
         if not prompts:

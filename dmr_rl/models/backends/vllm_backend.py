@@ -29,8 +29,8 @@ from typing import Optional
 import numpy as np
 
 from dmr_rl.errors import ModelError
-from dmr_rl.models.backends.base import (ActionScores, Backend, Generation, SamplingParams,
-                                         TokenDistributions)
+from dmr_rl.models.backends.base import (Backend, Generation, SamplingParams,
+                                         TokenDistributions, split_scores)
 
 #: Weight bit widths the installed vLLM runs packed, per device kind (compressed-tensors W{b}A16).
 KERNEL_BITS = {"cpu": (4,), "cuda": (4, 8)}
@@ -172,7 +172,8 @@ class VLLMBackend(Backend):
                 out[r] = tail
         return out, calls
 
-    def score_actions(self, prompts: list, candidates: list) -> list:
+    def score_actions(self, prompts: list, candidates: list, sessions: Optional[list] = None) -> list:
+        """``sessions`` is accepted and ignored: vLLM's own prefix cache reuses shared prompt blocks."""
         if len(prompts) != len(candidates):
             raise ValueError(f"score_actions: {len(prompts)} prompts but {len(candidates)} candidate lists")
         if not prompts:
@@ -184,13 +185,7 @@ class VLLMBackend(Backend):
             sums = np.array([sum(d[tid].logprob for d, tid in zip(ds, ids))
                              for ds, (_, ids) in zip(dicts, rows)], dtype=np.float64)
             t.record(prompt_tokens=sum(map(len, p_ids)) + sum(len(s) for _, s in rows), forwards=calls)
-        out, k = [], 0
-        for cands in candidates:
-            n = len(cands)
-            out.append(ActionScores(sum_logprobs=sums[k:k + n].copy(),
-                                    num_tokens=np.array([len(rows[k + m][1]) for m in range(n)], dtype=np.int64)))
-            k += n
-        return out
+        return split_scores(candidates, sums, [len(ids) for _, ids in rows])
 
     def token_distributions(self, prompts: list, continuations: list, top_k: int = 0) -> list:
         if len(prompts) != len(continuations):
