@@ -2,6 +2,7 @@
 
     python experiments/bench_pipeline.py [--config PRESET.yaml] [--set a.b=v ...]
                                          [--workers 1 2 4] [--episodes 16] [--fake] [--json]
+                                         [--sections routing throughput sessions] [--method M]
 
 1. **Routing overhead.** For one worker step (``collect.envs_per_worker`` environments from the
    evaluation split): the LP step (the LP tier scoring every admissible action, in-process), the
@@ -10,6 +11,11 @@
    Overhead = (router + Ray) / LP step, in percent.
 2. **Throughput.** Rollout workers (Ray actors) sharing one HP and one LP model server: the same
    ``--episodes`` episodes run with 1, 2, 4 ... workers; steps/s and episodes/s side by side.
+
+3. **Sessions** (``--sections sessions``). The same episodes through the same model servers with
+   per-episode sessions on (each tier keeps an episode's KV cache between its steps) and off
+   (``ActingSpec.sessions``), run alternately ``--session-reps`` times per worker count; steps/s side by
+   side, their ratio, and whether both played the same actions.
 
 ``--fake`` serves FakeBackend tiers (no model, ``--fake-delay-ms`` per forward) to measure the
 framework alone; without it the tiers are those of the config (the project's agent by default).
@@ -133,6 +139,53 @@ def throughput(cfg, specs, workers: list, episodes: int, hidden_dim: int = 0) ->
     return rows
 
 
+def sessions_throughput(cfg, specs, workers: list, episodes: int, method: str = "router", reps: int = 1,
+                        hidden_dim: int = 0) -> list:
+    """Rollout steps/s of the served path with per-episode sessions on vs off: for each worker
+    count, ``reps`` rounds of the same ``episodes`` episodes (same rng key) with sessions on, then
+    off (order alternating per round), over one set of model servers. Rows: workers, steps,
+    on/off steps/s (summed over rounds), ratio on/off, same_actions (every episode's actions equal)."""
+    import dataclasses
+
+    from dmr_rl.pipeline.evaluate import num_tasks_of
+    from dmr_rl.rollout.group import worker_kwargs_from_config
+    from environments.runner import spread_tasks
+    from dmr_rl.serving import launcher
+
+    clients = launcher.create_tier_clients(cfg, ("hp", "lp"), backend_specs=specs)
+    router = {"name": "transformer", "kwargs": _router_kwargs(cfg, hidden_dim)}
+    rows = []
+    try:
+        for n in workers:
+            secs, steps, actions = {True: 0.0, False: 0.0}, {True: 0, False: 0}, {True: [], False: []}
+            for r in range(reps):
+                for on in ((True, False) if r % 2 == 0 else (False, True)):
+                    with tempfile.TemporaryDirectory() as shards:
+                        acting = worker_kwargs_from_config(cfg, shards, split=cfg.env.eval_split)["acting"]
+                        group = launcher.create_rollout_group(cfg, clients, shards, num_workers=n,
+                                                              split=cfg.env.eval_split, router=router,
+                                                              acting=dataclasses.replace(acting, sessions=on))
+                        try:
+                            tasks = spread_tasks(num_tasks_of(group), episodes)
+                            t0 = time.perf_counter()
+                            s = group.run_episodes(tasks, method, seed=0, return_episodes=True,
+                                                   rng_key=(cfg.seed, method, "bench"))
+                            secs[on] += time.perf_counter() - t0
+                        finally:
+                            group.shutdown()
+                    steps[on] += s["steps"]
+                    actions[on].append(sorted((e.episode_id, [st.action for st in e.steps])
+                                              for e in s["episode_records"]))
+            rows.append({"workers": n, "envs_per_worker": cfg.collect.envs_per_worker, "method": method,
+                         "reps": reps, "steps": steps[True] // reps,
+                         "on_steps_per_s": steps[True] / secs[True], "off_steps_per_s": steps[False] / secs[False],
+                         "ratio": (steps[True] / secs[True]) / (steps[False] / secs[False]),
+                         "same_actions": actions[True] == actions[False]})
+    finally:
+        launcher.shutdown_all(None, clients)
+    return rows
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--config", default=None, help="preset (default: experiments/default.yaml, as dmr run)")
@@ -143,6 +196,10 @@ def main(argv=None) -> int:
     ap.add_argument("--fake", action="store_true", help="model-free tiers: the framework's own cost")
     ap.add_argument("--fake-delay-ms", type=float, default=20.0, help="with --fake: LP forward time (HP: twice)")
     ap.add_argument("--json", action="store_true")
+    ap.add_argument("--sections", nargs="+", default=["routing", "throughput"],
+                    choices=["routing", "throughput", "sessions"], help="what to measure")
+    ap.add_argument("--method", default="router", help="who routes in the sessions section (router, hp, lp, random ...)")
+    ap.add_argument("--session-reps", type=int, default=2, help="sessions section: rounds of on and off (alternating order)")
     args = ap.parse_args(argv)
 
     from dmr_rl.config import load_config
@@ -152,11 +209,27 @@ def main(argv=None) -> int:
     cfg = load_config(args.config or default_preset(), args.overrides)
     launcher.ray_init(cfg.ray, cfg.run_dir)
     specs = _specs(cfg, args)
-    over = routing_overhead(cfg, specs, args.reps)
-    rows = throughput(cfg, specs, args.workers, args.episodes, over["hidden_dim"])
-    out = {"env": cfg.env.name, "fake": args.fake, "routing": over, "throughput": rows}
+    over = routing_overhead(cfg, specs, args.reps) if "routing" in args.sections else None
+    hidden_dim = over["hidden_dim"] if over else 0
+    if over is None and cfg.router.features == "lp_hidden":  # the router's input width: one LP prompt pass
+        from dmr_rl.serving.clients import LocalTierClient
+
+        hidden_dim = len(LocalTierClient("lp", specs["lp"]).prompt_hidden(["> "])[0])
+    rows = throughput(cfg, specs, args.workers, args.episodes, hidden_dim) if "throughput" in args.sections else []
+    sess = (sessions_throughput(cfg, specs, args.workers, args.episodes, args.method, args.session_reps,
+                                hidden_dim) if "sessions" in args.sections else [])
+    out = {"env": cfg.env.name, "fake": args.fake, "routing": over, "throughput": rows, "sessions": sess}
     if args.json:
         print(json.dumps(out))
+        return 0
+    if sess:
+        print(f"served rollout steps/s, per-episode sessions on vs off ({args.episodes} episodes, method {args.method}, "
+              f"{'fake tiers' if args.fake else 'config tiers'}):")
+        print(f"  {'workers':>7} {'envs/w':>6} {'steps':>6} {'on':>8} {'off':>8} {'on/off':>6} same actions")
+        for r in sess:
+            print(f"  {r['workers']:>7} {r['envs_per_worker']:>6} {r['steps']:>6} {r['on_steps_per_s']:>8.2f} "
+                  f"{r['off_steps_per_s']:>8.2f} {r['ratio']:>6.2f} {r['same_actions']}")
+    if over is None:
         return 0
     print(f"routing overhead per step ({over['envs_per_step']} envs, {cfg.env.name}, "
           f"{'fake tiers' if args.fake else 'config tiers'}):")

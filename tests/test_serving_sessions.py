@@ -195,3 +195,23 @@ def test_ray_sessions_go_home_survive_a_dead_replica_and_servers_run_one_thread(
         client.end_sessions(["never-sent"])  # nothing to tell anyone
     finally:
         base.shutdown()
+
+
+def test_bench_pipeline_sessions_section_on_fake_tiers(ray_session, alfworld_data, tmp_path):
+    """experiments/bench_pipeline.py --sections sessions: the same episodes with sessions on and
+    off through model servers, both rates measured, the same actions played."""
+    import sys
+    from argparse import Namespace
+    from pathlib import Path
+
+    from dmr_rl.config import load_config
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "experiments"))
+    import bench_pipeline
+
+    cfg = load_config(None, [f"run_dir={tmp_path}", f"env.data_dir={alfworld_data}", "env.max_steps=3",
+                             "collect.envs_per_worker=2", "router.max_tokens=64"])
+    specs = bench_pipeline._specs(cfg, Namespace(fake=True, fake_delay_ms=1.0))
+    rows = bench_pipeline.sessions_throughput(cfg, specs, [1], episodes=2, method="random", reps=1)
+    assert len(rows) == 1 and rows[0]["steps"] > 0 and rows[0]["same_actions"] is True
+    assert rows[0]["on_steps_per_s"] > 0 and rows[0]["off_steps_per_s"] > 0
