@@ -98,3 +98,46 @@ def test_dmr_train_agent_webshop_trains_saves_and_acts(catalog, tmp_path):
         done = term or trunc
         assert not info["invalid"]
     assert actions[0] == f"search[{instruction_query(env.goal)}]"
+
+
+SHIPPED_NAME = "webshop-smollm2"
+
+
+def _shipped():
+    from dmr_rl.models.agent import ASSETS, is_adapter_dir
+
+    return ASSETS / SHIPPED_NAME if is_adapter_dir(ASSETS / SHIPPED_NAME) else None
+
+
+@pytest.mark.skipif(_shipped() is None, reason="the WebShop SmolLM2 agent is not committed")
+def test_committed_webshop_agent_loads_and_acts(catalog):
+    """The committed adapter: small, merged with SmolLM2 from its package, it plays listed actions on
+    a generated goal (the listed search, then clicks); it is the default agent only if it met the bar."""
+    from types import SimpleNamespace
+
+    from dmr_rl.models.agent import DEFAULT_AGENTS, AgentPolicy, agent_policy_from_args, lp_spec
+
+    shipped = _shipped()
+    assert sum(f.stat().st_size for f in shipped.rglob("*") if f.is_file()) <= 25 * 2**20
+    info = json.loads((shipped / "training.json").read_text())
+    assert info["env"] == "webshop" and info["model"]["lora"]["rank"] > 0
+    assert lp_spec(shipped)["bits"] in (2, 3, 4, 8)
+    if DEFAULT_AGENTS.get("webshop") == SHIPPED_NAME:  # the default must meet the issue's bar
+        assert info["eval"]["hp"]["success"] >= 0.5
+    env = make_env("webshop", catalog, "test")
+    policy = agent_policy_from_args(SimpleNamespace(model=str(shipped), tier="hp", env="webshop", seed=0), env)
+    assert isinstance(policy, AgentPolicy)
+    obs, info = env.reset(options={"task_index": 0})
+    policy.reset(env)
+    actions = []
+    for _ in range(3):
+        action = policy.act(obs, info)
+        assert action in info["admissible_commands"]
+        assert policy.last_probs is not None and abs(policy.last_probs.sum() - 1) < 1e-4
+        actions.append(action)
+        obs, _, terminated, truncated, info = env.step(action)
+        assert not info["invalid"]
+        if terminated or truncated:
+            break
+    assert actions[0] == f"search[{instruction_query(env.goal)}]"
+    assert len(actions) > 1 and actions[1].startswith("click[")
