@@ -92,7 +92,7 @@ class MainJob:
         (method, bits, group size) into ``<run_dir>/models/``, calibrated on the agent's prompts."""
         import shutil
 
-        from dmr_rl.models.agent import AGENT_CONFIG, calibration_prompts
+        from dmr_rl.models.agent import AGENT_CONFIG, calibration_prompts, lp_spec
         from dmr_rl.models.quantize import quantize_checkpoint
 
         lp, src = self.cfg.lp, Path(self.cfg.hp.model_path)
@@ -107,8 +107,10 @@ class MainJob:
         threads = torch.get_num_threads()
         torch.set_num_threads(1)  # small models: 1 thread is several times faster than 2 here
         try:
+            spec = lp_spec(src)  # the agent's own LP recipe names the AWQ engine when it is this one
+            same = (spec["method"], int(spec["bits"]), int(spec["group_size"])) == (lp.quant_method, lp.bits, lp.group_size)
             info = quantize_checkpoint(str(src), str(out), lp.quant_method, lp.bits, lp.group_size,
-                                       calibration_prompts(src))
+                                       calibration_prompts(src), engine=spec["engine"] if same else "llmcompressor")
         finally:
             torch.set_num_threads(threads)
         if (src / AGENT_CONFIG).is_file():  # the copy acts with its agent's prompt settings
