@@ -27,7 +27,7 @@ from typing import Optional
 
 from dmr_rl.errors import ActorError
 from dmr_rl.rollout.recovery import actor_back
-from dmr_rl.serving.model_server import apportion_cost, make_backend
+from dmr_rl.serving.model_server import apportion_cost, make_backend, session_ids
 
 CALLS = ("score_actions", "token_distributions", "generate")
 RESTART_TIMEOUT_S = 600.0  # how long a dying replica may take to come back (it reloads its model)
@@ -82,7 +82,8 @@ class LocalTierClient(_PlainCalls):
 
     def score_actions_costed(self, prompts, candidates, sessions=None):
         weights = [len(p) + sum(len(c) for c in cs) for p, cs in zip(prompts, candidates)]
-        kw = {"sessions": list(sessions)} if sessions is not None and any(x is not None for x in sessions) else {}
+        ids = session_ids(sessions)
+        kw = {"sessions": ids} if ids else {}
         return self._costed("score_actions", weights, prompts, candidates, **kw)
 
     def end_sessions(self, sessions) -> None:
@@ -254,8 +255,9 @@ class TierClient(_PlainCalls):
 
     # ---- calls ---------------------------------------------------------------------------
     def score_actions_ref(self, prompts, candidates, sessions=None):
-        if sessions is not None and any(x is not None for x in sessions):
-            return self._send("score_actions", list(prompts), [list(c) for c in candidates], list(sessions))
+        ids = session_ids(sessions)
+        if ids:
+            return self._send("score_actions", list(prompts), [list(c) for c in candidates], ids)
         return self._send("score_actions", list(prompts), [list(c) for c in candidates])
 
     def token_distributions_ref(self, prompts, continuations, top_k: int = 0):

@@ -234,8 +234,8 @@ class ModelServer:
         before = self.backend.cost.snapshot()
         t0 = time.perf_counter()
         if head.kind == "score_actions":
-            sessions = [r[2] for r in rows]
-            kw = {"sessions": sessions} if any(s is not None for s in sessions) else {}
+            sessions = session_ids([r[2] for r in rows])
+            kw = {"sessions": sessions} if sessions else {}
             results = self.backend.score_actions([r[0] for r in rows], [list(r[1]) for r in rows], **kw)
         elif head.kind == "token_distributions":
             results = self.backend.token_distributions([r[0] for r in rows], [r[1] for r in rows],
@@ -268,6 +268,14 @@ def apportion_cost(before: dict, after: dict, weights: list, seconds: float, res
                     "weight_bytes_read": d_bytes * share, "latency_s": seconds,
                     "batch_rows": len(weights)})
     return out
+
+
+def session_ids(sessions) -> Optional[list]:
+    """``sessions`` as a list when some row carries an id, else None (nothing for a backend to keep)."""
+    if sessions is None:
+        return None
+    ids = list(sessions)
+    return ids if any(s is not None for s in ids) else None
 
 
 def _compatible(a: _Request, b: _Request) -> bool:
