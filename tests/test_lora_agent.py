@@ -111,6 +111,48 @@ def test_adapter_round_trip_and_agent_dir(tiny, tmp_path, monkeypatch):
         resolve_agent_dir(out)
 
 
+def test_resume_adapter_goes_on_from_the_saved_one(tiny, tmp_path):
+    """--resume-adapter: the saved adapter loads trainable on the base (same outputs as the merged
+    agent), takes its shape from its config, trains on; mismatched flags or bases are named."""
+    from dmr_rl.errors import ModelError
+    from dmr_rl.models.bc_loss import train_for
+    from dmr_rl.models.lora import adapter_shape, apply_lora, merged_from_adapter, resume_lora, save_adapter
+    from dmr_rl.models.checkpoints import load_causal_lm
+    from dmr_rl.models.train_agent import TrainAgentConfig
+
+    base_dir, model, tok = tiny
+    peft_model = apply_lora(model, rank=4, layers=1)
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2)
+    train_for(model, _data(tok), 1e9, CFG, opt, random.Random(0), [], max_steps=3)
+    out = tmp_path / "agent"
+    save_adapter(peft_model, out, base=str(base_dir))
+    (out / AGENT_CONFIG).write_text(json.dumps({"action_mode": "score", "base": str(base_dir), "env": "alfworld"}))
+    assert adapter_shape(out) == {"rank": 4, "alpha": 8.0, "layers": 1}
+
+    ids = torch.tensor([_data(tok, 1)[0].prompt])
+    fresh = load_causal_lm(str(base_dir))
+    resumed = resume_lora(fresh, out)
+    trainable = [n for n, p in fresh.named_parameters() if p.requires_grad]
+    assert trainable and all("lora_" in n and "layers.1." in n for n in trainable)
+    assert torch.allclose(_logits(fresh, ids), _logits(merged_from_adapter(base_dir, out), ids), atol=1e-4)
+    before = _logits(fresh, ids)
+    opt = torch.optim.AdamW([p for p in fresh.parameters() if p.requires_grad], lr=1e-2)
+    train_for(fresh, _data(tok), 1e9, CFG, opt, random.Random(1), [], max_steps=3)
+    assert not torch.allclose(_logits(fresh, ids), before, atol=1e-4) and resumed is not None
+
+    cfg = TrainAgentConfig(out=str(tmp_path / "next"), init=str(base_dir), resume_adapter=str(out))
+    cfg.validate()
+    assert (cfg.lora_rank, cfg.lora_alpha, cfg.train_layers) == (4, 8.0, 1)
+    with pytest.raises(ModelError, match="differs from the resumed adapter's 4"):
+        TrainAgentConfig(out="x", init=str(base_dir), resume_adapter=str(out), lora_rank=8).validate()
+    with pytest.raises(ModelError, match="not --env webshop"):
+        TrainAgentConfig(out="x", env="webshop", init=str(base_dir), resume_adapter=str(out)).validate()
+    with pytest.raises(ModelError, match="its base is"):
+        TrainAgentConfig(out="x", init="smollm2", resume_adapter=str(out)).validate()
+    with pytest.raises(ModelError, match="no LoRA agent there"):
+        TrainAgentConfig(out="x", init=str(base_dir), resume_adapter=str(base_dir)).validate()
+
+
 SHIPPED = ASSETS / "alfworld-smollm2"
 
 

@@ -41,6 +41,31 @@ def apply_lora(model, rank: int, alpha: float = 0.0, layers: int = 0, seed: int 
     return get_peft_model(model, lcfg)
 
 
+def resume_lora(model, adapter_dir):
+    """Freeze ``model`` and load the LoRA adapter saved in ``adapter_dir`` on it, trainable, to go on
+    training it (its rank, alpha and layers come from its ``adapter_config.json``). Returns the
+    ``PeftModel``, as :func:`apply_lora` does."""
+    from peft import PeftModel
+
+    from dmr_rl.errors import ModelError
+
+    d = Path(adapter_dir)
+    missing = [f for f in (ADAPTER_CONFIG, ADAPTER_WEIGHTS) if not (d / f).exists()]
+    if missing:
+        raise ModelError(f"--resume-adapter {d}: not a LoRA agent (no {', '.join(missing)})")
+    model.requires_grad_(False)
+    return PeftModel.from_pretrained(model, str(d), is_trainable=True)
+
+
+def adapter_shape(adapter_dir) -> dict:
+    """``{"rank", "alpha", "layers"}`` of the adapter saved in ``adapter_dir`` (layers: how many
+    decoder layers it wraps, 0: all)."""
+    import json
+
+    c = json.loads((Path(adapter_dir) / ADAPTER_CONFIG).read_text())
+    return {"rank": int(c["r"]), "alpha": float(c["lora_alpha"]), "layers": len(c.get("layers_to_transform") or [])}
+
+
 def save_adapter(peft_model, out, dtype: str = "bfloat16", base: str = "") -> int:
     """Write the adapter (``adapter_config.json``, ``adapter_model.safetensors``) with its weights
     in ``dtype`` (``base`` recorded as the base model's name); the live model keeps its own.

@@ -39,7 +39,7 @@ from dmr_rl.errors import ModelError
 from dmr_rl.models.agent import AGENT_CONFIG, TRAINING_INFO, AgentPolicy, LMAgent
 from dmr_rl.models.bc_data import TEACHERS, augmented, make_teacher, rollout_labelled
 from dmr_rl.models.bc_loss import build_model, encode, load_init_model, train_for
-from dmr_rl.models.lora import apply_lora, cpu_bf16_fast, save_adapter
+from dmr_rl.models.lora import apply_lora, cpu_bf16_fast, resume_lora, save_adapter
 from dmr_rl.models.prompting import PromptConfig
 
 
@@ -77,6 +77,7 @@ class TrainAgentConfig:
     snapshots: bool = False  # also save the agent after the teacher-data phase and each DAgger round (out/snapshots/)
     lora_rank: int = 0  # with init: > 0 trains a LoRA adapter of this rank on the top train_layers layers (0: all)
     lora_alpha: float = 0.0  # LoRA scale numerator (0: 2 x rank)
+    resume_adapter: str = ""  # with init: a LoRA agent directory whose adapter goes on training (its rank, alpha, layers)
     bf16: bool = False  # bf16 autocast for forward and backward (fast where the CPU has AMX / AVX-512 BF16)
     # window 1: the memory lines carry the rest of the history, and shorter prompts train faster
     prompt: PromptConfig = field(default_factory=lambda: PromptConfig(history_window=1, show_admissible=False,
@@ -97,11 +98,37 @@ class TrainAgentConfig:
             raise ModelError(f"--lora-rank must be >= 0, got {self.lora_rank}")
         if self.lora_rank and not self.init:
             raise ModelError("--lora-rank needs --init (an adapter on a pretrained model)")
+        if self.resume_adapter:
+            self._check_resume()
         if self.lora_rank and self.snapshots:
             raise ModelError("--snapshots is not supported with --lora-rank")
         if self.bf16 and not cpu_bf16_fast():
             raise ModelError("--bf16: this CPU has neither AMX nor AVX-512-BF16, so bf16 matmuls are emulated "
                              "(measured 7x slower than fp32 on such a box); train without --bf16")
+
+    def _check_resume(self) -> None:
+        """``resume_adapter`` names a LoRA agent on the same base, trained for this environment;
+        its shape fills ``lora_rank``/``lora_alpha``/``train_layers`` (a differing flag is an error)."""
+        from dmr_rl.models.agent import is_adapter_dir, read_agent_config
+        from dmr_rl.models.lora import adapter_shape
+
+        d = Path(self.resume_adapter)
+        if not self.init:
+            raise ModelError("--resume-adapter needs --init (the base the adapter was trained on)")
+        if not is_adapter_dir(d):
+            raise ModelError(f"--resume-adapter {d}: no LoRA agent there (adapter_config.json without config.json)")
+        settings = read_agent_config(d)
+        if settings.get("base") != self.init:
+            raise ModelError(f"--resume-adapter {d}: its base is {settings.get('base')!r}, not --init {self.init!r}")
+        if settings.get("env") not in (None, self.env):
+            raise ModelError(f"--resume-adapter {d}: trained for {settings.get('env')!r}, not --env {self.env}")
+        shape = adapter_shape(d)
+        for name, key in (("lora_rank", "rank"), ("lora_alpha", "alpha")):
+            given = getattr(self, name)
+            if given and given != shape[key]:
+                raise ModelError(f"--{name.replace('_', '-')} {given} differs from the resumed adapter's {shape[key]}")
+            setattr(self, name, shape[key])
+        self.train_layers = shape["layers"]
 
 
 #: what ``--init`` changes unless given: a pretrained model fine-tunes with a small learning rate,
@@ -180,7 +207,10 @@ def _train_agent(cfg: TrainAgentConfig, env, val_env, teacher, progress) -> dict
              f"teacher success {np.mean(teacher_wins):.2f} ({time.perf_counter() - t0:.0f}s)")
 
     peft_model = None
-    if cfg.init and cfg.lora_rank:
+    if cfg.init and cfg.resume_adapter:
+        model, tokenizer = load_init_model(cfg.init, 0)
+        peft_model = resume_lora(model, cfg.resume_adapter)
+    elif cfg.init and cfg.lora_rank:
         model, tokenizer = load_init_model(cfg.init, 0)
         peft_model = apply_lora(model, cfg.lora_rank, cfg.lora_alpha, cfg.train_layers, cfg.seed)
     elif cfg.init:
@@ -246,11 +276,22 @@ def _train_agent(cfg: TrainAgentConfig, env, val_env, teacher, progress) -> dict
         "model": model_summary(model, tokenizer, cfg),
         "train": {k: v for k, v in asdict(cfg).items() if k not in ("prompt", "data", "out")},
         "prompt": cfg.prompt.to_dict(), "steps": steps, "minutes": round(minutes, 2),
-        "dagger": rounds, "validation": val, "loss_log": log[:1] + log[-10:] if len(log) > 11 else log,
+        "dagger": rounds, "validation": val, "resumed_from": _resumed_from(cfg), "loss_log": log[:1] + log[-10:] if len(log) > 11 else log,
         "lp": {"method": "awq", "bits": 3, "group_size": min(32, model.config.hidden_size)},
     }
     save_agent(model, tokenizer, Path(cfg.out), cfg, info, calib, peft_model)
     return info
+
+
+def _resumed_from(cfg: TrainAgentConfig) -> Optional[dict]:
+    """Where a resumed adapter came from: its directory and its own training record's steps,
+    minutes and (recursively) where it came from."""
+    if not cfg.resume_adapter:
+        return None
+    path = Path(cfg.resume_adapter) / TRAINING_INFO
+    prior = json.loads(path.read_text()) if path.exists() else {}
+    return {"dir": str(cfg.resume_adapter), "steps": prior.get("steps"), "minutes": prior.get("minutes"),
+            "lr": prior.get("train", {}).get("lr"), "resumed_from": prior.get("resumed_from")}
 
 
 def model_summary(model, tokenizer, cfg: TrainAgentConfig) -> dict:
@@ -354,6 +395,9 @@ def register_train_agent(train_sub) -> None:
                    "(on the top --train-layers layers, 0: all) instead of the layers themselves; the output "
                    "holds only the adapter (bf16) and is merged with the base at first use")
     p.add_argument("--lora-alpha", type=float, default=0.0, help="LoRA scale numerator (0: 2 x rank)")
+    p.add_argument("--resume-adapter", default="", help="with --init: go on training the LoRA adapter of this "
+                   "agent directory (same base and env; its rank, alpha and layers) instead of a fresh one; "
+                   "training.json records it under resumed_from")
     p.add_argument("--bf16", action="store_true", help="bf16 autocast while training (about 5x faster per "
                    "core where the CPU has AMX; see bc_loss.cpu_bf16_fast)")
     p.add_argument("--snapshots", action="store_true", help="also save the agent after each training phase "
@@ -378,7 +422,8 @@ def config_from_args(args) -> TrainAgentConfig:
                            hidden=args.hidden, layers=args.layers, heads=args.heads, vocab=args.vocab,
                            threads=args.threads, lm_weight=args.lm_weight, label_smoothing=args.label_smoothing,
                            snapshots=args.snapshots, init=args.init, train_layers=args.train_layers,
-                           lora_rank=args.lora_rank, lora_alpha=args.lora_alpha, bf16=args.bf16)
+                           lora_rank=args.lora_rank, lora_alpha=args.lora_alpha, bf16=args.bf16,
+                           resume_adapter=args.resume_adapter)
     for name in ("lr", "batch_size", "max_candidates", "dagger_rounds"):
         given = getattr(args, name)
         if given is not None:
