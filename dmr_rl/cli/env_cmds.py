@@ -2,7 +2,9 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
+from contextlib import contextmanager, nullcontext, redirect_stdout
 
 
 def register(sub, groups) -> None:
@@ -84,11 +86,29 @@ def _policy(args, env):
     return POLICIES[args.policy]() if args.policy == "expert" else POLICIES[args.policy](seed=args.seed)
 
 
+@contextmanager
+def stdout_to_stderr():
+    """Inside, whatever writes to stdout (prints, C libraries, loggers that hold the stdout stream:
+    llmcompressor's import warns on stdout) lands on stderr, so a ``--json`` command's stdout is
+    its JSON alone."""
+    sys.stdout.flush()
+    saved = os.dup(1)
+    os.dup2(2, 1)
+    try:
+        with redirect_stdout(sys.stderr):
+            yield
+    finally:
+        sys.stdout.flush()
+        os.dup2(saved, 1)
+        os.close(saved)
+
+
 def _eval(args) -> int:
     from environments.runner import evaluate_policy
 
-    env = _make(args)
-    summary = evaluate_policy(env, _policy(args, env), args.episodes)
+    with stdout_to_stderr() if args.json else nullcontext():
+        env = _make(args)
+        summary = evaluate_policy(env, _policy(args, env), args.episodes)
     summary.update(env=args.env, split=args.split, policy=args.policy)
     if args.json:
         print(json.dumps(summary))
