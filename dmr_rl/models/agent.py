@@ -172,8 +172,8 @@ class AgentPolicy:
 
 # ---- finding the project's agents and their low-bit copies --------------------------------------
 #: the agent ``dmr env eval --policy agent`` plays when no ``--model`` is given (default: the env's name);
-#: ``alfworld-smollm2`` (the SmolLM2 LoRA agent) goes here once one that wins >= 0.6 is committed
-DEFAULT_AGENTS: dict = {}
+#: an agent goes here once it meets its issue's bar on a fresh catalog (its training.json's eval)
+DEFAULT_AGENTS: dict = {"webshop": "webshop-smollm2"}
 
 
 def agent_name(cfg) -> str:
