@@ -189,9 +189,10 @@ class TierClient(_PlainCalls):
                 return i
         raise ActorError(f"model server of tier {self.tier!r}: no live replica left")
 
-    def _send(self, kind: str, *args, replica: Optional[int] = None):
-        sessions = args[2] if kind == "score_actions" and len(args) > 2 and args[2] is not None else ()
-        sessions = [x for x in sessions if x is not None]
+    def _send(self, kind: str, *args, replica: Optional[int] = None, sessions=None):
+        """Send ``kind(*args)`` to ``replica`` (else: the home replica when ``sessions``, the rows'
+        KV-cache session ids, name any; else the least loaded); remembered for a resend."""
+        sessions = [x for x in sessions or () if x is not None]
         if replica is not None:
             i = replica
         else:
@@ -201,7 +202,7 @@ class TierClient(_PlainCalls):
         ref = getattr(self.handles[i], kind).remote(*args)
         self._inflight[i].append(ref)
         self._owner[ref] = i
-        self._calls[ref] = (kind, args)
+        self._calls[ref] = (kind, args, sessions)
         self.sent[i] += 1
         return ref
 
@@ -224,7 +225,7 @@ class TierClient(_PlainCalls):
                                      f"({type(e).__name__}: its node was lost or its process crashed)") from e
                 target, outcome = self._recover(i, e)
                 self.notes.append({"tier": self.tier, "replica": i, "outcome": outcome, "resent": 1})
-                ref = self._send(call[0], *call[1], replica=target)
+                ref = self._send(call[0], *call[1], replica=target, sessions=call[2])
             except GetTimeoutError as e:
                 raise ActorError(f"model server of tier {self.tier!r} replica {i} did not answer "
                                  f"within {timeout_s} s") from e
@@ -257,7 +258,7 @@ class TierClient(_PlainCalls):
     def score_actions_ref(self, prompts, candidates, sessions=None):
         ids = session_ids(sessions)
         if ids:
-            return self._send("score_actions", list(prompts), [list(c) for c in candidates], ids)
+            return self._send("score_actions", list(prompts), [list(c) for c in candidates], ids, sessions=ids)
         return self._send("score_actions", list(prompts), [list(c) for c in candidates])
 
     def token_distributions_ref(self, prompts, continuations, top_k: int = 0):
