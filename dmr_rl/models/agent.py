@@ -173,7 +173,7 @@ class AgentPolicy:
 # ---- finding the project's agents and their low-bit copies --------------------------------------
 #: the agent ``dmr env eval --policy agent`` plays when no ``--model`` is given (default: the env's name);
 #: an agent goes here once it meets its issue's bar on a fresh catalog (its training.json's eval)
-DEFAULT_AGENTS: dict = {"webshop": "webshop-smollm2"}
+DEFAULT_AGENTS: dict = {"alfworld": "alfworld-smollm2", "webshop": "webshop-smollm2"}
 
 
 def agent_name(cfg) -> str:
