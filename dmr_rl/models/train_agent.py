@@ -207,12 +207,10 @@ def _train_agent(cfg: TrainAgentConfig, env, val_env, teacher, progress) -> dict
              f"teacher success {np.mean(teacher_wins):.2f} ({time.perf_counter() - t0:.0f}s)")
 
     peft_model = None
-    if cfg.init and cfg.resume_adapter:
+    if cfg.init and cfg.lora_rank:  # (a resumed adapter's rank was filled in by validate())
         model, tokenizer = load_init_model(cfg.init, 0)
-        peft_model = resume_lora(model, cfg.resume_adapter)
-    elif cfg.init and cfg.lora_rank:
-        model, tokenizer = load_init_model(cfg.init, 0)
-        peft_model = apply_lora(model, cfg.lora_rank, cfg.lora_alpha, cfg.train_layers, cfg.seed)
+        peft_model = (resume_lora(model, cfg.resume_adapter) if cfg.resume_adapter else
+                      apply_lora(model, cfg.lora_rank, cfg.lora_alpha, cfg.train_layers, cfg.seed))
     elif cfg.init:
         model, tokenizer = load_init_model(cfg.init, cfg.train_layers)
     else:
