@@ -2,7 +2,8 @@
 
 Both tiers through Ray model servers in the vLLM side venv (.ci/run's second step sets
 ``DMR_VLLM_PYTHON``); on a CPU without AVX-512 vLLM has no 4-bit kernel, so LP is served by the
-compressed backend there. Skipped without the side venv.
+compressed backend there. Plays the tiny committed agent (the SmolLM2 one is the script's default on a
+GPU; on 2 CPU cores it took over 15 min here). Skipped without the side venv.
 """
 from __future__ import annotations
 
@@ -24,7 +25,7 @@ def test_gpu_check_runs_on_cpu(tmp_path):
 
     out = tmp_path / "gpu_check.json"
     cmd = [sys.executable, str(ROOT / "experiments" / "gpu_check.py"), "--device", "cpu", "--episodes", "2",
-           "--python", os.path.abspath(VLLM_PYTHON), "--lp-method", "rtn", "--enforce-eager", "--workers", "1",
+           "--python", os.path.abspath(VLLM_PYTHON), "--agent-name", "alfworld", "--lp-method", "rtn", "--enforce-eager", "--workers", "1",
            "--envs-per-worker", "2", "--latency-reps", "1", "--cache", str(tmp_path / "cache"), "--out", str(out)]
     if not cpu_has_avx512():
         cmd += ["--lp-backend", "compressed"]

@@ -71,6 +71,21 @@ def test_prefix_cache_changes_no_score(engines):
     assert alone == pytest.approx(batched, abs=1e-4)
 
 
+def test_cache_hit_inside_a_candidate_is_rescored(engines):
+    """Scoring a long candidate twice: the second call's prefix-cache hit covers whole blocks of the
+    candidate itself (vLLM then leaves those prompt log-probs unset); the row is rescored with the
+    cache off and matches the first call and the transformers backend."""
+    v, _, tb, _ = engines
+    block = v.llm.llm_engine.vllm_config.cache_config.block_size
+    long = " ".join(f"go to cabinet {i} and open it" for i in range(block // 4))
+    first = v.score_actions(PROMPTS[:1], [[long]])[0].sum_logprobs[0]
+    before = v.recomputed_rows
+    second = v.score_actions(PROMPTS[:1], [[long, "look"]])[0].sum_logprobs
+    assert v.recomputed_rows == before + 1
+    assert second[0] == pytest.approx(first, abs=1e-4)
+    np.testing.assert_allclose(second, tb.score_actions(PROMPTS[:1], [[long, "look"]])[0].sum_logprobs, atol=2e-2)
+
+
 def test_token_distributions_topk_full_and_tail(engines):
     v, _, tb, _ = engines
     conts = ["take mug 1", "the kitchen", "", "look"]

@@ -68,6 +68,8 @@ class VLLMBackend(Backend):
         self.memory = memory or {}
         self.vocab_size = int(llm.llm_engine.model_config.get_vocab_size())
         self.max_logprobs = int(llm.llm_engine.model_config.max_logprobs)
+        #: Rows scored a second time because a prefix-cache hit reached into their continuation.
+        self.recomputed_rows = 0
         if self.max_logprobs < 0:
             self.max_logprobs = self.vocab_size
 
@@ -159,18 +161,35 @@ class VLLMBackend(Backend):
             calls += 1
         out: list = [[] for _ in rows]
         if live:
-            sp = VSP(max_tokens=1, prompt_logprobs=k, detokenize=False, skip_reading_prefix_cache=False)
-            reqs = [TokensPrompt(prompt_token_ids=p_ids[rows[r][0]] + rows[r][1]) for r in live]
-            res = self.llm.generate(reqs, sp, use_tqdm=False)
+            res = self._prompt_logprobs(p_ids, rows, live, k, read_cache=True)
             calls += 1
-            for r, o in zip(live, res):
+            # vLLM fills prompt log-probs only from the first position it computes: a prefix-cache
+            # hit that reaches into the continuation (the same prompt and candidate scored before,
+            # or a sibling candidate sharing a full block) leaves those positions unset. Such rows
+            # are scored again with the cache off.
+            redo = [r for r, o in zip(live, res) if (o.num_cached_tokens or 0) > len(p_ids[rows[r][0]]) - 1]
+            by_row = dict(zip(live, res))
+            if redo:
+                by_row.update(zip(redo, self._prompt_logprobs(p_ids, rows, redo, k, read_cache=False)))
+                calls += 1
+            self.recomputed_rows += len(redo)
+            for r in live:
                 n = len(rows[r][1])
-                plp = o.prompt_logprobs or []
+                plp = by_row[r].prompt_logprobs or []
                 tail = plp[len(plp) - n:] if len(plp) >= n else []
                 if len(tail) != n or any(d is None for d in tail):
                     raise ModelError(f"vLLM returned {len(plp)} prompt log-probs for a continuation of {n} tokens")
                 out[r] = tail
         return out, calls
+
+    def _prompt_logprobs(self, p_ids: list, rows: list, which: list, k: int, read_cache: bool) -> list:
+        """One engine call: the RequestOutputs of ``prompt + continuation`` for rows ``which``."""
+        from vllm import SamplingParams as VSP
+        from vllm.inputs import TokensPrompt
+
+        sp = VSP(max_tokens=1, prompt_logprobs=k, detokenize=False, skip_reading_prefix_cache=not read_cache)
+        reqs = [TokensPrompt(prompt_token_ids=p_ids[rows[r][0]] + rows[r][1]) for r in which]
+        return self.llm.generate(reqs, sp, use_tqdm=False)
 
     def score_actions(self, prompts: list, candidates: list, sessions: Optional[list] = None) -> list:
         """``sessions`` is accepted and ignored: vLLM's own prefix cache reuses shared prompt blocks."""
