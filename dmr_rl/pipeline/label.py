@@ -60,7 +60,13 @@ def action_kl_and_flip(hp_scores, lp_scores, length_normalised: bool = False,
 def step_scores(clients: dict, steps: list, space: str, batch_size: int = 16, progress=None,
                 length_normalised: bool = False, temperature: float = 1.0) -> dict:
     """{"kl": [N] KL(HP || LP), "flip": [N] 1 where the tiers' greedy actions differ (action
-    spaces only)} for (StepRecord) ``steps``, both tiers batched ``batch_size`` steps a call."""
+    spaces only)} for (StepRecord) ``steps``, both tiers batched ``batch_size`` steps a call.
+
+    The two tiers' calls on a batch run at the same time (one thread each: served tiers wait on
+    their own model servers, in-process ones release the GIL inside torch), so labelling takes
+    the slower tier's time, not the sum."""
+    from concurrent.futures import ThreadPoolExecutor
+
     from dmr_rl.models.kl import token_kl_batch
 
     if space not in SPACES:
@@ -68,21 +74,27 @@ def step_scores(clients: dict, steps: list, space: str, batch_size: int = 16, pr
     if temperature <= 0:
         raise ValueError(f"temperature must be positive, got {temperature}")
     kl, flip = np.zeros(len(steps)), np.zeros(len(steps), dtype=np.int64)
-    for start in range(0, len(steps), batch_size):
-        chunk = steps[start:start + batch_size]
-        prompts = [s.prompt for s in chunk]
-        if space == "tokens":
-            acts = [s.action for s in chunk]
-            kl[start:start + len(chunk)] = token_kl_batch(clients["hp"].token_distributions(prompts, acts),
-                                                          clients["lp"].token_distributions(prompts, acts))[0]
-        else:
-            adm = [list(s.admissible) for s in chunk]
-            hp, lp = clients["hp"].score_actions(prompts, adm), clients["lp"].score_actions(prompts, adm)
-            for i, (h, q) in enumerate(zip(hp, lp)):
-                kl[start + i], flip[start + i] = action_kl_and_flip(h, q, length_normalised, temperature)
-        if progress:
-            progress(len(chunk))
+    with ThreadPoolExecutor(max_workers=2, thread_name_prefix="label") as pool:
+        for start in range(0, len(steps), batch_size):
+            chunk = steps[start:start + batch_size]
+            prompts = [s.prompt for s in chunk]
+            if space == "tokens":
+                acts = [s.action for s in chunk]
+                hp, lp = _both(pool, clients, "token_distributions", prompts, acts)
+                kl[start:start + len(chunk)] = token_kl_batch(hp, lp)[0]
+            else:
+                hp, lp = _both(pool, clients, "score_actions", prompts, [list(s.admissible) for s in chunk])
+                for i, (h, q) in enumerate(zip(hp, lp)):
+                    kl[start + i], flip[start + i] = action_kl_and_flip(h, q, length_normalised, temperature)
+            if progress:
+                progress(len(chunk))
     return {"kl": kl, "flip": flip}
+
+
+def _both(pool, clients: dict, method: str, *args) -> tuple:
+    """(HP's, LP's) answer to ``clients[tier].method(*args)``, the two calls running concurrently."""
+    futures = [pool.submit(getattr(clients[t], method), *args) for t in ("hp", "lp")]
+    return tuple(f.result() for f in futures)
 
 
 def step_kls(clients: dict, steps: list, space: str, batch_size: int = 16, progress=None,
