@@ -224,3 +224,49 @@ def test_routellm_tradeoff_with_cis_and_withholding():
 def test_normalised_cost():
     assert M.normalised_cost(6.5, 3.0, 10.0) == pytest.approx(0.5)
     assert np.isnan(M.normalised_cost(1.0, 3.0, 3.0))
+
+
+def test_minimum_detectable_difference_by_hand():
+    from statistics import NormalDist
+
+    from dmr_rl.report.power import clustered_se, minimum_detectable_difference, sign_test_min_discordant
+
+    # exact two-sided sign test: k one-way discordant pairs give p = 2 * 0.5**k
+    assert sign_test_min_discordant(0.05) == 6 and sign_test_min_discordant(0.01) == 8
+    assert sign_test_min_discordant(0.0625) == 5  # 2 / 32 exactly
+    for alpha in (0.05, 0.01):
+        k = sign_test_min_discordant(alpha)
+        assert M.sign_test_p([1] * k) <= alpha < M.sign_test_p([1] * (k - 1))
+    with pytest.raises(ValueError, match="alpha"):
+        sign_test_min_discordant(1.5)
+    # cluster-robust SE: two tasks of two pairs, residual sums +1 and -1 -> sqrt(2 * 2) / 4
+    assert clustered_se([1, 1, 0, 0], [0, 0, 1, 1]) == pytest.approx(0.5)
+    assert clustered_se([1, 0, 0, 1], [0, 0, 1, 1]) == 0.0  # each task's pairs cancel
+    d = np.array([1.0, 0.0, -1.0, 1.0, 0.0, 0.0])  # one pair per task: s / sqrt(n)
+    assert clustered_se(d, np.arange(6)) == pytest.approx(d.std(ddof=1) / math.sqrt(6))
+    assert math.isnan(clustered_se([1.0, 0.0], [3, 3]))
+    # methods that never disagree on 30 tasks: only the exact-test floor, 6 / 30
+    assert minimum_detectable_difference(np.zeros(30), np.arange(30)) == pytest.approx(0.2)
+    assert minimum_detectable_difference(np.zeros(5), np.arange(5)) == math.inf  # < 6 pairs: nothing
+    # noisy pairs: the normal-approximation MDE (z_.975 + z_.8) * SE dominates the floor
+    noisy = np.array([1.0, -1.0] * 15)
+    z = NormalDist().inv_cdf(0.975) + NormalDist().inv_cdf(0.8)
+    want = z * noisy.std(ddof=1) / math.sqrt(30)
+    assert want > 0.2 and minimum_detectable_difference(noisy, np.arange(30)) == pytest.approx(want)
+
+
+def test_paired_comparison_reports_what_it_could_detect():
+    n = 30
+    tab = {"seed": np.zeros(n, int), "task": np.arange(n), "won": np.ones(n), "score": np.ones(n),
+           "hp_calls": np.zeros(n), "calls": np.ones(n)}
+    c = M.paired_comparison(tab, dict(tab), n_boot=200)
+    assert c["diff_mean"] == 0.0 and c["diff_mde"] == pytest.approx(6 / n)
+    from dmr_rl.report.tables import comparison_sentence
+
+    words = comparison_sentence({**c, "method": "grpo", "point": "r0.30", "vs": "random", "vs_point": "ratio0.30",
+                                 "hp_ratio": 0.3, "vs_hp_ratio": 0.3, "matched": True})
+    assert words.endswith("no difference shown: this pairing detects (80% power) only |difference| >= 0.200")
+    shown = comparison_sentence({**c, "diff_mean": 0.3, "diff_ci": [0.1, 0.5], "method": "grpo", "point": "r0.30",
+                                 "vs": "random", "vs_point": "ratio0.30", "hp_ratio": 0.3, "vs_hp_ratio": 0.3,
+                                 "matched": True})
+    assert "no difference shown" not in shown

@@ -14,7 +14,8 @@ One definition of every number, used by the report, the evaluation driver and th
   by (seed, task) when both ran several seeds; draws of one method on one pair are averaged
   first; ``diff_mean`` = mean over pairs of (A - B); 95% CI = bootstrap resampling tasks
   (clusters) of the pair differences; ``mcnemar_p`` = exact two-sided sign test on the non-zero
-  pair differences, which for binary outcomes is the exact McNemar test on the discordant pairs.
+  pair differences, which for binary outcomes is the exact McNemar test on the discordant pairs;
+  ``diff_mde`` = what the pairing could have detected (:mod:`dmr_rl.report.power`).
 * **APGR / CPT** (:func:`routellm_tradeoff`), as RouteLLM defines them (lm-sys/RouteLLM,
   ``routellm/evals/evaluate.py``, ``generate_results``): the router's thresholds are swept (here:
   calibrated on a validation split beforehand), quality is plotted against the share of
@@ -40,6 +41,8 @@ import math
 from typing import Optional, Sequence
 
 import numpy as np
+
+from dmr_rl.report.power import minimum_detectable_difference
 
 HP, LP = 1, 0
 LEVEL = 0.95
@@ -221,7 +224,9 @@ def paired_comparison(a: dict, b: dict, n_boot: int = 2000, seed: int = 0, level
     "task"), ``n_pairs``, ``n_tasks``, and for success: ``success`` / ``vs_success`` (means over
     pairs of A and B), ``diff_mean`` (mean over pairs of A - B), ``diff_ci`` ([lo, hi], bootstrap
     resampling tasks, each with all its pairs, of that mean), ``mcnemar_p`` (:func:`sign_test_p`
-    on the pair differences); for the score the same as ``score``, ``vs_score``,
+    on the pair differences), ``diff_mde`` (the smallest success difference this pairing detects
+    with 80% power at the 5% level, :func:`dmr_rl.report.power.minimum_detectable_difference`);
+    for the score the same as ``score``, ``vs_score``,
     ``score_diff_mean``, ``score_diff_ci``, ``score_sign_p``. Pairs present in only one point
     are left out (the report refuses differing task sets before it gets here).
     """
@@ -244,11 +249,15 @@ def paired_comparison(a: dict, b: dict, n_boot: int = 2000, seed: int = 0, level
         if not len(keys):
             out.update({name: float("nan"), f"vs_{name}": float("nan"), f"{prefix}diff_mean": float("nan"),
                         f"{prefix}diff_ci": [float("nan"), float("nan")], p_name: float("nan")})
+            if name == "success":
+                out["diff_mde"] = float("nan")
             continue
         out[name], out[f"vs_{name}"] = float(va[xa].mean()), float(vb[xb].mean())
         out[f"{prefix}diff_mean"] = float(d.mean())
         out[f"{prefix}diff_ci"] = list(bootstrap_ci(d, n_boot, seed, level, clusters=tasks.tolist()))
         out[p_name] = sign_test_p(d)
+        if name == "success":
+            out["diff_mde"] = minimum_detectable_difference(d, tasks)
     return out
 
 

@@ -227,7 +227,16 @@ def comparison_sentence(c: dict) -> str:
           f"at {100 * c['hp_ratio']:.0f}% vs {100 * c['vs_hp_ratio']:.0f}% HP (not matched)")
     return (f"{c['method']} {c['point']} {_f(c['success'])} vs {c['vs']} {c['vs_point']} {_f(c['vs_success'])} "
             f"{at}: {_signed(c['diff_mean'])} [{_signed(c['diff_ci'][0])}, {_signed(c['diff_ci'][1])}], "
-            f"McNemar p={_p(c['mcnemar_p'])}")
+            f"McNemar p={_p(c['mcnemar_p'])}{_undetected(c)}")
+
+
+def _undetected(c: dict) -> str:
+    """", no difference shown; this design detects |difference| >= 0.200" when the CI holds 0."""
+    lo, hi = c["diff_ci"]
+    mde = c.get("diff_mde")
+    if mde is None or not (lo <= 0.0 <= hi):
+        return ""
+    return f"; no difference shown: this pairing detects (80% power) only |difference| >= {_f(mde)}"
 
 
 def _ci_or_dash(ci) -> str:
@@ -246,12 +255,14 @@ def markdown(results: dict, plots: Optional[list] = None) -> str:
     lines += ["## Paired comparisons: each router point against the baselines", "",
               "Paired by task (by seed and task where both methods ran several seeds; a method's draws on one "
               "pair averaged first). Difference = router - baseline in success, 95% CI = task-clustered "
-              "bootstrap of the pair differences, p = exact McNemar (sign) test on the discordant pairs. "
+              "bootstrap of the pair differences, p = exact McNemar (sign) test on the discordant pairs; "
+              "detectable = the smallest true difference this pairing detects with 80% power at the 5% level "
+              "(task-clustered SE, floored at the exact test's 6 one-way discordant pairs / pairs). "
               f"Random, first-k and cascade at their point nearest in HP ratio (*matched*: within "
               f"{MATCH_TOL:.2f}).", ""]
     if comps:
-        lines += ["| comparison | HP ratio | success | difference [95% CI] | McNemar p | tasks (pairs) |",
-                  "|---|---|---|---|---|---|"]
+        lines += ["| comparison | HP ratio | success | difference [95% CI] | McNemar p | detectable | tasks (pairs) |",
+                  "|---|---|---|---|---|---|---|"]
         for c in comps:
             lines.append(
                 f"| {c['method']} {c['point']} vs {c['vs']} {c['vs_point']} "
@@ -259,7 +270,7 @@ def markdown(results: dict, plots: Optional[list] = None) -> str:
                 f"{' (not matched)' if c['vs'] in NEAREST and not c['matched'] else ''} "
                 f"| {_f(c['success'])} vs {_f(c['vs_success'])} "
                 f"| {_signed(c['diff_mean'])} [{_signed(c['diff_ci'][0])}, {_signed(c['diff_ci'][1])}] "
-                f"| {_p(c['mcnemar_p'])} | {c['n_tasks']} ({c['n_pairs']}) |")
+                f"| {_p(c['mcnemar_p'])} | {_f(c.get('diff_mde'))} | {c['n_tasks']} ({c['n_pairs']}) |")
         lines += ["", "In words:", ""] + [f"- {comparison_sentence(c)}" for c in comps
                                            if c["vs"] in (RANDOM, "first_k")]
     else:
