@@ -127,6 +127,31 @@ def test_label_kl_follows_the_acting_rule_by_hand():
     assert kl_t == pytest.approx(float(np.sum(q * (np.log(q) - np.log(q[::-1]))))) and kl_t < kl1
 
 
+def test_label_calls_both_tiers_at_once_and_keeps_step_order():
+    """step_scores sends a batch to HP and LP concurrently: each fake tier waits at a two-party barrier
+    that only opens when the other tier's call is in flight too (sequential calls time out)."""
+    import threading
+    from types import SimpleNamespace
+
+    from dmr_rl.models.backends.base import ActionScores
+    from dmr_rl.pipeline.label import step_scores
+
+    barrier = threading.Barrier(2, timeout=10)
+
+    class Tier:
+        def __init__(self, sign):
+            self.sign = sign
+
+        def score_actions(self, prompts, candidates):
+            barrier.wait()
+            return [ActionScores(np.array([0.0, self.sign * float(p)]), np.array([1, 1])) for p in prompts]
+
+    steps = [SimpleNamespace(prompt=str(i), admissible=["a", "b"]) for i in range(5)]
+    out = step_scores({"hp": Tier(+1), "lp": Tier(-1)}, steps, "actions", batch_size=2)
+    assert out["flip"].tolist() == [0, 1, 1, 1, 1]  # HP picks b, LP a, once the margin is non-zero
+    assert out["kl"][0] == 0.0 and np.all(np.diff(out["kl"]) > 0)  # each step's KL in its own row
+
+
 def test_named_timers_accumulate_and_reach_tensorboard(tmp_path):
     import time
 

@@ -231,7 +231,8 @@ def comparison_sentence(c: dict) -> str:
 
 
 def _undetected(c: dict) -> str:
-    """", no difference shown; this design detects |difference| >= 0.200" when the CI holds 0."""
+    """"; no difference shown: this pairing detects (80% power) only |difference| >= 0.200" when
+    the difference's CI holds 0 (else "")."""
     lo, hi = c["diff_ci"]
     mde = c.get("diff_mde")
     if mde is None or not (lo <= 0.0 <= hi):
