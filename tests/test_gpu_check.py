@@ -25,7 +25,8 @@ def test_gpu_check_runs_on_cpu(tmp_path):
 
     out = tmp_path / "gpu_check.json"
     cmd = [sys.executable, str(ROOT / "experiments" / "gpu_check.py"), "--device", "cpu", "--episodes", "2",
-           "--python", os.path.abspath(VLLM_PYTHON), "--agent-name", "alfworld", "--lp-method", "rtn", "--enforce-eager", "--workers", "1",
+           "--python", os.path.abspath(VLLM_PYTHON), "--agent-name", "alfworld", "--lp-method", "rtn",
+           "--enforce-eager", "--workers", "1",
            "--envs-per-worker", "2", "--latency-reps", "1", "--cache", str(tmp_path / "cache"), "--out", str(out)]
     if not cpu_has_avx512():
         cmd += ["--lp-backend", "compressed"]
