@@ -36,6 +36,7 @@ from typing import Optional
 
 import numpy as np
 
+from dmr_rl.pipeline.timing import eta_seconds, format_duration
 from dmr_rl.report import layout
 from dmr_rl.report.metrics import realised_hp_ratio
 
@@ -225,6 +226,21 @@ class Evaluation:
         self.seeds = [int(s) for s in cfg.eval.seeds]
         self.timers = Timers()
         self.played: list = []  # (point, episodes of all its seeds)
+        self.planned = 0  # episodes the evaluation expects to play (an estimate: see plan())
+        self.done_eps, self.timed_eps, self.timed_s = 0, 0, 0.0  # for the ETA: episodes played here and their time
+
+    def plan(self, points: list, matched: list) -> int:
+        """Episodes expected for ``points`` plus, per router point, the ``matched`` baselines
+        (random under every seed, first-k once on a deterministic environment); corrections
+        and reuse of matched baselines make the real count differ a little."""
+        n, det = len(self.tasks), env_is_deterministic(self.cfg)
+        per_seed = {True: len(self.seeds), False: 1}
+        total = sum(n * per_seed[p.stochastic] for p in points)
+        for p in points:
+            if p.params.get("kind") == "router":
+                total += sum(n * per_seed[(m in STOCHASTIC_BASELINES) or not det] for m in matched)
+        self.planned = total
+        return total
 
     def play(self, p: OperatingPoint) -> list:
         """Every seed the point needs (all for stochastic points, the first otherwise); resumable."""
@@ -237,13 +253,22 @@ class Evaluation:
             if not eps:
                 with self.timers(f"eval/{p.method}"):
                     eps = run_point(self.group, p, self.tasks, s, out_dir, run_seed=int(self.cfg.seed))
+                self.timed_eps += len(eps)
+                self.timed_s += self.timers.last(f"eval/{p.method}")
             episodes += eps
         self.played.append((p, episodes))
+        self.done_eps += len(episodes)
         if self.progress:
             won = np.mean([e.won for e in episodes]) if episodes else float("nan")
             print(f"eval {p.method}/{p.point}: success {won:.3f}, HP ratio {realised_hp_ratio(episodes):.3f} "
-                  f"({len(episodes)} episodes)", flush=True)
+                  f"({len(episodes)} episodes); {self.eta_line()}", flush=True)
         return episodes
+
+    def eta_line(self) -> str:
+        """``"episodes 120 of ~400 planned, ETA 9m20s"``, the rate from the episodes played in this call."""
+        left = max(0, self.planned - self.done_eps)
+        eta = eta_seconds(self.timed_eps, self.timed_eps + left, self.timed_s) if left else 0.0
+        return f"episodes {self.done_eps} of ~{max(self.planned, self.done_eps)} planned, ETA {format_duration(eta)}"
 
     def matched_baselines(self, names: list) -> None:
         """Random and first-k at each played router point's realised HP ratio. A baseline point already
@@ -320,7 +345,9 @@ def run(cfg, router_ckpt=None, methods: Optional[list] = None, group=None, clien
             with ev.timers("calibrate"):
                 calibration = calibrate(cfg, routers, clients, local=group.local, progress=progress,
                                         num_workers=group.num_workers)
-        for p in router_points(cfg, routers, calibration) + sweep_points(sweep_ckpts or {}) + fixed:
+        points = router_points(cfg, routers, calibration) + sweep_points(sweep_ckpts or {}) + fixed
+        ev.plan(points, [m for m in wanted if m in MATCHED] if routers else [])
+        for p in points:
             ev.play(p)
         if routers:
             ev.matched_baselines([m for m in wanted if m in MATCHED])

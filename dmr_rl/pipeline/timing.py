@@ -78,3 +78,21 @@ class Timers:
             self.seconds.pop(n, None)
             self.counts.pop(n, None)
             self._last.pop(n, None)
+
+
+def eta_seconds(done: float, total: float, elapsed: float) -> float:
+    """Seconds the remaining ``total - done`` units take at the rate measured so far
+    (``elapsed`` seconds for ``done`` units); nan before any unit is done, 0 once all are."""
+    if done <= 0:
+        return float("nan")
+    return max(0.0, float(total) - float(done)) * float(elapsed) / float(done)
+
+
+def format_duration(seconds: float) -> str:
+    """``75.4`` -> ``"1m15s"``, ``3725`` -> ``"1h02m"``; ``"?"`` for nan or inf."""
+    if not seconds == seconds or seconds in (float("inf"), float("-inf")):
+        return "?"
+    s = int(round(seconds))
+    if s >= 3600:
+        return f"{s // 3600}h{(s % 3600) // 60:02d}m"
+    return f"{s // 60}m{s % 60:02d}s" if s >= 60 else f"{s}s"

@@ -1,0 +1,29 @@
+"""The evaluation's progress lines: the episodes it plans and an ETA from its measured rate."""
+import math
+
+from dmr_rl.config import DMRConfig
+from dmr_rl.pipeline.evaluate import Evaluation, OperatingPoint
+from dmr_rl.pipeline.timing import eta_seconds, format_duration
+
+
+def test_eta_is_the_remaining_work_at_the_measured_rate():
+    assert eta_seconds(10, 40, 50.0) == 150.0  # 30 units left at 5 s each
+    assert eta_seconds(40, 40, 50.0) == 0.0 and eta_seconds(50, 40, 50.0) == 0.0
+    assert math.isnan(eta_seconds(0, 40, 0.0))
+    assert [format_duration(s) for s in (7.4, 75.4, 3725, float("nan"))] == ["7s", "1m15s", "1h02m", "?"]
+
+
+def test_plan_counts_every_seed_of_stochastic_points_and_the_matched_baselines(tmp_path):
+    cfg = DMRConfig()
+    cfg.run_dir, cfg.eval.seeds = str(tmp_path), [0, 1, 2]
+    ev = Evaluation(cfg, group=None, tasks=list(range(10)), progress=False)
+    points = [OperatingPoint("grpo", "r0.30", None, {"kind": "router"}),  # greedy: once
+              OperatingPoint("grpo", "sampled", None, {"kind": "router"}, stochastic=True),  # 3 seeds
+              OperatingPoint("hp_only", "default", None, {"kind": "baseline"})]
+    # per router point: random under 3 seeds (30) + first-k once (10) on the deterministic ALFWorld
+    assert ev.plan(points, ["random", "first_k"]) == 10 + 30 + 10 + 2 * (30 + 10)
+    assert ev.plan(points, []) == 50
+    ev.done_eps, ev.timed_eps, ev.timed_s = 20, 20, 40.0
+    assert ev.eta_line() == "episodes 20 of ~50 planned, ETA 1m00s"  # 30 left at 2 s each
+    ev.done_eps, ev.timed_eps, ev.timed_s = 60, 40, 80.0  # more played than planned (corrections)
+    assert ev.eta_line() == "episodes 60 of ~60 planned, ETA 0s"
