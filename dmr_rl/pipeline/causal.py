@@ -16,8 +16,8 @@ environment, greedy agent):
    (``bucket`` steps wide), drawn (seeded by task) only from steps below the flag threshold; a task
    whose flagged steps cannot all be matched is left out of that row (counted in ``causal.json``).
 4. **Arms.** Replay each task with HP everywhere except the forced step indices, run on LP
-   (:class:`ForcedLPRouter`; both tiers run, so each forced step records whether LP's action
-   differed from HP's there). The report gives per arm: success, forced steps, how many changed the
+   (:class:`ForcedLPRouter`; both tiers run on the forced steps, so each records whether LP's
+   action differed from HP's there; the other steps call HP alone). The report gives per arm: success, forced steps, how many changed the
    action, success among episodes where at least one did, and the paired (task) difference
    unflagged - flagged with a task-clustered CI (:mod:`dmr_rl.report.causal_stats`).
 
@@ -62,19 +62,22 @@ class ShadowRouter(Router):
 
 class ForcedLPRouter(Router):
     """HP at every step except the step indices listed for the context's task, which go to LP.
-    Both tiers run at every step, so a forced step records whether LP changed the action.
+    Both tiers run on the forced steps only (:meth:`both_tiers_at`), so a forced step records whether
+    LP changed the action; every other step pays HP alone.
 
     ``forced``: {task text: [step indices]}; the tasks of one run have distinct texts (:func:`plan_row`).
     """
 
     name = "forced_lp"
-    needs_both = True
 
     def __init__(self, forced: Optional[dict] = None, **_):
         self.forced = {str(k): {int(s) for s in v} for k, v in (forced or {}).items()}
 
+    def both_tiers_at(self, context) -> bool:
+        return context.step in self.forced.get(context.task, ())
+
     def route(self, contexts, rng, sample=False, lp_action_probs=None, hp_action_probs=None, **_):
-        tiers = np.array([LP if c.step in self.forced.get(c.task, ()) else HP for c in contexts], dtype=np.int64)
+        tiers = np.array([LP if self.both_tiers_at(c) else HP for c in contexts], dtype=np.int64)
         return RouteDecision(tiers=tiers, p_hp=tiers.astype(float), logprobs=np.zeros(len(contexts)))
 
 

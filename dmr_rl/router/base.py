@@ -45,6 +45,12 @@ class Router(abc.ABC):
         ``context.admissible`` (given only to routers that declare they need them).
         """
 
+    def both_tiers_at(self, context) -> bool:
+        """Whether this step also runs the tier the router did not pick (both are charged), so the
+        step records whether their greedy actions agree; only consulted when ``needs_both`` is
+        False (the causal check's forced-LP replays ask it on their forced steps only)."""
+        return False
+
     def get_weights(self) -> Optional[dict]:
         """Learned routers: a state dict to ship to rollout workers; baselines: None."""
         return None
