@@ -243,6 +243,9 @@ def test_causal_check_forces_lp_exactly_on_the_chosen_steps(setup):
                 assert min(probs[i] for i in f) > max(probs[i] for i in u)  # controls from below the flags
             for ep_, forced in ((e, f), (unflagged[task], u)):
                 assert all(st.tier == (LP if st.step in forced else HP) for st in ep_.steps)
+                # both tiers run on the forced steps only (recording whether LP changed the action)
+                assert all(st.extra["paid"] == (["hp", "lp"] if st.step in forced else ["hp"]) for st in ep_.steps)
+                assert all(("tiers_agree" in st.extra) == (st.step in forced) for st in ep_.steps)
             kept += 1
     assert kept >= 1
     from dmr_rl.report import layout as lay
@@ -273,6 +276,15 @@ def test_plan_row_by_hand():
     e.won = True
     s = arm_summary([e])
     assert (s["forced_steps"], s["changed_steps"], s["episodes_changed"], s["success_when_changed"]) == (2, 1, 1, 1.0)
+    from dmr_rl.report.causal_stats import flip_detection
+
+    ref = ep("r", 0, 5)  # flips at steps 1 and 3; the router ranks them 1st and 3rd, KL 1st and 2nd
+    for st, agree, p, kl in zip(ref.steps, [True, False, True, False, True], [.1, .9, .7, .5, .2], [0, 3, 1, 2, None]):
+        st.extra["tiers_agree"], st.router_prob, st.kl = agree, p, kl
+    ref.steps[4].extra.pop("tiers_agree")  # a step without both tiers is skipped
+    f = flip_detection([ref])
+    assert (f["steps"], f["flips"], f["flip_rate"]) == (4, 2, 0.5)
+    assert f["router_auroc"] == 0.75 and f["kl_auroc"] == 1.0  # router: (.9 > .7, .1) and (.5 > .1 only)
     d = paired_task_diff({0: 1.0, 1: 1.0, 2: 0.0}, {0: 0.0, 1: 1.0, 2: 0.0, 3: 1.0}, n_boot=200)
     assert d["n_tasks"] == 3 and d["diff_mean"] == pytest.approx(1 / 3)
     assert d["diff_ci"][0] <= d["diff_mean"] <= d["diff_ci"][1]
@@ -307,3 +319,17 @@ def test_eval_and_causal_over_ray_actors(ray_session, setup, tmp_path):
     eps = _eps(cfg, "lp_only", "default", 0)
     assert len(eps) == 3 and {e.extra["worker"] for e in eps} == {0, 1}  # spread over both actors
     assert json.loads(cpath.read_text())["tasks"] == 3
+
+
+def test_the_report_names_what_each_tier_ran_as(evaluated):
+    from dmr_rl.report.tables import markdown, summarise, tiers_line
+
+    cfg = evaluated[0]
+    tiers = json.loads(layout.tiers_path(cfg.run_dir).read_text())
+    assert sorted(tiers) == ["hp", "lp"]
+    assert all(r["backend"] == "fake" and r["tier"] == t for t, reps in tiers.items() for r in reps)
+    assert tiers_line(tiers) in markdown(summarise(cfg.run_dir, n_boot=50))
+    assert tiers_line({"hp": [{"backend": "transformers", "dtype": "bfloat16", "device": "cpu"}] * 2,
+                       "lp": [{"backend": "compressed", "dtype": "float32", "device": "cpu"}]}) == (
+        "Tiers (as served in the evaluation): HP transformers, bfloat16 on cpu, 2 replicas; "
+        "LP compressed, float32 on cpu, 1 replica.")

@@ -178,6 +178,18 @@ def start_group(cfg, shard_dir=None):
     return group, clients
 
 
+def record_tiers(run_dir, clients: dict) -> None:
+    """Write what each tier's replicas run as (backend, resolved dtype, device ...) to ``eval/tiers.json``."""
+    from dmr_rl.atomic_io import write_atomic
+
+    info = {tier: [_json_ready(r) for r in client.info()] for tier, client in clients.items()}
+    write_atomic(layout.tiers_path(run_dir), json.dumps(info, indent=1, default=str))
+
+
+def _json_ready(d: dict) -> dict:
+    return {k: v for k, v in d.items() if isinstance(v, (str, int, float, bool, type(None), list, dict))}
+
+
 def stop_group(group, clients) -> None:
     from dmr_rl.serving import launcher
 
@@ -338,6 +350,8 @@ def run(cfg, router_ckpt=None, methods: Optional[list] = None, group=None, clien
     elif routers and clients is None:
         raise ValueError("evaluate.run: calibrating routers needs the tier clients of the given group")
     try:
+        if clients:
+            record_tiers(cfg.run_dir, clients)
         tasks = eval_tasks(num_tasks_of(group), cfg.eval.episodes)
         ev = Evaluation(cfg, group, tasks, progress)
         calibration = {}

@@ -41,6 +41,26 @@ def paired_task_diff(a: dict, b: dict, n_boot: int = 2000, seed: int = 0) -> dic
     return {"n_tasks": len(tasks), "diff_mean": est, "diff_ci": ci}
 
 
+def flip_detection(reference: list) -> dict:
+    """How well the router's P(HP) and the per-step KL find the steps where the tiers' greedy
+    actions differ (*flips*), on the reference replays (HP acting, both tiers scored every step).
+
+    reference: EpisodeRecords; steps without ``tiers_agree`` are skipped. Returns steps, flips,
+    flip_rate and router_auroc / kl_auroc (rank AUROC; 0.5 = chance; nan when a class is absent).
+    """
+    from dmr_rl.algos.router_losses import auroc
+
+    steps = [st for ep in reference for st in ep.steps if "tiers_agree" in st.extra]
+    flips = np.array([not st.extra["tiers_agree"] for st in steps], dtype=bool)
+    router = np.array([st.router_prob for st in steps], dtype=float)
+    kl = np.array([np.nan if st.kl is None else float(st.kl) for st in steps], dtype=float)
+    has_kl = np.isfinite(kl)
+    nan = float("nan")
+    return {"steps": len(steps), "flips": int(flips.sum()), "flip_rate": float(flips.mean()) if steps else nan,
+            "router_auroc": auroc(router, flips) if steps else nan,
+            "kl_auroc": auroc(kl[has_kl], flips[has_kl]) if has_kl.any() else nan}
+
+
 def causal_summary(causal: dict, n_boot: int = 2000, seed: int = 0) -> dict:
     """From :func:`dmr_rl.report.layout.load_causal`'s dict: {"params", "reference", "rows": {row: {...}}}."""
     arms = {name: [ep for eps in by_seed.values() for ep in eps] for name, by_seed in causal["arms"].items()}
@@ -56,7 +76,8 @@ def causal_summary(causal: dict, n_boot: int = 2000, seed: int = 0) -> dict:
                                      if tasks & set(reference) else None),
             "unflagged_minus_flagged": paired_task_diff(won["unflagged"], won["flagged"], n_boot, seed),
         }
-    return {"params": causal.get("params", {}), "reference_tasks": len(reference), "rows": rows}
+    return {"params": causal.get("params", {}), "reference_tasks": len(reference), "rows": rows,
+            "flips": flip_detection(arms.get("reference", []))}
 
 
 def causal_lines(summary: dict) -> list[str]:
@@ -79,4 +100,10 @@ def causal_lines(summary: dict) -> list[str]:
                    "forcing LP on flagged steps hurts less" if hi < 0 else "no difference detected")
         out.append(f"- {row} flags: unflagged - flagged success {d['diff_mean']:+.3f} [{lo:+.3f}, {hi:+.3f}] "
                    f"over {d['n_tasks']} tasks: {verdict}.")
+    f = summary.get("flips")
+    if f and f["steps"]:
+        out.append(f"- On the reference replays (HP acting, both tiers scored) the tiers' greedy actions differ on "
+                   f"{f['flips']} of {f['steps']} steps ({100 * f['flip_rate']:.1f}%); the router's P(HP) ranks "
+                   f"those steps with AUROC {f['router_auroc']:.3f}, the per-step KL with AUROC {f['kl_auroc']:.3f} "
+                   f"(0.5 = chance).")
     return out

@@ -31,6 +31,16 @@ def eval_dir(run_dir) -> Path:
     return Path(run_dir) / "eval"
 
 
+def tiers_path(run_dir) -> Path:
+    """``eval/tiers.json``: {tier: [one info dict per replica]} as the evaluation's servers reported."""
+    return eval_dir(run_dir) / "tiers.json"
+
+
+def load_tiers(run_dir) -> Optional[dict]:
+    p = tiers_path(run_dir)
+    return json.loads(p.read_text()) if p.is_file() else None
+
+
 def point_dir(run_dir, method: str, point: str) -> Path:
     return eval_dir(run_dir) / method / point
 

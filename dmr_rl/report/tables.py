@@ -188,12 +188,22 @@ def summarise(run_dir, n_boot: int = 2000, boot_seed: int = 0) -> dict:
         "causal": _causal(layout.load_causal(run_dir), n_boot, boot_seed),
         "kl": _kl_summary(layout.load_kl_values(run_dir, kl_dirs)),
         "bootstrap": {"resamples": n_boot, "seed": boot_seed, "level": 0.95, "clusters": "tasks"},
+        "tiers": layout.load_tiers(run_dir),
     }
 
 
 # ---------------------------------------------------------------------------------------------
 # Markdown
 # ---------------------------------------------------------------------------------------------
+def tiers_line(tiers: dict) -> str:
+    """``Tiers (as served): HP transformers, float32 on cpu, 2 replicas; LP ...`` from ``eval/tiers.json``."""
+    parts = []
+    for tier, reps in tiers.items():
+        kinds = sorted({f"{r.get('backend', '?')}, {r.get('dtype') or '?'} on {r.get('device') or '?'}" for r in reps})
+        parts.append(f"{tier.upper()} {' / '.join(kinds)}, {len(reps)} replica{'s' if len(reps) != 1 else ''}")
+    return "Tiers (as served in the evaluation): " + "; ".join(parts) + "."
+
+
 def _f(x, fmt="{:.3f}") -> str:
     if x is None or (isinstance(x, float) and math.isnan(x)):
         return "-"
@@ -252,6 +262,8 @@ def markdown(results: dict, plots: Optional[list] = None) -> str:
              "tier calls (a step's calls are the tiers it paid: a cascade's LP pass counts as LP use); then "
              "the mean over tasks. 95% CIs: bootstrap resampling tasks, of the same statistic. Cost: modelled "
              "weight bytes read per episode; cost (norm.): 0 = LP-only, 1 = HP-only.", ""]
+    if results.get("tiers"):
+        lines += [tiers_line(results["tiers"]), ""]
     comps = results.get("comparisons") or []
     lines += ["## Paired comparisons: each router point against the baselines", "",
               "Paired by task (by seed and task where both methods ran several seeds; a method's draws on one "

@@ -123,6 +123,10 @@ class LocalTierClient(_PlainCalls):
         return [{"tier": self.tier, "replica": 0, "backend": getattr(self.backend, "name", ""),
                  "weight_bytes": self.weight_bytes}]
 
+    def info(self) -> list:
+        """One dict per replica (here one): what the tier runs as (backend, dtype, device ...)."""
+        return [{**self.backend.info(), "tier": self.tier, "replica": 0}]
+
     def shutdown(self) -> None:
         pass
 
@@ -318,6 +322,10 @@ class TierClient(_PlainCalls):
     def ready(self, timeout_s: Optional[float] = 300.0) -> list:
         """Block until every replica answers (model loaded); one identity dict per replica."""
         return self._all("ready", timeout_s)
+
+    def info(self) -> list:
+        """One dict per replica: what it runs as (backend, resolved dtype, device, engine ...)."""
+        return self._all("info", 60.0)
 
     def cost(self) -> dict:
         """The tier's cost summed over replicas, with the per-replica snapshots under ``replicas``."""
