@@ -17,9 +17,10 @@ environment, greedy agent):
    whose flagged steps cannot all be matched is left out of that row (counted in ``causal.json``).
 4. **Arms.** Replay each task with HP everywhere except the forced step indices, run on LP
    (:class:`ForcedLPRouter`; both tiers run on the forced steps, so each records whether LP's
-   action differed from HP's there; the other steps call HP alone). The report gives per arm: success, forced steps, how many changed the
-   action, success among episodes where at least one did, and the paired (task) difference
-   unflagged - flagged with a task-clustered CI (:mod:`dmr_rl.report.causal_stats`).
+   action differed from HP's there; the other steps call HP alone). The report gives per arm:
+   success, forced steps, how many changed the action, success among episodes where at least one
+   did, and the paired (task) difference unflagged - flagged with a task-clustered CI
+   (:mod:`dmr_rl.report.causal_stats`).
 
 Episodes go to ``<run_dir>/causal/{reference,kl_flagged,kl_unflagged,router_flagged,router_unflagged}/seed_<s>/``.
 """

@@ -237,9 +237,9 @@ class RolloutWorker:
                 paid[k] = {LP, HP} if k in outs[HP] else {LP}
         else:
             dec = router.route(ctxs, rng, sample, **kw)
-            both = {k for k in everyone if router.both_tiers_at(ctxs[k])}
-            outs[HP], outs[LP] = self._act([(TIER_NAMES[t], [k for k in everyone if int(dec.tiers[k]) == t or k in both])
-                                            for t in (HP, LP)], ctxs, prompts, rng, sids)
+            both = {k for k in everyone if router.both_tiers_at(ctxs[k])}  # e.g. the causal check's forced steps
+            calls = [(TIER_NAMES[t], [k for k in everyone if int(dec.tiers[k]) == t or k in both]) for t in (HP, LP)]
+            outs[HP], outs[LP] = self._act(calls, ctxs, prompts, rng, sids)
             for k in everyone:
                 paid[k] = {HP, LP} if k in both else {int(dec.tiers[k])}
         if sids is not None:  # the tiers that now hold state of each episode

@@ -47,8 +47,9 @@ class Router(abc.ABC):
 
     def both_tiers_at(self, context) -> bool:
         """Whether this step also runs the tier the router did not pick (both are charged), so the
-        step records whether their greedy actions agree; only consulted when ``needs_both`` is
-        False (the causal check's forced-LP replays ask it on their forced steps only)."""
+        step records whether their greedy actions agree. Asked of routers that need neither both
+        tiers everywhere (``needs_both``) nor the LP pass first; the causal check's forced-LP
+        replays answer True on their forced steps only."""
         return False
 
     def get_weights(self) -> Optional[dict]:
