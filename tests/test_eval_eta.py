@@ -23,7 +23,7 @@ def test_plan_counts_every_seed_of_stochastic_points_and_the_matched_baselines(t
     # per router point: random under 3 seeds (30) + first-k once (10) on the deterministic ALFWorld
     assert ev.plan(points, ["random", "first_k"]) == 10 + 30 + 10 + 2 * (30 + 10)
     assert ev.plan(points, []) == 50
-    ev.done_eps, ev.timed_eps, ev.timed_s = 20, 20, 40.0
+    ev.played, ev.timed_eps, ev.timed_s = [(points[0], [None] * 20)], 20, 40.0
     assert ev.eta_line() == "episodes 20 of ~50 planned, ETA 1m00s"  # 30 left at 2 s each
-    ev.done_eps, ev.timed_eps, ev.timed_s = 60, 40, 80.0  # more played than planned (corrections)
+    ev.played, ev.timed_eps, ev.timed_s = [(points[0], [None] * 60)], 40, 80.0  # more played than planned
     assert ev.eta_line() == "episodes 60 of ~60 planned, ETA 0s"

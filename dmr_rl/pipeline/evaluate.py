@@ -181,13 +181,10 @@ def start_group(cfg, shard_dir=None):
 def record_tiers(run_dir, clients: dict) -> None:
     """Write what each tier's replicas run as (backend, resolved dtype, device ...) to ``eval/tiers.json``."""
     from dmr_rl.atomic_io import write_atomic
+    from dmr_rl.report.writer import _json_safe
 
-    info = {tier: [_json_ready(r) for r in client.info()] for tier, client in clients.items()}
-    write_atomic(layout.tiers_path(run_dir), json.dumps(info, indent=1, default=str))
-
-
-def _json_ready(d: dict) -> dict:
-    return {k: v for k, v in d.items() if isinstance(v, (str, int, float, bool, type(None), list, dict))}
+    info = {tier: client.info() for tier, client in clients.items()}
+    write_atomic(layout.tiers_path(run_dir), json.dumps(_json_safe(info), indent=1, default=str))
 
 
 def stop_group(group, clients) -> None:
@@ -239,7 +236,7 @@ class Evaluation:
         self.timers = Timers()
         self.played: list = []  # (point, episodes of all its seeds)
         self.planned = 0  # episodes the evaluation expects to play (an estimate: see plan())
-        self.done_eps, self.timed_eps, self.timed_s = 0, 0, 0.0  # for the ETA: episodes played here and their time
+        self.timed_eps, self.timed_s = 0, 0.0  # for the ETA: episodes played in this call and their time
 
     def plan(self, points: list, matched: list) -> int:
         """Episodes expected for ``points`` plus, per router point, the ``matched`` baselines
@@ -269,7 +266,6 @@ class Evaluation:
                 self.timed_s += self.timers.last(f"eval/{p.method}")
             episodes += eps
         self.played.append((p, episodes))
-        self.done_eps += len(episodes)
         if self.progress:
             won = np.mean([e.won for e in episodes]) if episodes else float("nan")
             print(f"eval {p.method}/{p.point}: success {won:.3f}, HP ratio {realised_hp_ratio(episodes):.3f} "
@@ -278,9 +274,10 @@ class Evaluation:
 
     def eta_line(self) -> str:
         """``"episodes 120 of ~400 planned, ETA 9m20s"``, the rate from the episodes played in this call."""
-        left = max(0, self.planned - self.done_eps)
+        done = sum(len(eps) for _, eps in self.played)
+        left = max(0, self.planned - done)
         eta = eta_seconds(self.timed_eps, self.timed_eps + left, self.timed_s) if left else 0.0
-        return f"episodes {self.done_eps} of ~{max(self.planned, self.done_eps)} planned, ETA {format_duration(eta)}"
+        return f"episodes {done} of ~{max(self.planned, done)} planned, ETA {format_duration(eta)}"
 
     def matched_baselines(self, names: list) -> None:
         """Random and first-k at each played router point's realised HP ratio. A baseline point already

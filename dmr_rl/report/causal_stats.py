@@ -54,11 +54,9 @@ def flip_detection(reference: list) -> dict:
     flips = np.array([not st.extra["tiers_agree"] for st in steps], dtype=bool)
     router = np.array([st.router_prob for st in steps], dtype=float)
     kl = np.array([np.nan if st.kl is None else float(st.kl) for st in steps], dtype=float)
-    has_kl = np.isfinite(kl)
-    nan = float("nan")
-    return {"steps": len(steps), "flips": int(flips.sum()), "flip_rate": float(flips.mean()) if steps else nan,
-            "router_auroc": auroc(router, flips) if steps else nan,
-            "kl_auroc": auroc(kl[has_kl], flips[has_kl]) if has_kl.any() else nan}
+    has_kl = np.isfinite(kl)  # auroc is nan when a class is absent (no steps included)
+    return {"steps": len(steps), "flips": int(flips.sum()), "flip_rate": float(flips.mean()) if steps else float("nan"),
+            "router_auroc": auroc(router, flips), "kl_auroc": auroc(kl[has_kl], flips[has_kl])}
 
 
 def causal_summary(causal: dict, n_boot: int = 2000, seed: int = 0) -> dict:
