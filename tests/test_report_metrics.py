@@ -51,6 +51,10 @@ def test_hp_ratio_counts_the_tiers_a_step_paid():
     t = M.per_task(M.point_table({0: [cascade, _ep(False, [LP], task_index=0)], 1: [old]}))
     assert t["tasks"].tolist() == [0, 1]
     assert t["hp_ratio"].tolist() == pytest.approx([1 / 5, 1 / 2])
+    # acted by HP counts actions, not calls: task 0's HP acted 1 of its 4 steps (the escalated step)
+    assert t["hp_acted"].tolist() == pytest.approx([1 / 4, 1 / 2])
+    st = M.point_stats(M.point_table({0: [cascade, old]}), n_boot=50)
+    assert st["hp_acted"] == pytest.approx((1 / 3 + 1 / 2) / 2) and st["hp_ratio"] == pytest.approx((1 / 4 + 1 / 2) / 2)
     assert t["won"].tolist() == pytest.approx([0.5, 1.0])
     assert M.realised_hp_ratio([cascade, _ep(False, [LP], task_index=0), old]) == pytest.approx((0.2 + 0.5) / 2)
 

@@ -144,10 +144,12 @@ def episode_calls(ep) -> tuple[int, int]:
 
 def point_table(by_seed: dict) -> dict:
     """Per-episode columns of one operating point from {seed: [EpisodeRecord]}: ``seed``,
-    ``task`` (task_index), ``won`` (0/1), ``score``, ``hp_calls``, ``calls``; each [N]."""
-    rows = [(int(s), int(e.task_index), float(bool(e.won)), float(e.score), *episode_calls(e))
+    ``task`` (task_index), ``won`` (0/1), ``score``, ``hp_calls``, ``calls``, ``hp_acts`` (steps
+    whose action came from HP), ``steps``; each [N]."""
+    rows = [(int(s), int(e.task_index), float(bool(e.won)), float(e.score), *episode_calls(e),
+             sum(st.tier == HP for st in e.steps), len(e.steps))
             for s in sorted(by_seed) for e in by_seed[s]]
-    cols = ("seed", "task", "won", "score", "hp_calls", "calls")
+    cols = ("seed", "task", "won", "score", "hp_calls", "calls", "hp_acts", "steps")
     if not rows:
         return {c: np.zeros(0) for c in cols}
     arr = list(zip(*rows))
@@ -156,7 +158,9 @@ def point_table(by_seed: dict) -> dict:
 
 def per_task(table: dict) -> dict:
     """{"tasks": [T] sorted task ids, "won", "score": [T] means over each task's episodes,
-    "hp_ratio": [T] HP calls / all calls over each task's episodes}."""
+    "hp_ratio": [T] HP calls / all calls over each task's episodes, and where the table has
+    ``hp_acts``, "hp_acted": [T] steps acted by HP / steps (an oracle or cascade pays both tiers
+    on steps one of them acts: its HP ratio counts the calls, this the actions)}."""
     tasks, inv = np.unique(table["task"], return_inverse=True)
     n = np.bincount(inv, minlength=len(tasks)).astype(float)
     out = {"tasks": tasks}
@@ -165,16 +169,23 @@ def per_task(table: dict) -> dict:
     hp = np.bincount(inv, weights=table["hp_calls"], minlength=len(tasks))
     calls = np.bincount(inv, weights=table["calls"], minlength=len(tasks))
     out["hp_ratio"] = np.where(calls > 0, hp / np.maximum(calls, 1), 0.0)
+    if "hp_acts" in table:
+        acts = np.bincount(inv, weights=table["hp_acts"], minlength=len(tasks))
+        steps = np.bincount(inv, weights=table["steps"], minlength=len(tasks))
+        out["hp_acted"] = np.where(steps > 0, acts / np.maximum(steps, 1), 0.0)
     return out
 
 
 def point_stats(table: dict, n_boot: int = 2000, seed: int = 0) -> dict:
     """A point's headline numbers, each a mean over tasks with its task-bootstrap CI:
-    ``success``, ``success_ci``, ``score``, ``score_ci``, ``hp_ratio``, ``hp_ratio_ci``, ``tasks``."""
+    ``success``, ``success_ci``, ``score``, ``score_ci``, ``hp_ratio``, ``hp_ratio_ci``, ``tasks``,
+    and ``hp_acted``, ``hp_acted_ci`` where the table has ``hp_acts``."""
     t = per_task(table)
     w = resample_weights(len(t["tasks"]), n_boot, seed) if len(t["tasks"]) else None
     out: dict = {"tasks": int(len(t["tasks"]))}
-    for key, name in (("won", "success"), ("score", "score"), ("hp_ratio", "hp_ratio")):
+    for key, name in (("won", "success"), ("score", "score"), ("hp_ratio", "hp_ratio"), ("hp_acted", "hp_acted")):
+        if key not in t:
+            continue
         out[name], out[f"{name}_ci"] = mean_with_ci(t[key], n_boot, seed, weights=w)
     return out
 

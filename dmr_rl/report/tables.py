@@ -37,6 +37,7 @@ def _point_summary(entry: dict, n_boot: int, boot_seed: int) -> dict:
         "success_mean": agg["success"], "success_std": agg["success_rate_std"], "success_ci": agg["success_ci"],
         "score_mean": agg["score"], "score_std": agg["mean_score_std"], "score_ci": agg["score_ci"],
         "hp_ratio": agg["hp_ratio"], "hp_ratio_std": agg["hp_ratio_std"], "hp_ratio_ci": agg["hp_ratio_ci"],
+        "hp_acted": agg.get("hp_acted"),
         "cost": agg["cost_per_episode_mean"], "cost_std": agg["cost_per_episode_std"],
         "mean_length": agg["mean_length_mean"], "tokens_per_episode": agg["tokens_per_episode_mean"],
         "latency_hp_s": agg["latency_hp_s_mean"], "latency_lp_s": agg["latency_lp_s_mean"],
@@ -289,15 +290,18 @@ def markdown(results: dict, plots: Optional[list] = None) -> str:
     else:
         lines.append("No learned router was evaluated: nothing to compare.")
     lines += ["", "## Methods and operating points", "",
-              "| method | point | success | 95% CI | score | HP ratio | HP 95% CI | cost/episode | cost (norm.) "
-              "| steps | seeds | episodes | tasks |",
-              "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+              "HP ratio counts the tier calls a step paid; *acted by HP* counts the steps whose action HP "
+              "chose (they differ where a step pays both tiers: the cascade's escalations, the oracles).", "",
+              "| method | point | success | 95% CI | score | HP ratio | HP 95% CI | acted by HP | cost/episode "
+              "| cost (norm.) | steps | seeds | episodes | tasks |",
+              "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for m, pts in results["methods"].items():
         for name, p in sorted(pts.items(), key=lambda kv: kv[1]["hp_ratio"]):
             mark = " *" if p.get("default") else ""
             lines.append(
                 f"| {m} | {name}{mark} | {_f(p['success_mean'])} | {_ci(p['success_ci'])} "
-                f"| {_f(p['score_mean'])} | {_f(p['hp_ratio'])} | {_ci(p['hp_ratio_ci'])} | {_bytes(p['cost'])} "
+                f"| {_f(p['score_mean'])} | {_f(p['hp_ratio'])} | {_ci(p['hp_ratio_ci'])} | {_f(p.get('hp_acted'))} "
+                f"| {_bytes(p['cost'])} "
                 f"| {_f(p.get('cost_norm'))} | {_f(p['mean_length'], '{:.1f}')} | {len(p['seeds'])} "
                 f"| {p['episodes']} | {p.get('tasks', '-')} |")
     lines += ["", "`*` marks a router's default threshold.", "",
