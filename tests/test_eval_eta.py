@@ -27,3 +27,30 @@ def test_plan_counts_every_seed_of_stochastic_points_and_the_matched_baselines(t
     assert ev.eta_line() == "episodes 20 of ~50 planned, ETA 1m00s"  # 30 left at 2 s each
     ev.played, ev.timed_eps, ev.timed_s = [(points[0], [None] * 60)], 40, 80.0  # more played than planned
     assert ev.eta_line() == "episodes 60 of ~60 planned, ETA 0s"
+
+
+def test_a_point_played_again_keeps_every_router_it_was_matched_to(tmp_path):
+    """first-k's second k can be the k another router point already played: that point is
+    reused, not replayed or counted twice, and its matched_to names both router points."""
+    import json
+
+    from dmr_rl.report import layout
+
+    cfg = DMRConfig()
+    cfg.run_dir, cfg.eval.seeds = str(tmp_path), [0]
+    calls = []
+
+    class Group:
+        def set_router(self, spec):
+            pass
+
+        def run_episodes(self, tasks, *a, **k):
+            calls.append(list(tasks))
+            return {"episode_records": []}
+
+    ev = Evaluation(cfg, group=Group(), tasks=[0, 1], progress=False)
+    first = ev.play(OperatingPoint("first_k", "k2", None, {"kind": "baseline", "k": 2, "matched_to": ["sft/r0.30"]}))
+    again = ev.play(OperatingPoint("first_k", "k2", None, {"kind": "baseline", "k": 2, "matched_to": ["grpo/r0.30"]}))
+    assert again is first and len(calls) == 1 and len(ev.played) == 1
+    meta = json.loads((layout.point_dir(cfg.run_dir, "first_k", "k2") / "point.json").read_text())
+    assert meta["params"]["matched_to"] == ["sft/r0.30", "grpo/r0.30"]

@@ -252,7 +252,17 @@ class Evaluation:
         return total
 
     def play(self, p: OperatingPoint) -> list:
-        """Every seed the point needs (all for stochastic points, the first otherwise); resumable."""
+        """Every seed the point needs (all for stochastic points, the first otherwise); resumable.
+        A point this evaluation already played is not played or listed again: its episodes are
+        returned and the new ``matched_to`` entries are added to its own."""
+        for q, eps in self.played:
+            if (q.method, q.point) == (p.method, p.point):
+                new = [t for t in p.params.get("matched_to", []) if t not in q.params.get("matched_to", [])]
+                if new:
+                    q.params["matched_to"] = q.params.get("matched_to", []) + new
+                    layout.write_point_meta(self.run_dir, q.method, q.point, {**q.params, "stochastic": q.stochastic},
+                                            default=q.default)
+                return eps
         layout.write_point_meta(self.run_dir, p.method, p.point, {**p.params, "stochastic": p.stochastic},
                                 default=p.default)
         episodes = []
