@@ -1,4 +1,5 @@
-"""The evaluation's progress lines: the episodes it plans and an ETA from its measured rate."""
+"""The evaluation's progress lines (the episodes it plans, an ETA from its measured rate) and its
+bookkeeping of the points it played."""
 import math
 
 from dmr_rl.config import DMRConfig
