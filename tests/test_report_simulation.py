@@ -33,7 +33,7 @@ def _table(rng, p_task: np.ndarray, draws: int, x: float) -> dict:
     won = (rng.random(tasks.size) < p_task[tasks]).astype(float)
     hp = rng.binomial(STEPS, x, size=tasks.size).astype(float)
     return {"seed": seeds, "task": tasks, "won": won, "score": won, "hp_calls": hp,
-            "calls": np.full(tasks.size, float(STEPS))}
+            "calls": np.full(tasks.size, float(STEPS)), "hp_acts": hp, "steps": np.full(tasks.size, float(STEPS))}
 
 
 def _tasks(rng):

@@ -257,11 +257,7 @@ class Evaluation:
         returned and the new ``matched_to`` entries are added to its own."""
         for q, eps in self.played:
             if (q.method, q.point) == (p.method, p.point):
-                new = [t for t in p.params.get("matched_to", []) if t not in q.params.get("matched_to", [])]
-                if new:
-                    q.params["matched_to"] = q.params.get("matched_to", []) + new
-                    layout.write_point_meta(self.run_dir, q.method, q.point, {**q.params, "stochastic": q.stochastic},
-                                            default=q.default)
+                self._match(q, p.params.get("matched_to", []))
                 return eps
         layout.write_point_meta(self.run_dir, p.method, p.point, {**p.params, "stochastic": p.stochastic},
                                 default=p.default)
@@ -319,12 +315,16 @@ class Evaluation:
         near = [x for x in near if x[0] <= tol]
         if not near:
             return False
-        p = min(near, key=lambda x: x[0])[1]
-        if target not in p.params.setdefault("matched_to", []):
-            p.params["matched_to"].append(target)
+        self._match(min(near, key=lambda x: x[0])[1], [target])
+        return True
+
+    def _match(self, p: OperatingPoint, targets: list) -> None:
+        """Add ``targets`` (router points) to the played point ``p``'s ``matched_to``; rewrite its point.json."""
+        new = [t for t in targets if t not in p.params.get("matched_to", [])]
+        if new:
+            p.params["matched_to"] = p.params.get("matched_to", []) + new
             layout.write_point_meta(self.run_dir, p.method, p.point, {**p.params, "stochastic": p.stochastic},
                                     default=p.default)
-        return True
 
 
 def run(cfg, router_ckpt=None, methods: Optional[list] = None, group=None, clients=None,

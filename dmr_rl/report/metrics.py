@@ -158,34 +158,32 @@ def point_table(by_seed: dict) -> dict:
 
 def per_task(table: dict) -> dict:
     """{"tasks": [T] sorted task ids, "won", "score": [T] means over each task's episodes,
-    "hp_ratio": [T] HP calls / all calls over each task's episodes, and where the table has
-    ``hp_acts``, "hp_acted": [T] steps acted by HP / steps (an oracle or cascade pays both tiers
-    on steps one of them acts: its HP ratio counts the calls, this the actions)}."""
+    "hp_ratio": [T] HP calls / all calls over each task's episodes, "hp_acted": [T] steps acted by
+    HP / steps (an oracle or cascade pays both tiers on steps one of them acts: its HP ratio counts
+    the calls, this the actions)}."""
     tasks, inv = np.unique(table["task"], return_inverse=True)
     n = np.bincount(inv, minlength=len(tasks)).astype(float)
     out = {"tasks": tasks}
     for k in ("won", "score"):
         out[k] = np.bincount(inv, weights=table[k], minlength=len(tasks)) / np.maximum(n, 1)
-    hp = np.bincount(inv, weights=table["hp_calls"], minlength=len(tasks))
-    calls = np.bincount(inv, weights=table["calls"], minlength=len(tasks))
-    out["hp_ratio"] = np.where(calls > 0, hp / np.maximum(calls, 1), 0.0)
-    if "hp_acts" in table:
-        acts = np.bincount(inv, weights=table["hp_acts"], minlength=len(tasks))
-        steps = np.bincount(inv, weights=table["steps"], minlength=len(tasks))
-        out["hp_acted"] = np.where(steps > 0, acts / np.maximum(steps, 1), 0.0)
+
+    def share(num: str, den: str) -> np.ndarray:  # per task: sum of num / sum of den (0 without any)
+        a = np.bincount(inv, weights=table[num], minlength=len(tasks))
+        b = np.bincount(inv, weights=table[den], minlength=len(tasks))
+        return np.where(b > 0, a / np.maximum(b, 1), 0.0)
+
+    out["hp_ratio"], out["hp_acted"] = share("hp_calls", "calls"), share("hp_acts", "steps")
     return out
 
 
 def point_stats(table: dict, n_boot: int = 2000, seed: int = 0) -> dict:
     """A point's headline numbers, each a mean over tasks with its task-bootstrap CI:
-    ``success``, ``success_ci``, ``score``, ``score_ci``, ``hp_ratio``, ``hp_ratio_ci``, ``tasks``,
-    and ``hp_acted``, ``hp_acted_ci`` where the table has ``hp_acts``."""
+    ``success``, ``success_ci``, ``score``, ``score_ci``, ``hp_ratio``, ``hp_ratio_ci``,
+    ``hp_acted``, ``hp_acted_ci``, ``tasks``."""
     t = per_task(table)
     w = resample_weights(len(t["tasks"]), n_boot, seed) if len(t["tasks"]) else None
     out: dict = {"tasks": int(len(t["tasks"]))}
     for key, name in (("won", "success"), ("score", "score"), ("hp_ratio", "hp_ratio"), ("hp_acted", "hp_acted")):
-        if key not in t:
-            continue
         out[name], out[f"{name}_ci"] = mean_with_ci(t[key], n_boot, seed, weights=w)
     return out
 

@@ -37,7 +37,7 @@ def _point_summary(entry: dict, n_boot: int, boot_seed: int) -> dict:
         "success_mean": agg["success"], "success_std": agg["success_rate_std"], "success_ci": agg["success_ci"],
         "score_mean": agg["score"], "score_std": agg["mean_score_std"], "score_ci": agg["score_ci"],
         "hp_ratio": agg["hp_ratio"], "hp_ratio_std": agg["hp_ratio_std"], "hp_ratio_ci": agg["hp_ratio_ci"],
-        "hp_acted": agg.get("hp_acted"),
+        "hp_acted": agg["hp_acted"],
         "cost": agg["cost_per_episode_mean"], "cost_std": agg["cost_per_episode_std"],
         "mean_length": agg["mean_length_mean"], "tokens_per_episode": agg["tokens_per_episode_mean"],
         "latency_hp_s": agg["latency_hp_s_mean"], "latency_lp_s": agg["latency_lp_s_mean"],
