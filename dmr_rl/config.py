@@ -173,6 +173,9 @@ class EvalConfig:
                                "WebShop eval). Never the evaluation split.")
     calib_episodes: int = doc(0, "Tasks of the calibration split played (0: all; N: an evenly spread N).")
     baselines: list = doc(["hp_only", "lp_only", "random", "first_k", "cascade", "kl_oracle"], "Baselines evaluated beside the router.")
+    calibrated_baselines: list = doc([], "Baselines whose knob is calibrated on the validation split like a router's "
+                                         "threshold and then compared with random and first-k at their realised HP "
+                                         "ratio (point <name>_calibrated/r<target>); only 'cascade' has such a knob.")
     bootstrap: int = doc(2000, "Bootstrap resamples for 95% confidence intervals.")
     baseline_sweeps: dict = doc({}, "Knob values per baseline for fixed sweeps, e.g. {cascade: [0.3, 0.5], kl_oracle: [0.1]}; "
                                     "random and first-k follow the routers' realised HP ratios when a router is evaluated; "
@@ -273,8 +276,14 @@ def validate(cfg: DMRConfig) -> DMRConfig:
     bad = [r for r in cfg.eval.target_hp_ratios if not isinstance(r, (int, float)) or not 0.0 < float(r) <= 1.0]
     if bad or not cfg.eval.target_hp_ratios:
         raise ConfigError(f"eval.target_hp_ratios must list ratios in (0, 1], got {cfg.eval.target_hp_ratios}")
+    bad = [b for b in cfg.eval.calibrated_baselines if b not in CALIBRATED_BASELINES]
+    if bad:
+        raise ConfigError(f"eval.calibrated_baselines: {bad} cannot be calibrated; known: {list(CALIBRATED_BASELINES)}")
     check_quantization_and_paths(cfg)
     return cfg
+
+
+CALIBRATED_BASELINES = ("cascade",)  # baselines with a knob calibrated like a router's threshold
 
 
 QUANT_BITS = (2, 3, 4, 8)

@@ -39,6 +39,7 @@ def test_overrides_are_typed_and_nested():
     (["grpo.iterations=two"], "grpo.iterations"),
     (["grpo.itterations=2"], "itterations"),
     (["hp.quant_method=awq"], "hp.quant_method"),
+    (["eval.calibrated_baselines=[random]"], "eval.calibrated_baselines"),
     (["nonsense"], "section.field=value"),
 ])
 def test_bad_values_are_named(override, needle):

@@ -186,6 +186,48 @@ def test_calibration_and_ratio_helpers_by_hand():
     assert realised_hp_ratio([ep(0, [["hp", "lp"], ["lp"]]), ep(1, [["hp"]])]) == pytest.approx((1 / 3 + 1) / 2)
 
 
+def test_cascade_thresholds_hit_the_paid_hp_ratio_by_hand():
+    from dmr_rl.pipeline.calibrate import share_at, thresholds_for_targets
+
+    # a cascade pays LP at every step and HP on the k escalated ones: a task's HP ratio is k / (n + k).
+    # task a: 4 steps; escalating its top one gives 1/5 = 0.2; task b: 1 step, escalated gives 1/2
+    scores, ids = [0.1, 0.2, 0.3, 0.8, 0.9], ["a", "a", "a", "a", "b"]
+    t = thresholds_for_targets(scores, ids, [0.35], lp_first=True)[0.35]
+    assert t == 0.8 and share_at(scores, ids, t, lp_first=True) == pytest.approx((0.2 + 0.5) / 2)
+    # the plain (router) definition at the same threshold counts k / n: (1/4 + 1) / 2
+    assert share_at(scores, ids, t) == pytest.approx(0.625)
+    assert thresholds_for_targets(scores, ids, [0.5], lp_first=True)[0.5] == 0.1  # all escalated -> 0.5
+
+
+def test_a_calibrated_cascade_stands_where_a_router_point_stands(setup, tmp_path):
+    """eval.calibrated_baselines=[cascade]: the cascade's threshold comes from the validation split,
+    it plays as cascade_calibrated/r<target> escalating exactly where its score (1 - LP max prob)
+    reaches the threshold, random runs at its realised ratio, and the report compares the two."""
+    import dataclasses
+
+    from dmr_rl.pipeline import evaluate
+
+    cfg0, _, group, clients = setup
+    cfg = dataclasses.replace(cfg0, run_dir=str(tmp_path), eval=dataclasses.replace(
+        cfg0.eval, calibrated_baselines=["cascade"], target_hp_ratios=[0.3]))
+    path = evaluate.run(cfg, None, methods=["cascade_calibrated", "random", "hp_only"], group=group,
+                        clients=clients, progress=False)
+    cal = json.loads((tmp_path / "eval" / "calibration.json").read_text())["cascade_calibrated"]
+    assert cal["checkpoint"] == "baseline:cascade" and cal["split"] != cfg.env.eval_split
+    t = cal["thresholds"]["0.3"]
+    meta = _meta(cfg, "cascade_calibrated", "r0.30")["params"]
+    assert meta["kind"] == "router" and meta["threshold"] == t
+    eps = _eps(cfg, "cascade_calibrated", "r0.30", 0)
+    assert eps and all(st.tier == int(st.router_prob >= t) and "lp" in st.extra["paid"]
+                       for e in eps for st in e.steps)
+    assert 0 < sum(st.tier == HP for e in eps for st in e.steps) < sum(e.length for e in eps)
+    assert all("cascade_calibrated/r0.30" in _meta(cfg, "random", p)["params"]["matched_to"]
+               for p in _points(cfg, "random"))
+    comps = json.loads(path.read_text())["comparisons"]
+    assert {(c["method"], c["vs"]) for c in comps} >= {("cascade_calibrated", "random"),
+                                                      ("cascade_calibrated", "hp_only")}
+
+
 def test_plan_and_errors(setup, tmp_path):
     from dmr_rl.config import ConfigError
     from dmr_rl.pipeline import calibrate, evaluate

@@ -6,7 +6,9 @@ plays the validation split once (at its checkpoint threshold), recording P(HP) a
 the threshold for a target ratio r is the task-weighted (1 - r) quantile of those scores (each
 step weighs 1 / steps of its task, so the share is the mean over tasks of the per-task share, the
 same HP-ratio definition the report uses). The realised ratio on the test split is measured, not
-assumed, and the matched baselines run at that realised ratio.
+assumed, and the matched baselines run at that realised ratio. A baseline with a knob
+(``eval.calibrated_baselines``: the LP-confidence cascade, score 1 - LP max prob) is calibrated the
+same way and then stands where a router point stands.
 
 Written to ``<run_dir>/eval/calibration.json`` (targets, thresholds, how many steps and tasks
 they came from, the split) with the calibration episodes in ``<run_dir>/eval/_calib/<method>/``;
@@ -56,24 +58,50 @@ def weighted_threshold(scores: np.ndarray, weights: np.ndarray, target: float) -
     return float(values[int(np.argmin(np.abs(share - target)))])
 
 
-def thresholds_for_targets(scores, task_ids, targets) -> dict:
+def thresholds_for_targets(scores, task_ids, targets, lp_first: bool = False) -> dict:
     """{target: threshold} from per-step router scores and the task each step belongs to.
 
     scores: shape (n_steps,) P(HP); task_ids: shape (n_steps,) any hashable per step. Each step weighs
     1 / (steps of its task), so a target is a mean over tasks of per-task HP shares.
+    ``lp_first``: the router pays LP at every step and HP on top where the score passes (a cascade):
+    a task's HP ratio is then k / (n + k) for k of its n steps escalated, and the threshold is the
+    score whose mean over tasks of that ratio is nearest each target.
     """
     scores = np.asarray(scores, dtype=float)
     ids = np.asarray([str(t) for t in task_ids])
     _, inverse, counts = np.unique(ids, return_inverse=True, return_counts=True)
-    weights = 1.0 / counts[inverse]
-    return {float(r): weighted_threshold(scores, weights, float(r)) for r in targets}
+    if not lp_first:
+        weights = 1.0 / counts[inverse]
+        return {float(r): weighted_threshold(scores, weights, float(r)) for r in targets}
+    values = np.unique(scores)[::-1]
+    k = np.stack([np.bincount(inverse, weights=(scores >= v).astype(float), minlength=len(counts)) for v in values])
+    paid = (k / (counts + k)).mean(axis=1)  # [candidate] mean over tasks of the HP ratio
+    return {float(r): float("inf") if r <= 0 else float(values[int(np.argmin(np.abs(paid - r)))]) for r in targets}
 
 
-def share_at(scores, task_ids, threshold: float) -> float:
-    """Mean over tasks of the share of steps with score >= threshold (the realised calibration share)."""
+def share_at(scores, task_ids, threshold: float, lp_first: bool = False) -> float:
+    """Mean over tasks of the share of steps with score >= threshold (the realised calibration share;
+    ``lp_first``: of the HP ratio k / (n + k), see :func:`thresholds_for_targets`)."""
     scores = np.asarray(scores, dtype=float)
     ids = np.asarray([str(t) for t in task_ids])
-    return float(np.mean([np.mean(scores[ids == t] >= threshold) for t in np.unique(ids)]))
+    per_task = []
+    for t in np.unique(ids):
+        k, n = float(np.sum(scores[ids == t] >= threshold)), float(np.sum(ids == t))
+        per_task.append(k / (n + k) if lp_first else k / n)
+    return float(np.mean(per_task))
+
+
+def calibration_plays(router_dirs: dict, baselines) -> dict:
+    """{method: (what calibration records as its 'checkpoint', rollout router spec, pays LP first)}
+    for learned routers ({method: checkpoint dir}) and calibrated baselines (``<name>_calibrated``,
+    played at the baseline's default knob; only the cascade, whose score is 1 - LP max prob)."""
+    plays = {m: (str(d), {"name": "transformer", "kwargs": {"path": str(d), "num_threads": 1}}, False)
+             for m, d in router_dirs.items()}
+    for name in baselines:
+        if name != "cascade":
+            raise ValueError(f"baseline {name!r} has no knob to calibrate (only 'cascade')")
+        plays[f"{name}_calibrated"] = (f"baseline:{name}", {"name": name, "kwargs": {}}, True)
+    return plays
 
 
 def _read(path: Path) -> dict:
@@ -88,9 +116,10 @@ def _read(path: Path) -> dict:
 
 
 def calibrate(cfg, router_dirs: dict, clients: dict, local: bool = False, progress: bool = True,
-              num_workers: Optional[int] = None) -> dict:
+              num_workers: Optional[int] = None, baselines=()) -> dict:
     """{method: {"thresholds": {target: t}, ...}} for every learned router in ``router_dirs``
-    ({method: checkpoint dir}), playing the validation split through rollout workers built on
+    ({method: checkpoint dir}) and every calibrated baseline in ``baselines`` (names; method
+    ``<name>_calibrated``), playing the validation split through rollout workers built on
     ``clients`` (the evaluation's own tier clients)."""
     from dmr_rl.atomic_io import write_atomic
     from dmr_rl.report import layout
@@ -100,8 +129,8 @@ def calibrate(cfg, router_dirs: dict, clients: dict, local: bool = False, progre
     targets = [float(r) for r in cfg.eval.target_hp_ratios]
     path = layout.eval_dir(cfg.run_dir) / "calibration.json"
     done = _read(path)
-    todo = {m: d for m, d in router_dirs.items()
-            if done.get(m, {}).get("checkpoint") != str(d) or done.get(m, {}).get("targets") != targets}
+    todo = {m: play for m, play in calibration_plays(router_dirs, baselines).items()
+            if done.get(m, {}).get("checkpoint") != play[0] or done.get(m, {}).get("targets") != targets}
     if not todo:
         return done
     split = calib_split(cfg)
@@ -112,8 +141,8 @@ def calibrate(cfg, router_dirs: dict, clients: dict, local: bool = False, progre
         from dmr_rl.pipeline.evaluate import eval_tasks, num_tasks_of
 
         tasks = eval_tasks(num_tasks_of(group), cfg.eval.calib_episodes)
-        for method, ckpt in todo.items():
-            group.set_router({"name": "transformer", "kwargs": {"path": str(ckpt), "num_threads": 1}})
+        for method, (ckpt, spec, lp_first) in todo.items():
+            group.set_router(spec)
             eps = group.run_episodes(tasks, "router", seed=int(cfg.eval.seeds[0]), return_episodes=True,
                                      rng_key=(int(cfg.seed), method, "calibration"))["episode_records"]
             out = root / method
@@ -122,10 +151,10 @@ def calibrate(cfg, router_dirs: dict, clients: dict, local: bool = False, progre
             TrajectoryStore(out, "driver").append(eps)
             scores = [s.router_prob for e in eps for s in e.steps]
             ids = [e.task_index for e in eps for s in e.steps]
-            thr = thresholds_for_targets(scores, ids, targets)
-            done[method] = {"checkpoint": str(ckpt), "split": split, "targets": targets,
+            thr = thresholds_for_targets(scores, ids, targets, lp_first)
+            done[method] = {"checkpoint": ckpt, "split": split, "targets": targets,
                             "thresholds": {f"{r:g}": t for r, t in thr.items()},
-                            "calib_share": {f"{r:g}": share_at(scores, ids, t) for r, t in thr.items()},
+                            "calib_share": {f"{r:g}": share_at(scores, ids, t, lp_first) for r, t in thr.items()},
                             "n_tasks": len(set(ids)), "n_steps": len(scores)}
             if progress:
                 print(f"calibrated {method} on {split} ({len(set(ids))} tasks, {len(scores)} steps): "

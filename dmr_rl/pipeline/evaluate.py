@@ -5,7 +5,9 @@ Phases, each (operating point, seed) written as it finishes so an interrupted ev
 1. **Calibrate** (:mod:`dmr_rl.pipeline.calibrate`): every learned router's thresholds are chosen on
    the validation split to hit ``eval.target_hp_ratios``; the test split is only measured.
 2. **Routers** at their calibrated thresholds (points ``r0.20``...), and a GRPO router also as the
-   sampled policy it was trained as (point ``sampled``).
+   sampled policy it was trained as (point ``sampled``). ``eval.calibrated_baselines`` (the
+   cascade) are calibrated the same way and play here as ``cascade_calibrated/r0.20``..., kind
+   router: they get matched baselines and paired comparisons like a learned router.
 3. **Fixed baselines**: HP-only, LP-only, the LP-confidence cascade and the KL oracle at their sweeps
    (``BASELINE_SWEEPS``, or ``eval.baseline_sweeps``).
 4. **Matched baselines**: random routing at each router point's *realised* HP ratio, and first-k at
@@ -87,10 +89,19 @@ def env_is_deterministic(cfg) -> bool:
     return bool(getattr(env_class(cfg.env.name), "deterministic", False)) and float(cfg.agent.temperature) <= 0.0
 
 
-def router_points(cfg, router_dirs: dict, calibration: dict) -> list:
-    """Each router at its calibrated thresholds; a GRPO-trained one also as its sampled policy."""
+def router_points(cfg, router_dirs: dict, calibration: dict, baselines=()) -> list:
+    """Each router at its calibrated thresholds; a GRPO-trained one also as its sampled policy; each
+    calibrated baseline (names; the cascade: 1 - LP max prob >= threshold escalates to HP) at its
+    thresholds, as method ``<name>_calibrated`` of kind router (compared like a router point)."""
     det = env_is_deterministic(cfg)
     points = []
+    for name in baselines:
+        method = f"{name}_calibrated"
+        for target, t in calibration[method]["thresholds"].items():
+            points.append(OperatingPoint(method, f"r{float(target):.2f}",
+                                         {"name": name, "kwargs": {"score_threshold": float(t)}},
+                                         {"kind": "router", "calibrated_baseline": name, "threshold": float(t),
+                                          "target_hp_ratio": float(target)}, stochastic=not det))
     for name, d in router_dirs.items():
         meta = _ckpt_meta(d)
         thresholds = calibration[name]["thresholds"]
@@ -347,14 +358,17 @@ def run(cfg, router_ckpt=None, methods: Optional[list] = None, group=None, clien
     elif isinstance(router_ckpt, (list, tuple)):
         router_ckpt = parse_router_ckpts(router_ckpt)
     routers = {m: d for m, d in (router_ckpt or {}).items() if not methods or m in methods}
-    wanted = [m for m in (methods or cfg.eval.baselines) if m not in (router_ckpt or {})]
-    fixed = baseline_points(cfg, [m for m in wanted if not (routers and m in MATCHED)])
-    if not routers and not fixed:
+    calibrated = [b for b in cfg.eval.calibrated_baselines if not methods or f"{b}_calibrated" in methods]
+    wanted = [m for m in (methods or cfg.eval.baselines)
+              if m not in (router_ckpt or {}) and m not in [f"{b}_calibrated" for b in calibrated]]
+    routed = bool(routers or calibrated)  # points that random and first-k follow
+    fixed = baseline_points(cfg, [m for m in wanted if not (routed and m in MATCHED)])
+    if not routed and not fixed:
         raise ValueError("nothing to evaluate: no baselines and no router checkpoint")
     own = group is None
     if own:
         group, clients = start_group(cfg)
-    elif routers and clients is None:
+    elif routed and clients is None:
         raise ValueError("evaluate.run: calibrating routers needs the tier clients of the given group")
     try:
         if clients:
@@ -362,15 +376,15 @@ def run(cfg, router_ckpt=None, methods: Optional[list] = None, group=None, clien
         tasks = eval_tasks(num_tasks_of(group), cfg.eval.episodes)
         ev = Evaluation(cfg, group, tasks, progress)
         calibration = {}
-        if routers:
+        if routed:
             with ev.timers("calibrate"):
                 calibration = calibrate(cfg, routers, clients, local=group.local, progress=progress,
-                                        num_workers=group.num_workers)
-        points = router_points(cfg, routers, calibration) + sweep_points(sweep_ckpts or {}) + fixed
-        ev.plan(points, [m for m in wanted if m in MATCHED] if routers else [])
+                                        num_workers=group.num_workers, baselines=calibrated)
+        points = router_points(cfg, routers, calibration, calibrated) + sweep_points(sweep_ckpts or {}) + fixed
+        ev.plan(points, [m for m in wanted if m in MATCHED] if routed else [])
         for p in points:
             ev.play(p)
-        if routers:
+        if routed:
             ev.matched_baselines([m for m in wanted if m in MATCHED])
         with ev.timers("summarise"):
             results = tables.summarise(cfg.run_dir, n_boot=cfg.eval.bootstrap, boot_seed=int(cfg.seed))

@@ -21,8 +21,9 @@ SINGLE = (WEAK, STRONG)  # compared at their one point
 
 
 def is_router(params: dict) -> bool:
-    """A learned router's point: ``point.json`` params say ``kind: router`` (pipeline/evaluate.py);
-    runs written before that field carry the router ``checkpoint`` instead."""
+    """A router point (a learned router's, or a calibrated baseline's such as ``cascade_calibrated``):
+    ``point.json`` params say ``kind: router`` (pipeline/evaluate.py); runs written before that field
+    carry the router ``checkpoint`` instead."""
     kind = params.get("kind")
     return kind == "router" or (kind is None and "checkpoint" in params)
 

@@ -85,14 +85,18 @@ def _as_probs(v, where: str) -> np.ndarray:
 
 class CascadeRouter(Router):
     """LP acts first; route to HP when LP is uncertain: max prob < ``max_prob_threshold`` or
-    (if ``entropy_threshold`` is set) entropy > it. Score p_hp = 1 - LP max prob."""
+    (if ``entropy_threshold`` is set) entropy > it. Score p_hp = 1 - LP max prob.
+    ``score_threshold`` (a calibrated cascade, :mod:`dmr_rl.pipeline.calibrate`) replaces both:
+    HP where the score >= it, the rule a learned router's threshold follows."""
 
     name = "cascade"
     needs_lp_first = True
 
-    def __init__(self, max_prob_threshold: float = 0.5, entropy_threshold: Optional[float] = None, **_):
+    def __init__(self, max_prob_threshold: float = 0.5, entropy_threshold: Optional[float] = None,
+                 score_threshold: Optional[float] = None, **_):
         self.max_prob_threshold = float(max_prob_threshold)
         self.entropy_threshold = entropy_threshold
+        self.score_threshold = score_threshold
 
     def route(self, contexts, rng, sample=False, lp_action_probs=None, hp_action_probs=None, **_):
         if lp_action_probs is None or len(lp_action_probs) != len(contexts):
@@ -100,9 +104,12 @@ class CascadeRouter(Router):
         tiers, score = [], []
         for v in lp_action_probs:
             p = _as_probs(v, "cascade router")
-            hp = p.max() < self.max_prob_threshold
-            if self.entropy_threshold is not None:
-                hp = hp or _entropy(p) > self.entropy_threshold
+            if self.score_threshold is not None:
+                hp = 1.0 - p.max() >= self.score_threshold
+            else:
+                hp = p.max() < self.max_prob_threshold
+                if self.entropy_threshold is not None:
+                    hp = hp or _entropy(p) > self.entropy_threshold
             tiers.append(int(hp))
             score.append(1.0 - p.max())
         return _det(tiers, score)
