@@ -198,3 +198,46 @@ def test_dmr_report_command(run_dir, tmp_path, capsys):
     assert str(root / "report" / "report.md") in capsys.readouterr().out
     assert main(["report", str(tmp_path / "missing")]) == 2
     assert "run directory not found" in capsys.readouterr().err
+
+
+def test_a_point_paying_both_tiers_is_also_compared_with_random_at_its_cost(tmp_path):
+    """A calibrated cascade (LP at every step, HP on top where escalated) shows an HP ratio below
+    its cost; the report adds a comparison with the random point nearest in normalised cost.
+    A learned router (one tier per step) gets no such row."""
+    from dmr_rl.report.tables import summarise
+
+    rng = np.random.default_rng(1)
+
+    def ep(i, seed, p_hp, both):
+        steps = []
+        for k in range(6):
+            hp = bool(rng.random() < p_hp)
+            paid = (["hp", "lp"] if hp else ["lp"]) if both else (["hp"] if hp else ["lp"])
+            steps.append(StepRecord(step=k, obs="o", action="a", tier=int(hp), extra={"paid": paid},
+                                    weight_bytes=4e8 * ("hp" in paid) + 1e8 * ("lp" in paid)))
+        won = bool(rng.random() < 0.5)
+        return EpisodeRecord(episode_id=f"{seed}-{i}", task_index=i, task_id=f"t{i}", task_type=TYPES[0],
+                             task="", seed=seed, won=won, score=float(won), steps=steps)
+
+    points = {("hp_only", "default"): (1.0, False, {}), ("lp_only", "default"): (0.0, False, {}),
+              ("cascade_calibrated", "r0.30"): (0.4, True, {"kind": "router", "threshold": 0.2}),
+              ("router", "r0.30"): (0.3, False, {"kind": "router", "threshold": 0.5}),
+              ("random", "ratio0.30"): (0.3, False, {"hp_ratio": 0.3}),
+              ("random", "ratio0.60"): (0.6, False, {"hp_ratio": 0.6})}
+    for (m, p), (p_hp, both, params) in points.items():
+        layout.write_point_meta(tmp_path, m, p, params)
+        TrajectoryStore(layout.seed_dir(layout.point_dir(tmp_path, m, p), 0), "w0").append(
+            [ep(i, 0, p_hp, both) for i in range(15)])
+    res = summarise(tmp_path, n_boot=100)
+    casc = res["methods"]["cascade_calibrated"]["r0.30"]
+    assert casc["hp_ratio"] < casc["hp_acted"] - 0.05 and casc["cost_norm"] > casc["hp_ratio"] + 0.1
+    by_cost = [c for c in res["comparisons"] if c["matched_on"] == "cost"]
+    assert [(c["method"], c["vs_point"]) for c in by_cost] == [("cascade_calibrated", "ratio0.60")]
+    rand = res["methods"]["random"]
+    assert by_cost[0]["vs_cost_norm"] == rand["ratio0.60"]["cost_norm"]
+    assert abs(rand["ratio0.60"]["cost_norm"] - casc["cost_norm"]) < abs(rand["ratio0.30"]["cost_norm"] - casc["cost_norm"])
+    by_ratio = [c for c in res["comparisons"] if c["method"] == "cascade_calibrated" and c["vs"] == "random"
+                and c["matched_on"] == "hp_ratio"]
+    assert [c["vs_point"] for c in by_ratio] == ["ratio0.30"]
+    md = write(tmp_path, n_boot=100, tensorboard=False).read_text()
+    assert "cascade_calibrated r0.30 vs random ratio0.60 (nearest in cost)" in md and "normalised cost" in md

@@ -16,6 +16,7 @@ from dmr_rl.report import metrics as M
 WEAK, STRONG, RANDOM = "lp_only", "hp_only", "random"
 CPT_LEVELS = (50, 80)
 MATCH_TOL = 0.02  # a baseline point is "matched" when its HP ratio is within this of the router point's
+COST_TOL = 0.05  # ... or, compared on cost, when its normalised cost is within this
 NEAREST = ("random", "first_k", "cascade")  # compared at the point nearest the router's HP ratio
 SINGLE = (WEAK, STRONG)  # compared at their one point
 
@@ -85,7 +86,10 @@ def _nearest(points: dict, x: float, target: str = "") -> str:
 def _comparisons(methods: dict, tables: dict, n_boot: int, boot_seed: int) -> list:
     """Every router point against every baseline: random, first-k and cascade at their point
     matched to it by the evaluation, else nearest in HP ratio (``matched``: within MATCH_TOL),
-    LP-only and HP-only at their one point."""
+    LP-only and HP-only at their one point. A point that pays both tiers on some steps (a
+    calibrated cascade: LP at every step, HP on top) costs more than its HP ratio says, so it is
+    also compared with the random point nearest in normalised cost (``matched_on: cost``;
+    ``matched``: within COST_TOL) when that is another point."""
     out = []
     for m, pts in methods.items():
         for p, rp in sorted(pts.items(), key=lambda kv: kv[1]["hp_ratio"]):
@@ -99,7 +103,16 @@ def _comparisons(methods: dict, tables: dict, n_boot: int, boot_seed: int) -> li
                 c = M.paired_comparison(tables[(m, p)], tables[(b, bp)], n_boot, boot_seed)
                 x, bx = rp["hp_ratio"], bpts[bp]["hp_ratio"]
                 out.append({"method": m, "point": p, "vs": b, "vs_point": bp, "hp_ratio": x, "vs_hp_ratio": bx,
-                            "matched": bool(abs(x - bx) <= MATCH_TOL + 1e-12), **c})
+                            "matched_on": "hp_ratio", "matched": bool(abs(x - bx) <= MATCH_TOL + 1e-12), **c})
+                both_tiers = abs(rp["hp_acted"] - x) > MATCH_TOL
+                if b == RANDOM and both_tiers and "cost_norm" in rp:
+                    bc = min(bpts, key=lambda n: (abs(bpts[n].get("cost_norm", math.inf) - rp["cost_norm"]), n))
+                    if bc != bp:
+                        y, by = rp["cost_norm"], bpts[bc]["cost_norm"]
+                        c = M.paired_comparison(tables[(m, p)], tables[(b, bc)], n_boot, boot_seed)
+                        out.append({"method": m, "point": p, "vs": b, "vs_point": bc, "hp_ratio": x,
+                                    "vs_hp_ratio": bpts[bc]["hp_ratio"], "matched_on": "cost", "cost_norm": y,
+                                    "vs_cost_norm": by, "matched": bool(abs(y - by) <= COST_TOL + 1e-12), **c})
     return out
 
 
@@ -235,11 +248,23 @@ def _p(x) -> str:
 def comparison_sentence(c: dict) -> str:
     """One comparison in words: "router r0.30 0.620 vs random ratio0.30 0.410 at 30% HP: +0.210
     [+0.120, +0.300], McNemar p=0.003"."""
-    at = (f"at {100 * c['hp_ratio']:.0f}% HP" if c["matched"] else
-          f"at {100 * c['hp_ratio']:.0f}% vs {100 * c['vs_hp_ratio']:.0f}% HP (not matched)")
+    if c.get("matched_on") == "cost":
+        at = (f"at normalised cost {_f(c['cost_norm'])} vs {_f(c['vs_cost_norm'])} "
+              f"({'cost-matched' if c['matched'] else 'not matched in cost'})")
+    else:
+        at = (f"at {100 * c['hp_ratio']:.0f}% HP" if c["matched"] else
+              f"at {100 * c['hp_ratio']:.0f}% vs {100 * c['vs_hp_ratio']:.0f}% HP (not matched)")
     return (f"{c['method']} {c['point']} {_f(c['success'])} vs {c['vs']} {c['vs_point']} {_f(c['vs_success'])} "
             f"{at}: {_signed(c['diff_mean'])} [{_signed(c['diff_ci'][0])}, {_signed(c['diff_ci'][1])}], "
             f"McNemar p={_p(c['mcnemar_p'])}{_undetected(c)}")
+
+
+def _match_note(c: dict) -> str:
+    """The comparisons table's note beside the HP ratios: the costs of a cost-matched row, or
+    "(not matched)" for a nearest-in-HP-ratio baseline beyond MATCH_TOL."""
+    if c.get("matched_on") == "cost":
+        return f" (cost {_f(c['cost_norm'])} vs {_f(c['vs_cost_norm'])}{'' if c['matched'] else ', not matched'})"
+    return " (not matched)" if c["vs"] in NEAREST and not c["matched"] else ""
 
 
 def _undetected(c: dict) -> str:
@@ -274,15 +299,19 @@ def markdown(results: dict, plots: Optional[list] = None) -> str:
               "detectable = the smallest true difference this pairing detects with 80% power at the 5% level "
               "(task-clustered SE, floored at the exact test's 6 one-way discordant pairs / pairs). "
               f"Random, first-k and cascade at their point nearest in HP ratio (*matched*: within "
-              f"{MATCH_TOL:.2f}).", ""]
+              f"{MATCH_TOL:.2f})." + (
+                  f" A point that pays both tiers on some steps (a calibrated cascade) is also compared with "
+                  f"the random point nearest in normalised cost (*nearest in cost*; matched within "
+                  f"{COST_TOL:.2f}): its HP ratio counts LP's call at every step and understates its cost."
+                  if any(c.get("matched_on") == "cost" for c in comps) else ""), ""]
     if comps:
         lines += ["| comparison | HP ratio | success | difference [95% CI] | McNemar p | detectable | tasks (pairs) |",
                   "|---|---|---|---|---|---|---|"]
         for c in comps:
             lines.append(
-                f"| {c['method']} {c['point']} vs {c['vs']} {c['vs_point']} "
-                f"| {_f(c['hp_ratio'])} vs {_f(c['vs_hp_ratio'])}"
-                f"{' (not matched)' if c['vs'] in NEAREST and not c['matched'] else ''} "
+                f"| {c['method']} {c['point']} vs {c['vs']} {c['vs_point']}"
+                f"{' (nearest in cost)' if c.get('matched_on') == 'cost' else ''} "
+                f"| {_f(c['hp_ratio'])} vs {_f(c['vs_hp_ratio'])}{_match_note(c)} "
                 f"| {_f(c['success'])} vs {_f(c['vs_success'])} "
                 f"| {_signed(c['diff_mean'])} [{_signed(c['diff_ci'][0])}, {_signed(c['diff_ci'][1])}] "
                 f"| {_p(c['mcnemar_p'])} | {_f(c.get('diff_mde'))} | {c['n_tasks']} ({c['n_pairs']}) |")
