@@ -23,13 +23,15 @@ episodes:
    trained on half of its fold's training tasks) that says whether more labelled steps would
    help. Written to ``<run_dir>/analysis/router_inputs.json`` and printed as a table.
 
-Run (idle machine; scoring ~0.8 s per step for both tiers on 2 cores, once per run directory):
+Run (idle machine; scoring ~1.5 s per step on 2 cores: both tiers and the LP hidden pass, once per
+run directory, then ~9 minutes of cross-validation):
 
     python experiments/router_inputs.py runs/default --with-grpo
 """
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import sys
 import tempfile
@@ -166,9 +168,7 @@ def fold_rows(index: list, scores: dict, labels: np.ndarray, mask: np.ndarray) -
 def train_and_score(cfg, features: str, train_rows: list, test_rows: list, work: Path) -> np.ndarray:
     """Train the stage-1 router (``train_sft.fit``, no holdout) on ``train_rows`` with router
     features ``features`` and return its P(HP) on ``test_rows``."""
-    import copy
-
-    from dmr_rl.pipeline.train_sft import _features, fit, write_labelled_steps
+    from dmr_rl.pipeline.train_sft import fit, row_features, write_labelled_steps
     from dmr_rl.router.transformer import TransformerRouter
 
     c = copy.deepcopy(cfg)
@@ -176,7 +176,7 @@ def train_and_score(cfg, features: str, train_rows: list, test_rows: list, work:
     path = write_labelled_steps(work / "train.jsonl", train_rows)
     fit(c, path, work / "router", progress=False)
     router = TransformerRouter.load(work / "router")
-    return 1.0 / (1.0 + np.exp(-router.logits_from_features(_features(router.features, test_rows))))
+    return 1.0 / (1.0 + np.exp(-router.logits_from_features(row_features(router.features, test_rows))))
 
 
 def fold_labels(rule: str, scores: dict, train: np.ndarray, label_cfg) -> np.ndarray:
@@ -192,7 +192,7 @@ def fold_labels(rule: str, scores: dict, train: np.ndarray, label_cfg) -> np.nda
 
 def cross_validate(cfg, index: list, scores: dict, folds: np.ndarray, epochs: int, seed: int) -> dict:
     """Out-of-fold P(HP) [N] per learned variant (features x label rule x training share)."""
-    c = __import__("copy").deepcopy(cfg)
+    c = copy.deepcopy(cfg)
     c.sft.epochs = epochs
     tasks = np.array([e.task_index for _, e, _ in index])
     out = {}

@@ -12,7 +12,8 @@ def register(sub, groups) -> None:
                    help="router checkpoint dir(s), one per NAME (e.g. sft=DIR grpo=DIR); thresholds are calibrated "
                         "on eval.calib_split to hit eval.target_hp_ratios")
     e.add_argument("--methods", nargs="*", default=None,
-                   help="restrict to these methods (baseline names and/or router NAMEs); default: all")
+                   help="restrict to these methods (baseline names, router NAMEs, <name>_calibrated for "
+                        "eval.calibrated_baselines); default: all")
     e.add_argument("--causal", action="store_true",
                    help="also run the causal check (needs one --router-ckpt; eval.causal_episodes, eval.causal_flag_share)")
     e.add_argument("--report", action="store_true", help="write the report afterwards (dmr report)")

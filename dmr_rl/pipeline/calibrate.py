@@ -95,11 +95,13 @@ def calibration_plays(router_dirs: dict, baselines) -> dict:
     """{method: (what calibration records as its 'checkpoint', rollout router spec, pays LP first)}
     for learned routers ({method: checkpoint dir}) and calibrated baselines (``<name>_calibrated``,
     played at the baseline's default knob; only the cascade, whose score is 1 - LP max prob)."""
+    from dmr_rl.config import CALIBRATED_BASELINES
+
     plays = {m: (str(d), {"name": "transformer", "kwargs": {"path": str(d), "num_threads": 1}}, False)
              for m, d in router_dirs.items()}
     for name in baselines:
-        if name != "cascade":
-            raise ValueError(f"baseline {name!r} has no knob to calibrate (only 'cascade')")
+        if name not in CALIBRATED_BASELINES:
+            raise ValueError(f"baseline {name!r} has no knob to calibrate (only {list(CALIBRATED_BASELINES)})")
         plays[f"{name}_calibrated"] = (f"baseline:{name}", {"name": name, "kwargs": {}}, True)
     return plays
 

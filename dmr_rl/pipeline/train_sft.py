@@ -154,7 +154,8 @@ def annotate_router(directory, **facts) -> None:
     path.write_text(json.dumps(meta, indent=1))
 
 
-def _features(extractor, rows: list) -> dict:
+def row_features(extractor, rows: list) -> dict:
+    """Router features of labelled-steps rows (``lp_hidden`` from the rows when the extractor reads it)."""
     from dmr_rl.step import StepContext
     from dmr_rl.router.features import features_in_chunks
 
@@ -217,9 +218,9 @@ def fit(cfg, labelled_path, out_dir, *, log_dir: Optional[str] = None, learner_g
                 overrides["hidden_dim"] = len(rows[0]["lp_hidden"])
             ncfg = net_config(cfg.router, **overrides)
             router = TransformerRouter(ncfg, threshold=cfg.router.threshold, seed=cfg.seed)
-            train_x, hold_x = _features(router.features, train_rows), None
+            train_x, hold_x = row_features(router.features, train_rows), None
             if hold_rows:
-                hold_x = _features(router.features, hold_rows)
+                hold_x = row_features(router.features, hold_rows)
             if sft.soft_targets:
                 targets = np.array([r.get("target", r["label"]) for r in train_rows], dtype=np.float32)
             else:
