@@ -192,10 +192,9 @@ def start_group(cfg, shard_dir=None):
 def record_tiers(run_dir, clients: dict) -> None:
     """Write what each tier's replicas run as (backend, resolved dtype, device ...) to ``eval/tiers.json``."""
     from dmr_rl.atomic_io import write_atomic
-    from dmr_rl.report.writer import _json_safe
 
     info = {tier: client.info() for tier, client in clients.items()}
-    write_atomic(layout.tiers_path(run_dir), json.dumps(_json_safe(info), indent=1, default=str))
+    write_atomic(layout.tiers_path(run_dir), json.dumps(layout.json_safe(info), indent=1, default=str))
 
 
 def stop_group(group, clients) -> None:
@@ -394,11 +393,9 @@ def run(cfg, router_ckpt=None, methods: Optional[list] = None, group=None, clien
     results["timers_s"] = ev.timers.as_dict()
     results["split"], results["n_tasks"], results["seeds"] = cfg.env.eval_split, len(tasks), ev.seeds
     results["calibration"] = calibration
-    from dmr_rl.report.writer import _json_safe
-
     from dmr_rl.atomic_io import write_atomic
 
-    path = write_atomic(layout.eval_dir(cfg.run_dir) / "results.json", json.dumps(_json_safe(results), indent=1))
+    path = write_atomic(layout.eval_dir(cfg.run_dir) / "results.json", json.dumps(layout.json_safe(results), indent=1))
     if progress:
         print(f"eval: {len(ev.played)} operating points on {len(tasks)} tasks; {ev.timers.summary()}; "
               f"results in {path}")

@@ -15,6 +15,7 @@ setting of its knob (``t0.50``, ``ratio0.30``, ``k3``); each has one shard direc
 from __future__ import annotations
 
 import json
+import math
 import re
 from contextlib import contextmanager
 from contextvars import ContextVar
@@ -25,6 +26,17 @@ from dmr_rl.rollout.records import EpisodeRecord, TrajectoryStore
 from environments.errors import DataError
 
 SEED_DIR = re.compile(r"^seed_(-?\d+)$")
+
+
+def json_safe(x):
+    """NaN/inf -> None (recursively through dicts, lists, tuples) so a results file is strict JSON."""
+    if isinstance(x, float) and not math.isfinite(x):
+        return None
+    if isinstance(x, dict):
+        return {str(k): json_safe(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [json_safe(v) for v in x]
+    return x
 
 
 def eval_dir(run_dir) -> Path:

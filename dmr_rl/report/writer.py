@@ -11,17 +11,6 @@ from pathlib import Path
 from dmr_rl.report import layout, plots, tables
 
 
-def _json_safe(x):
-    """NaN/inf -> None so results.json is strict JSON."""
-    if isinstance(x, float) and not math.isfinite(x):
-        return None
-    if isinstance(x, dict):
-        return {str(k): _json_safe(v) for k, v in x.items()}
-    if isinstance(x, (list, tuple)):
-        return [_json_safe(v) for v in x]
-    return x
-
-
 def _representative(points: dict) -> str:
     """The point a method is shown by in per-step plots: its default, else the median HP ratio."""
     for name, entry in points.items():
@@ -90,13 +79,13 @@ def write(run_dir, n_boot: int = 2000, boot_seed: int = 0, tensorboard: bool = T
     made = [m for m in made if m]
     results["plots"] = made
     results["tensorboard"] = str(out / "tb") if tensorboard and _tensorboard(results, out / "tb") else None
-    (out / "results.json").write_text(json.dumps(_json_safe(results), indent=1))
+    (out / "results.json").write_text(json.dumps(layout.json_safe(results), indent=1))
     note = layout.skip_note(run_dir, results)  # dmr report --skip-corrupt: what was skipped, in the header
     text = tables.markdown(results, made)
     if note:
         title, _, rest = text.partition("\n")
         text = f"{title}\n\n{note}\n{rest}"
-        (out / "results.json").write_text(json.dumps(_json_safe(results), indent=1))
+        (out / "results.json").write_text(json.dumps(layout.json_safe(results), indent=1))
     report = out / "report.md"
     report.write_text(text)
     return report
