@@ -61,8 +61,9 @@ def recorded_episodes(run_dir: Path, with_grpo: bool) -> list:
 
 def lp_confidence(logits: np.ndarray) -> tuple[float, float]:
     """(1 - (p1 - p2), entropy) of the softmax of [C] action logits; high = LP unsure."""
-    z = logits - logits.max()
-    p = np.exp(z) / np.exp(z).sum()
+    from dmr_rl.models.acting import softmax
+
+    p = softmax(logits)
     top = np.sort(p)[::-1]
     margin = top[0] - (top[1] if len(top) > 1 else 0.0)
     return float(1.0 - margin), float(-(p * np.log(np.clip(p, 1e-30, None))).sum())

@@ -58,6 +58,20 @@ def weighted_threshold(scores: np.ndarray, weights: np.ndarray, target: float) -
     return float(values[int(np.argmin(np.abs(share - target)))])
 
 
+def _task_index(task_ids) -> tuple:
+    """([n_steps] index of each step's task, [n_tasks] steps per task)."""
+    _, inverse, counts = np.unique(np.asarray([str(t) for t in task_ids]), return_inverse=True, return_counts=True)
+    return inverse, counts
+
+
+def _mean_task_share(scores: np.ndarray, inverse: np.ndarray, counts: np.ndarray, threshold: float,
+                     lp_first: bool) -> float:
+    """Mean over tasks of k / n (k of a task's n steps score >= threshold), or k / (n + k) when the
+    router pays LP first (see :func:`thresholds_for_targets`)."""
+    k = np.bincount(inverse, weights=(scores >= threshold).astype(float), minlength=len(counts))
+    return float((k / (counts + k) if lp_first else k / counts).mean())
+
+
 def thresholds_for_targets(scores, task_ids, targets, lp_first: bool = False) -> dict:
     """{target: threshold} from per-step router scores and the task each step belongs to.
 
@@ -68,27 +82,24 @@ def thresholds_for_targets(scores, task_ids, targets, lp_first: bool = False) ->
     score whose mean over tasks of that ratio is nearest each target.
     """
     scores = np.asarray(scores, dtype=float)
-    ids = np.asarray([str(t) for t in task_ids])
-    _, inverse, counts = np.unique(ids, return_inverse=True, return_counts=True)
+    inverse, counts = _task_index(task_ids)
     if not lp_first:
         weights = 1.0 / counts[inverse]
         return {float(r): weighted_threshold(scores, weights, float(r)) for r in targets}
     values = np.unique(scores)[::-1]
-    k = np.stack([np.bincount(inverse, weights=(scores >= v).astype(float), minlength=len(counts)) for v in values])
-    paid = (k / (counts + k)).mean(axis=1)  # [candidate] mean over tasks of the HP ratio
+    paid = np.array([_mean_task_share(scores, inverse, counts, v, True) for v in values])  # [candidate]
     return {float(r): float("inf") if r <= 0 else float(values[int(np.argmin(np.abs(paid - r)))]) for r in targets}
 
 
 def share_at(scores, task_ids, threshold: float, lp_first: bool = False) -> float:
     """Mean over tasks of the share of steps with score >= threshold (the realised calibration share;
     ``lp_first``: of the HP ratio k / (n + k), see :func:`thresholds_for_targets`)."""
-    scores = np.asarray(scores, dtype=float)
-    ids = np.asarray([str(t) for t in task_ids])
-    per_task = []
-    for t in np.unique(ids):
-        k, n = float(np.sum(scores[ids == t] >= threshold)), float(np.sum(ids == t))
-        per_task.append(k / (n + k) if lp_first else k / n)
-    return float(np.mean(per_task))
+    return _mean_task_share(np.asarray(scores, dtype=float), *_task_index(task_ids), threshold, lp_first)
+
+
+def calibrated_method(name: str) -> str:
+    """The method name a calibrated baseline's points play under (``cascade`` -> ``cascade_calibrated``)."""
+    return f"{name}_calibrated"
 
 
 def calibration_plays(router_dirs: dict, baselines) -> dict:
@@ -102,7 +113,7 @@ def calibration_plays(router_dirs: dict, baselines) -> dict:
     for name in baselines:
         if name not in CALIBRATED_BASELINES:
             raise ValueError(f"baseline {name!r} has no knob to calibrate (only {list(CALIBRATED_BASELINES)})")
-        plays[f"{name}_calibrated"] = (f"baseline:{name}", {"name": name, "kwargs": {}}, True)
+        plays[calibrated_method(name)] = (f"baseline:{name}", {"name": name, "kwargs": {}}, True)
     return plays
 
 

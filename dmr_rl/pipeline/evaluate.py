@@ -93,10 +93,12 @@ def router_points(cfg, router_dirs: dict, calibration: dict, baselines=()) -> li
     """Each router at its calibrated thresholds; a GRPO-trained one also as its sampled policy; each
     calibrated baseline (names; the cascade: 1 - LP max prob >= threshold escalates to HP) at its
     thresholds, as method ``<name>_calibrated`` of kind router (compared like a router point)."""
+    from dmr_rl.pipeline.calibrate import calibrated_method
+
     det = env_is_deterministic(cfg)
     points = []
     for name in baselines:
-        method = f"{name}_calibrated"
+        method = calibrated_method(name)
         for target, t in calibration[method]["thresholds"].items():
             points.append(OperatingPoint(method, f"r{float(target):.2f}",
                                          {"name": name, "kwargs": {"score_threshold": float(t)}},
@@ -349,7 +351,7 @@ def run(cfg, router_ckpt=None, methods: Optional[list] = None, group=None, clien
     ``sweep_ckpts``: {method: dir} of GRPO routers of a lambda sweep, played only as their sampled
     policy (no calibration, no matched baselines).
     """
-    from dmr_rl.pipeline.calibrate import calibrate
+    from dmr_rl.pipeline.calibrate import calibrate, calibrated_method
     from dmr_rl.report import tables
 
     if isinstance(router_ckpt, (str, Path)):
@@ -357,9 +359,9 @@ def run(cfg, router_ckpt=None, methods: Optional[list] = None, group=None, clien
     elif isinstance(router_ckpt, (list, tuple)):
         router_ckpt = parse_router_ckpts(router_ckpt)
     routers = {m: d for m, d in (router_ckpt or {}).items() if not methods or m in methods}
-    calibrated = [b for b in cfg.eval.calibrated_baselines if not methods or f"{b}_calibrated" in methods]
+    calibrated = [b for b in cfg.eval.calibrated_baselines if not methods or calibrated_method(b) in methods]
     wanted = [m for m in (methods or cfg.eval.baselines)
-              if m not in (router_ckpt or {}) and m not in [f"{b}_calibrated" for b in calibrated]]
+              if m not in (router_ckpt or {}) and m not in map(calibrated_method, calibrated)]
     routed = bool(routers or calibrated)  # points that random and first-k follow
     fixed = baseline_points(cfg, [m for m in wanted if not (routed and m in MATCHED)])
     if not routed and not fixed:

@@ -100,20 +100,26 @@ def _comparisons(methods: dict, tables: dict, n_boot: int, boot_seed: int) -> li
                 if not bpts:
                     continue
                 bp = _nearest(bpts, rp["hp_ratio"], f"{m}/{p}") if b in NEAREST else next(iter(bpts))
-                c = M.paired_comparison(tables[(m, p)], tables[(b, bp)], n_boot, boot_seed)
-                x, bx = rp["hp_ratio"], bpts[bp]["hp_ratio"]
-                out.append({"method": m, "point": p, "vs": b, "vs_point": bp, "hp_ratio": x, "vs_hp_ratio": bx,
-                            "matched_on": "hp_ratio", "matched": bool(abs(x - bx) <= MATCH_TOL + 1e-12), **c})
-                both_tiers = abs(rp["hp_acted"] - x) > MATCH_TOL
+                out.append(_compared(m, p, b, bp, "hp_ratio", MATCH_TOL, methods, tables, n_boot, boot_seed))
+                both_tiers = abs(rp["hp_acted"] - rp["hp_ratio"]) > MATCH_TOL
                 if b == RANDOM and both_tiers and "cost_norm" in rp:
                     bc = min(bpts, key=lambda n: (abs(bpts[n].get("cost_norm", math.inf) - rp["cost_norm"]), n))
                     if bc != bp:
-                        y, by = rp["cost_norm"], bpts[bc]["cost_norm"]
-                        c = M.paired_comparison(tables[(m, p)], tables[(b, bc)], n_boot, boot_seed)
-                        out.append({"method": m, "point": p, "vs": b, "vs_point": bc, "hp_ratio": x,
-                                    "vs_hp_ratio": bpts[bc]["hp_ratio"], "matched_on": "cost", "cost_norm": y,
-                                    "vs_cost_norm": by, "matched": bool(abs(y - by) <= COST_TOL + 1e-12), **c})
+                        out.append(_compared(m, p, b, bc, "cost_norm", COST_TOL, methods, tables, n_boot, boot_seed))
     return out
+
+
+def _compared(m: str, p: str, b: str, bp: str, on: str, tol: float, methods: dict, tables: dict,
+              n_boot: int, boot_seed: int) -> dict:
+    """One comparison row: router point (m, p) against baseline point (b, bp), paired; ``matched``
+    when their ``on`` values (hp_ratio or cost_norm) are within ``tol``."""
+    rp, bq = methods[m][p], methods[b][bp]
+    row = {"method": m, "point": p, "vs": b, "vs_point": bp, "hp_ratio": rp["hp_ratio"],
+           "vs_hp_ratio": bq["hp_ratio"], "matched_on": "hp_ratio" if on == "hp_ratio" else "cost"}
+    if on != "hp_ratio":
+        row["cost_norm"], row["vs_cost_norm"] = rp[on], bq[on]
+    row["matched"] = bool(abs(rp[on] - bq[on]) <= tol + 1e-12)
+    return {**row, **M.paired_comparison(tables[(m, p)], tables[(b, bp)], n_boot, boot_seed)}
 
 
 def _tradeoff(pts: dict, per_task: dict, m: str, weak: tuple, strong: tuple, n_boot: int, boot_seed: int) -> dict:
