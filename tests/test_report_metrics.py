@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from dmr_rl.report import metrics as M
+from dmr_rl.report import tradeoff
 from dmr_rl.rollout.records import HP, LP, EpisodeRecord, StepRecord
 
 
@@ -179,23 +180,23 @@ XS, QS = [0.0, 0.2, 0.5, 0.6, 1.0], [0.4, 0.6, 0.76, 0.7, 0.8]
 
 
 def test_apgr_and_cpt_by_hand():
-    a, c = M.apgr_cpt(XS, QS, 0.4, 0.8)
+    a, c = tradeoff.apgr_cpt(XS, QS, 0.4, 0.8)
     assert float(a) == pytest.approx(0.6925)
     assert float(c[50]) == pytest.approx(0.2) and float(c[80]) == pytest.approx(0.5)
     # the point order does not matter; a dip below the line is kept (no envelope)
     perm = [3, 0, 4, 2, 1]
-    a2, _ = M.apgr_cpt([XS[i] for i in perm], [QS[i] for i in perm], 0.4, 0.8)
+    a2, _ = tradeoff.apgr_cpt([XS[i] for i in perm], [QS[i] for i in perm], 0.4, 0.8)
     assert float(a2) == pytest.approx(0.6925)
     # a router at exactly LP quality at 3% HP recovers nothing there: APGR below 0.5, CPTs at HP-only
-    a3, c3 = M.apgr_cpt([0.0, 0.03, 1.0], [0.4, 0.4, 0.8], 0.4, 0.8)
+    a3, c3 = tradeoff.apgr_cpt([0.0, 0.03, 1.0], [0.4, 0.4, 0.8], 0.4, 0.8)
     assert float(a3) == pytest.approx((0.03 * 0.4 + 0.97 * 0.6 - 0.4) / 0.4)
     assert float(c3[50]) == 1.0 and float(c3[80]) == 1.0
     # random-like straight line: .5; no gap: NaN; a curve that never reaches 80%: NaN
-    assert float(M.apgr_cpt([0, 0.5, 1], [0.4, 0.6, 0.8], 0.4, 0.8)[0]) == pytest.approx(0.5)
-    assert np.isnan(M.apgr_cpt(XS, QS, 0.8, 0.8)[0])
-    assert np.isnan(M.apgr_cpt([0, 0.5, 1], [0.4, 0.5, 0.7], 0.4, 0.8)[1][80])
+    assert float(tradeoff.apgr_cpt([0, 0.5, 1], [0.4, 0.6, 0.8], 0.4, 0.8)[0]) == pytest.approx(0.5)
+    assert np.isnan(tradeoff.apgr_cpt(XS, QS, 0.8, 0.8)[0])
+    assert np.isnan(tradeoff.apgr_cpt([0, 0.5, 1], [0.4, 0.5, 0.7], 0.4, 0.8)[1][80])
     # vectorised over a leading axis
-    ab, cb = M.apgr_cpt(np.array([XS, XS]), np.array([QS, QS]), np.array([0.4, 0.4]), np.array([0.8, 0.8]))
+    ab, cb = tradeoff.apgr_cpt(np.array([XS, XS]), np.array([QS, QS]), np.array([0.4, 0.4]), np.array([0.8, 0.8]))
     assert ab.tolist() == pytest.approx([0.6925] * 2) and cb[50].tolist() == pytest.approx([0.2, 0.2])
 
 
@@ -210,19 +211,19 @@ def test_routellm_tradeoff_with_cis_and_withholding():
     weak = _pt(np.zeros(T), (rng.random(T) < 0.3).astype(float))
     strong = _pt(np.ones(T), np.maximum(weak["won"], rng.random(T) < 0.8))
     router = [_pt(np.full(T, x), np.where(rng.random(T) < x, strong["won"], weak["won"])) for x in (0.2, 0.5)]
-    t = M.routellm_tradeoff(router, weak, strong, n_boot=400)
+    t = tradeoff.routellm_tradeoff(router, weak, strong, n_boot=400)
     xs = [0.0, 0.2, 0.5, 1.0]
     qs = [p["won"].mean() for p in (weak, *router, strong)]
-    a, c = M.apgr_cpt(xs, qs, qs[0], qs[-1])
+    a, c = tradeoff.apgr_cpt(xs, qs, qs[0], qs[-1])
     assert t["withheld"] is None and t["apgr"] == pytest.approx(float(a))
     assert t["apgr_ci"][0] <= t["apgr"] <= t["apgr_ci"][1]
     assert t["gap"] == pytest.approx(qs[-1] - qs[0]) and t["gap_ci"][0] > 0
     # no HP-LP gap: withheld with a reason, metrics None
     same = _pt(np.ones(T), weak["won"])
-    w = M.routellm_tradeoff(router, weak, same, n_boot=200)
+    w = tradeoff.routellm_tradeoff(router, weak, same, n_boot=200)
     assert w["apgr"] is None and w["cpt50"] is None and "includes 0" in w["withheld"]
     with pytest.raises(ValueError, match="different tasks"):
-        M.routellm_tradeoff([_pt([0.1], [1.0])], weak, strong, n_boot=10)
+        tradeoff.routellm_tradeoff([_pt([0.1], [1.0])], weak, strong, n_boot=10)
 
 
 def test_normalised_cost():

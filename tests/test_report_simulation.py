@@ -19,6 +19,7 @@ from __future__ import annotations
 import numpy as np
 
 from dmr_rl.report import metrics as M
+from dmr_rl.report import tradeoff
 
 T, S, K, RUNS, N_BOOT = 40, 3, 5, 200, 500
 X_ROUTER = (0.1, 0.2, 0.4, 0.6)  # the router's operating points (HP ratio)
@@ -61,7 +62,7 @@ def _simulate(skill: float, seed: int):
     if not skill:  # a no-skill router's curve: quality linear in its HP share, plus measured LP/HP-only
         curve = [M.per_task(_table(rng, lp + xi * (hp - lp), 1, xi)) for xi in X_ROUTER]
         weak, strong = M.per_task(_table(rng, lp, 1, 0.0)), M.per_task(_table(rng, hp, 1, 1.0))
-        apgr = M.routellm_tradeoff(curve, weak, strong, n_boot=N_BOOT, seed=seed)["apgr"]
+        apgr = tradeoff.routellm_tradeoff(curve, weak, strong, n_boot=N_BOOT, seed=seed)["apgr"]
     return cmp, float(p_router.mean() - p_rand.mean()), apgr
 
 

@@ -8,6 +8,7 @@ import pytest
 
 from dmr_rl.report import layout, write
 from dmr_rl.report import metrics as M
+from dmr_rl.report import tradeoff
 from dmr_rl.rollout.records import HP, LP, EpisodeRecord, StepRecord, TrajectoryStore
 
 TYPES = ["pick_and_place_simple", "pick_heat_then_place_in_recep"]
@@ -104,7 +105,7 @@ def test_report_files_and_numbers(run_dir):
     xs = [weak["hp_ratio"], *(r[p]["hp_ratio"] for p in ("t0.30", "t0.70")), strong["hp_ratio"]]
     qs = [weak["success_mean"], *(r[p]["success_mean"] for p in ("t0.30", "t0.70")), strong["success_mean"]]
     t = res["tradeoff"]["router"]
-    assert t["withheld"] is None and t["apgr"] == pytest.approx(float(M.apgr_cpt(xs, qs, qs[0], qs[-1])[0]))
+    assert t["withheld"] is None and t["apgr"] == pytest.approx(float(tradeoff.apgr_cpt(xs, qs, qs[0], qs[-1])[0]))
     assert t["apgr_ci"][0] <= t["apgr"] <= t["apgr_ci"][1]
     assert "cpt50" in res["tradeoff"]["random"] and "cpt80_ci" in t
     text = md.read_text()

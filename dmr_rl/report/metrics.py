@@ -16,20 +16,7 @@ One definition of every number, used by the report, the evaluation driver and th
   (clusters) of the pair differences; ``mcnemar_p`` = exact two-sided sign test on the non-zero
   pair differences, which for binary outcomes is the exact McNemar test on the discordant pairs;
   ``diff_mde`` = what the pairing could have detected (:mod:`dmr_rl.report.power`).
-* **APGR / CPT** (:func:`routellm_tradeoff`), as RouteLLM defines them (lm-sys/RouteLLM,
-  ``routellm/evals/evaluate.py``, ``generate_results``): the router's thresholds are swept (here:
-  calibrated on a validation split beforehand), quality is plotted against the share of
-  strong-model calls, ``AUC = np.trapz(accuracy, strong_share)`` over the measured points sorted
-  by share, ``weak_auc`` / ``strong_auc`` the same integral of the constant weak / strong
-  accuracy over the same points, ``APGR = (AUC - weak_auc) / (strong_auc - weak_auc)``; CPT(x%)
-  is the strong-call share at which quality recovers x% of the weak->strong gap. Here the
-  curve is the MEASURED points only: the router's threshold points plus the measured LP-only
-  point (at its HP ratio, 0) and the measured HP-only point (at 1); no assumed lines beyond them,
-  no envelope, no point dropped. CPT(x%) = the smallest measured HP ratio whose quality reaches
-  weak + x% (strong - weak) (RouteLLM interpolates with ``np.interp``, which presumes a monotone
-  curve; we report the measured point), None when no point does. Quality is per episode
-  (success, or the WebShop score) and the x-axis is the per-step HP ratio above, since a router
-  decides at every step of an episode.
+* **APGR / CPT**: :mod:`dmr_rl.report.tradeoff`.
 
 Bootstraps are vectorised: :func:`resample_weights` draws, once, how often each task appears in
 each resample ([B, T] counts); every statistic is then a weighted mean, so the CIs of the
@@ -69,7 +56,8 @@ def resample_weights(n_clusters: int, n_boot: int, seed: int = 0) -> np.ndarray:
     return w
 
 
-def _interval(samples: np.ndarray, level: float = LEVEL) -> tuple[float, float]:
+def interval(samples: np.ndarray, level: float = LEVEL) -> tuple[float, float]:
+    """Percentile interval [lo, hi] holding ``level`` of the bootstrap ``samples``."""
     alpha = (1.0 - level) / 2.0
     lo, hi = np.quantile(samples, [alpha, 1.0 - alpha], axis=0)
     return float(lo), float(hi)
@@ -101,14 +89,14 @@ def bootstrap_ci(values, n_boot: int = 2000, seed: int = 0, level: float = LEVEL
     if clusters is None:
         rng = np.random.default_rng(seed)
         idx = rng.integers(0, x.size, size=(n_boot, x.size))
-        return _interval(x[idx].mean(axis=1), level)
+        return interval(x[idx].mean(axis=1), level)
     if len(clusters) != x.size:
         raise ValueError(f"clusters has {len(clusters)} entries, values {x.size}")
     keys, inv = _cluster_index(clusters)
     sums = np.bincount(inv, weights=x, minlength=len(keys))
     counts = np.bincount(inv, minlength=len(keys)).astype(float)
     w = resample_weights(len(keys), n_boot, seed)
-    return _interval((w @ sums) / (w @ counts), level)
+    return interval((w @ sums) / (w @ counts), level)
 
 
 def mean_with_ci(per_task, n_boot: int = 2000, seed: int = 0, weights: Optional[np.ndarray] = None,
@@ -119,7 +107,7 @@ def mean_with_ci(per_task, n_boot: int = 2000, seed: int = 0, weights: Optional[
     if v.size == 0:
         return float("nan"), [float("nan"), float("nan")]
     w = resample_weights(v.size, n_boot, seed) if weights is None else weights
-    return float(v.mean()), list(_interval(w @ v / v.size, level))
+    return float(v.mean()), list(interval(w @ v / v.size, level))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -268,95 +256,6 @@ def paired_comparison(a: dict, b: dict, n_boot: int = 2000, seed: int = 0, level
         if name == "success":
             out["diff_mde"] = minimum_detectable_difference(d, tasks)
     return out
-
-
-# ---------------------------------------------------------------------------------------------
-# RouteLLM trade-off metrics
-# ---------------------------------------------------------------------------------------------
-def apgr_cpt(xs, qs, weak, strong, levels=(50, 80)):
-    """APGR and CPT over measured curves, vectorised over leading axes.
-
-    xs, qs: [..., P] the measured points' HP ratios and qualities (the curve, LP-only and HP-only
-    points included, any order); weak, strong: [...] LP-only and HP-only quality. Returns
-    (apgr [...], {level: cpt [...]}): APGR = (AUC - weak_auc) / (strong_auc - weak_auc) with
-    trapezoids over the points sorted by x (RouteLLM's formula, see the module docstring), NaN
-    where strong <= weak or the points span no x; CPT(level) = the smallest x among the points
-    whose q >= weak + level% (strong - weak), NaN where none does (or no gap).
-    """
-    x, q = np.asarray(xs, dtype=float), np.asarray(qs, dtype=float)
-    weak, strong = np.asarray(weak, dtype=float), np.asarray(strong, dtype=float)
-    order = np.argsort(x, axis=-1, kind="stable")
-    x, q = np.take_along_axis(x, order, -1), np.take_along_axis(q, order, -1)
-    dx = np.diff(x, axis=-1)
-    auc = np.sum(dx * (q[..., 1:] + q[..., :-1]) / 2.0, axis=-1)
-    span = x[..., -1] - x[..., 0]
-    gap = strong - weak
-    ok = (gap > 1e-12) & (span > 1e-12)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        apgr = np.where(ok, (auc - weak * span) / np.where(ok, gap * span, 1.0), np.nan)
-    cpts = {}
-    for level in levels:
-        target = weak + level / 100.0 * gap
-        reach = (q >= target[..., None] - 1e-12) & (gap[..., None] > 1e-12)
-        first = np.where(reach, x, np.inf).min(axis=-1)
-        cpts[level] = np.where(np.isfinite(first), first, np.nan)
-    return apgr, cpts
-
-
-def routellm_tradeoff(curve: list, weak: dict, strong: dict, n_boot: int = 2000, seed: int = 0,
-                      quality: str = "won", levels=(50, 80), level: float = LEVEL) -> dict:
-    """APGR and CPT of one router with task-bootstrap CIs.
-
-    curve: the router's measured threshold points, each :func:`per_task` output; weak, strong:
-    the LP-only and HP-only points' :func:`per_task` output (measured points of the curve, at
-    their own HP ratios). All must cover the same tasks. quality: "won" or "score".
-    Returns {"apgr", "apgr_ci", "cpt50", "cpt50_ci", ..., "gap", "gap_ci", "withheld"}:
-    ``withheld`` is a one-line reason (and the metrics None) when the 95% CI of the HP-LP gap
-    (paired by task) includes 0: without a gap there is nothing to recover.
-    """
-    pts = [weak, *curve, strong]
-    tasks = weak["tasks"]
-    for p in pts:
-        if not np.array_equal(p["tasks"], tasks):
-            raise ValueError("routellm_tradeoff: the points cover different tasks")
-    X = np.stack([p["hp_ratio"] for p in pts])  # [P, T]
-    Q = np.stack([p[quality] for p in pts])
-    T = X.shape[1]
-    w = resample_weights(T, n_boot, seed)
-    gap_t = strong[quality] - weak[quality]
-    gap, gap_ci = mean_with_ci(gap_t, weights=w, level=level)
-    out: dict = {"gap": gap, "gap_ci": gap_ci, "points": len(curve), "withheld": None}
-    if not gap_ci[0] > 0:
-        out["withheld"] = (f"the HP-LP {'success' if quality == 'won' else 'score'} gap {gap:+.3f} has a 95% "
-                           f"CI [{gap_ci[0]:+.3f}, {gap_ci[1]:+.3f}] that includes 0")
-        out["apgr"] = out["apgr_ci"] = None
-        for lv in levels:
-            out[f"cpt{lv}"] = out[f"cpt{lv}_ci"] = None
-        return out
-    xm, qm = X.mean(axis=1), Q.mean(axis=1)
-    a, c = apgr_cpt(xm, qm, qm[0], qm[-1], levels)
-    xb, qb = (w @ X.T) / T, (w @ Q.T) / T  # [B, P]
-    ab, cb = apgr_cpt(xb, qb, qb[:, 0], qb[:, -1], levels)
-    out["apgr"], out["apgr_ci"] = _nan_none(float(a)), _ci_or_none(ab, level)
-    for lv in levels:
-        out[f"cpt{lv}"] = _nan_none(float(c[lv]))
-        out[f"cpt{lv}_ci"] = _ci_or_none(np.where(np.isnan(cb[lv]), np.inf, cb[lv]), level)
-    return out
-
-
-def _nan_none(v: float):
-    return None if v is None or not math.isfinite(v) else v
-
-
-def _ci_or_none(samples: np.ndarray, level: float):
-    """Percentile interval of bootstrap samples; NaN samples (a resample without an HP-LP gap)
-    are left out; a bound at +inf (CPT not reached in that share of resamples) is None."""
-    s = np.asarray(samples, dtype=float)
-    s = s[~np.isnan(s)]
-    if s.size == 0:
-        return None
-    lo, hi = _interval(s, level)
-    return [_nan_none(lo), _nan_none(hi)]
 
 
 def normalised_cost(cost: float, cost_weak: float, cost_strong: float) -> float:

@@ -12,6 +12,7 @@ import numpy as np
 
 from dmr_rl.report import layout
 from dmr_rl.report import metrics as M
+from dmr_rl.report.tradeoff import routellm_tradeoff
 
 WEAK, STRONG, RANDOM = "lp_only", "hp_only", "random"
 CPT_LEVELS = (50, 80)
@@ -131,7 +132,7 @@ def _tradeoff(pts: dict, per_task: dict, m: str, weak: tuple, strong: tuple, n_b
         return out
     curve = [per_task[(m, n)] for n in names]
     for quality, suffix in (("won", ""), ("score", "_score")):
-        t = M.routellm_tradeoff(curve, per_task[weak], per_task[strong], n_boot, boot_seed, quality=quality,
+        t = routellm_tradeoff(curve, per_task[weak], per_task[strong], n_boot, boot_seed, quality=quality,
                                 levels=CPT_LEVELS)
         for k, v in t.items():
             if k != "points":
