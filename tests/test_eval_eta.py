@@ -28,6 +28,11 @@ def test_plan_counts_every_seed_of_stochastic_points_and_the_matched_baselines(t
     assert ev.eta_line() == "episodes 20 of ~50 planned, ETA 1m00s"  # 30 left at 2 s each
     ev.played, ev.timed_eps, ev.timed_s = [(points[0], [None] * 60)], 40, 80.0  # more played than planned
     assert ev.eta_line() == "episodes 60 of ~60 planned, ETA 0s"
+    # a calibrated cascade (LP at every step) also gets random at its cost-equivalent ratio, when priced
+    cascade = OperatingPoint("cascade_calibrated", "r0.30", None, {"kind": "router", "calibrated_baseline": "cascade"})
+    assert ev.plan([cascade], ["random"]) == 10 + 30
+    ev.lp_bytes_share = 0.25
+    assert ev.plan([cascade], ["random"]) == 10 + 30 + 30
 
 
 def test_a_point_played_again_keeps_every_router_it_was_matched_to(tmp_path):

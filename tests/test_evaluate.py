@@ -210,7 +210,7 @@ def test_a_calibrated_cascade_stands_where_a_router_point_stands(setup, tmp_path
     cfg0, _, group, clients = setup
     cfg = dataclasses.replace(cfg0, run_dir=str(tmp_path), eval=dataclasses.replace(
         cfg0.eval, calibrated_baselines=["cascade"], target_hp_ratios=[0.3]))
-    path = evaluate.run(cfg, None, methods=["cascade_calibrated", "random", "hp_only"], group=group,
+    path = evaluate.run(cfg, None, methods=["cascade_calibrated", "random", "hp_only", "lp_only"], group=group,
                         clients=clients, progress=False)
     cal = json.loads((tmp_path / "eval" / "calibration.json").read_text())["cascade_calibrated"]
     assert cal["checkpoint"] == "baseline:cascade" and cal["split"] != cfg.env.eval_split
@@ -223,9 +223,19 @@ def test_a_calibrated_cascade_stands_where_a_router_point_stands(setup, tmp_path
     assert 0 < sum(st.tier == HP for e in eps for st in e.steps) < sum(e.length for e in eps)
     assert all("cascade_calibrated/r0.30" in _meta(cfg, "random", p)["params"]["matched_to"]
                for p in _points(cfg, "random"))
+    # LP at every step, HP on top: random also runs where it reads as many weight bytes per step
+    # (fake tiers: LP 1e6 bytes, HP 4e6), well above the cascade's HP-call ratio
+    from dmr_rl.report.metrics import cost_equivalent_hp_ratio, realised_hp_ratio
+
+    r, q = realised_hp_ratio(eps), cost_equivalent_hp_ratio(eps, 0.25)
+    asked = sorted(_meta(cfg, "random", p)["params"]["hp_ratio"] for p in _points(cfg, "random"))
+    assert q > r + 0.05
+    assert any(a == pytest.approx(r, abs=1e-4) for a in asked) and any(a == pytest.approx(q, abs=1e-4) for a in asked)
     comps = json.loads(path.read_text())["comparisons"]
     assert {(c["method"], c["vs"]) for c in comps} >= {("cascade_calibrated", "random"),
                                                       ("cascade_calibrated", "hp_only")}
+    on_cost = [c for c in comps if c["method"] == "cascade_calibrated" and c["matched_on"] == "cost"]
+    assert len(on_cost) == 1 and on_cost[0]["vs_hp_ratio"] > r + 0.05
 
 
 def test_plan_and_errors(setup, tmp_path):

@@ -60,6 +60,24 @@ def test_hp_ratio_counts_the_tiers_a_step_paid():
     assert M.realised_hp_ratio([cascade, _ep(False, [LP], task_index=0), old]) == pytest.approx((0.2 + 0.5) / 2)
 
 
+def test_cost_equivalent_hp_ratio_prices_both_tiers():
+    """A cascade step pays LP and HP: the one-tier HP ratio that reads as many weight bytes per step
+    is higher than its call share; a one-tier router gets its own HP ratio back."""
+    cascade = _ep(True, [HP, LP, LP, LP], task_index=0)
+    for st, paid in zip(cascade.steps, (["hp", "lp"], ["lp"], ["lp"], ["lp"])):
+        st.extra["paid"] = paid
+    one_tier = _ep(True, [HP, HP, LP], task_index=1)
+    s = 0.3  # LP reads 30% of HP's weight bytes
+    # bytes per step: cascade (1 + 4 * 0.3) / 4 = 0.55 HP calls' worth = q + (1 - q) * 0.3 -> q = 0.25 / 0.7
+    assert M.cost_equivalent_hp_ratio([cascade], s) == pytest.approx(0.25 / 0.7)
+    assert M.realised_hp_ratio([cascade]) == pytest.approx(1 / 5)  # its call share says less
+    assert M.cost_equivalent_hp_ratio([one_tier], s) == pytest.approx(2 / 3) == M.realised_hp_ratio([one_tier])
+    assert M.cost_equivalent_hp_ratio([cascade, one_tier], 0.0) == pytest.approx((1 / 4 + 2 / 3) / 2)  # per task
+    assert math.isnan(M.cost_equivalent_hp_ratio([], s))
+    with pytest.raises(ValueError, match="lp_bytes_share"):
+        M.cost_equivalent_hp_ratio([cascade], 1.0)
+
+
 def test_point_estimates_lie_in_their_own_cis():
     """A point and its CI are one statistic: over many skewed random points the CI holds it."""
     rng = np.random.default_rng(5)

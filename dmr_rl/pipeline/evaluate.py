@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
@@ -40,7 +41,7 @@ import numpy as np
 
 from dmr_rl.pipeline.timing import eta_seconds, format_duration
 from dmr_rl.report import layout
-from dmr_rl.report.metrics import realised_hp_ratio
+from dmr_rl.report.metrics import cost_equivalent_hp_ratio, realised_hp_ratio
 
 BASELINE_SWEEPS = {  # baseline -> (router kwarg, values, point-name format), used when no router sets the cost
     "hp_only": (None, [None], "default"),
@@ -199,6 +200,17 @@ def record_tiers(run_dir, clients: dict) -> None:
     write_atomic(layout.tiers_path(run_dir), json.dumps(layout.json_safe(info), indent=1, default=str))
 
 
+def lp_bytes_share(clients: dict) -> Optional[float]:
+    """LP's weight bytes per call over HP's, from the tier clients (the price of a step that pays both
+    tiers); None, with a warning, when LP does not read fewer bytes than HP (then no point is priced)."""
+    hp, lp = float(clients["hp"].weight_bytes), float(clients["lp"].weight_bytes)
+    if hp > 0 and 0 <= lp < hp:
+        return lp / hp
+    warnings.warn(f"tier weight bytes: HP {hp:.4g}, LP {lp:.4g}; LP is not cheaper, so router points that pay "
+                  "both tiers get no random baseline at a cost-equivalent HP ratio")
+    return None
+
+
 def stop_group(group, clients) -> None:
     from dmr_rl.serving import launcher
 
@@ -239,10 +251,11 @@ def _complete(out_dir: Path, n: int) -> list:
 class Evaluation:
     """Plays operating points over the evaluation split, resumably; keeps what each point realised."""
 
-    def __init__(self, cfg, group, tasks: list, progress: bool = True):
+    def __init__(self, cfg, group, tasks: list, progress: bool = True, lp_bytes_share: Optional[float] = None):
         from dmr_rl.pipeline.timing import Timers
 
         self.cfg, self.group, self.tasks, self.progress = cfg, group, list(tasks), progress
+        self.lp_bytes_share = lp_bytes_share  # LP's weight bytes / HP's: prices a point that pays both tiers
         self.run_dir = Path(cfg.run_dir)
         self.seeds = [int(s) for s in cfg.eval.seeds]
         self.timers = Timers()
@@ -252,14 +265,17 @@ class Evaluation:
 
     def plan(self, points: list, matched: list) -> int:
         """Episodes expected for ``points`` plus, per router point, the ``matched`` baselines
-        (random under every seed, first-k once on a deterministic environment); corrections
-        and reuse of matched baselines make the real count differ a little."""
+        (random under every seed, first-k once on a deterministic environment; a calibrated cascade,
+        which pays both tiers, random twice: also at its cost-equivalent ratio); corrections, reuse
+        of matched baselines and routers reading LP's hidden state make the real count differ a little."""
         n, det = len(self.tasks), env_is_deterministic(self.cfg)
         per_seed = {True: len(self.seeds), False: 1}
         total = sum(n * per_seed[p.stochastic] for p in points)
         for p in points:
             if p.params.get("kind") == "router":
                 total += sum(n * per_seed[(m in STOCHASTIC_BASELINES) or not det] for m in matched)
+                if "random" in matched and p.params.get("calibrated_baseline") and self.lp_bytes_share is not None:
+                    total += n * len(self.seeds)
         self.planned = total
         return total
 
@@ -300,19 +316,22 @@ class Evaluation:
     def matched_baselines(self, names: list) -> None:
         """Random and first-k at each played router point's realised HP ratio. A baseline point already
         played whose realised ratio is within ``MATCH_TOLERANCE / 2`` of a later router point's serves
-        it too (``matched_to`` lists every router point it stands beside)."""
+        it too (``matched_to`` lists every router point it stands beside). A router point that pays
+        both tiers on some steps (LP first, HP on top) reads more weight bytes than its HP ratio says:
+        random also runs at its cost-equivalent ratio (:func:`metrics.cost_equivalent_hp_ratio`), the
+        point the report's *nearest in cost* row compares it with."""
         det = env_is_deterministic(self.cfg)
         for p, eps in [(p, e) for p, e in self.played if p.params.get("kind") == "router"]:
             r = realised_hp_ratio(eps)
             if not np.isfinite(r):
                 continue
             target = f"{p.method}/{p.point}"
-            if "random" in names and not self._reuse("random", r, target):
-                q = _baseline("random", f"ratio{r:.3f}", {"hp_ratio": round(r, 4)}, det, matched_to=[target])
-                got = realised_hp_ratio(self.play(q))
-                if abs(got - r) > MATCH_TOLERANCE:  # one correction of the Bernoulli rate
-                    q2 = float(np.clip(r + (r - got), 0.0, 1.0))
-                    self.play(_baseline("random", f"ratio{q2:.3f}", {"hp_ratio": round(q2, 4)}, det, matched_to=[target]))
+            if "random" in names:
+                self._random_at(r, target, det)
+                if self.lp_bytes_share is not None:
+                    q = cost_equivalent_hp_ratio(eps, self.lp_bytes_share)
+                    if q - r > MATCH_TOLERANCE:
+                        self._random_at(min(q, 1.0), target, det)
             if "first_k" in names and not self._reuse("first_k", r, target):
                 k = max(0, int(round(r * np.mean([e.length for e in eps]))))
                 got = realised_hp_ratio(self.play(_baseline("first_k", f"k{k}", {"k": k}, det, matched_to=[target])))
@@ -320,6 +339,17 @@ class Evaluation:
                     k2 = max(0, k + (1 if got < r else -1))
                     if not self._reuse("first_k", r, target, MATCH_TOLERANCE):
                         self.play(_baseline("first_k", f"k{k2}", {"k": k2}, det, matched_to=[target]))
+
+    def _random_at(self, r: float, target: str, det: bool) -> None:
+        """Random routing at HP ratio ``r`` beside router point ``target``: a played random point within
+        ``MATCH_TOLERANCE / 2`` of ``r``, else a new one, with one correction of its Bernoulli rate."""
+        if self._reuse("random", r, target):
+            return
+        q = _baseline("random", f"ratio{r:.3f}", {"hp_ratio": round(r, 4)}, det, matched_to=[target])
+        got = realised_hp_ratio(self.play(q))
+        if abs(got - r) > MATCH_TOLERANCE:  # one correction of the Bernoulli rate
+            q2 = float(np.clip(r + (r - got), 0.0, 1.0))
+            self.play(_baseline("random", f"ratio{q2:.3f}", {"hp_ratio": round(q2, 4)}, det, matched_to=[target]))
 
     def _reuse(self, method: str, r: float, target: str, tol: float = MATCH_TOLERANCE / 2) -> bool:
         """Mark the played ``method`` point nearest ``r`` (within ``tol``) as matched to ``target``."""
@@ -375,7 +405,7 @@ def run(cfg, router_ckpt=None, methods: Optional[list] = None, group=None, clien
         if clients:
             record_tiers(cfg.run_dir, clients)
         tasks = eval_tasks(num_tasks_of(group), cfg.eval.episodes)
-        ev = Evaluation(cfg, group, tasks, progress)
+        ev = Evaluation(cfg, group, tasks, progress, lp_bytes_share=lp_bytes_share(clients) if routed else None)
         calibration = {}
         if routed:
             with ev.timers("calibrate"):

@@ -182,6 +182,26 @@ def realised_hp_ratio(episodes: list) -> float:
     return float(t["hp_ratio"].mean()) if len(t["tasks"]) else float("nan")
 
 
+def cost_equivalent_hp_ratio(episodes: list, lp_bytes_share: float) -> float:
+    """The HP ratio at which a router paying one tier per step reads the same weight bytes per step
+    as ``episodes`` do, with ``lp_bytes_share`` = LP's weight bytes / HP's (in [0, 1)).
+
+    Per task, with h HP calls, l LP calls and n steps over its episodes: (h + s (l - n)) / (n (1 - s)),
+    s = lp_bytes_share; the mean over tasks. A router paying one tier per step (l = n - h) gets its
+    own HP ratio back; a cascade (LP at every step, HP on top: l = n) gets h / (n (1 - s)), more
+    than its HP ratio h / (h + n) says."""
+    s = float(lp_bytes_share)
+    if not 0.0 <= s < 1.0:
+        raise ValueError(f"lp_bytes_share must be in [0, 1) (LP reads fewer weight bytes than HP), got {s}")
+    t = point_table({0: list(episodes)})
+    tasks, inv = np.unique(t["task"], return_inverse=True)
+    if not len(tasks):
+        return float("nan")
+    h, c, n = (np.bincount(inv, weights=t[k], minlength=len(tasks)) for k in ("hp_calls", "calls", "steps"))
+    q = np.where(n > 0, (h + s * (c - h - n)) / np.maximum(n, 1) / (1.0 - s), 0.0)
+    return float(q.mean())
+
+
 # ---------------------------------------------------------------------------------------------
 # Paired comparison
 # ---------------------------------------------------------------------------------------------
