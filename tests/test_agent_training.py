@@ -143,7 +143,8 @@ def test_fine_tune_from_a_checkpoint_trains_only_the_top_layers(trained, tmp_pat
 
 def test_train_agent_flags_with_init_take_fine_tuning_defaults():
     from dmr_rl.cli import build_parser
-    from dmr_rl.models.train_agent import FINE_TUNE_DEFAULTS, TrainAgentConfig, config_from_args
+    from dmr_rl.cli.train_agent_cmds import config_from_args
+    from dmr_rl.models.train_agent import FINE_TUNE_DEFAULTS, TrainAgentConfig
 
     base = ["train", "agent", "--env", "alfworld", "--data", "D", "--out", "O"]
     plain = config_from_args(build_parser().parse_args(base))

@@ -1,7 +1,6 @@
 """``dmr models fetch|info`` (hub-free agent models) and ``dmr quantize`` (AWQ / RTN checkpoints).
 
-``dmr train agent`` is registered here too, by ``dmr_rl.models.train_agent.register_train_agent``
-when that module exists.
+``dmr train agent`` is registered here too (:mod:`dmr_rl.cli.train_agent_cmds`).
 """
 from __future__ import annotations
 
@@ -43,13 +42,9 @@ def register(sub, groups) -> None:
     q.add_argument("--out", required=True, help="output checkpoint directory")
     q.set_defaults(func=_quantize)
 
-    try:
-        from dmr_rl.models.train_agent import register_train_agent
-    except ModuleNotFoundError as e:
-        if e.name != "dmr_rl.models.train_agent":
-            raise
-    else:
-        register_train_agent(groups["train"])
+    from dmr_rl.cli.train_agent_cmds import register_train_agent
+
+    register_train_agent(groups["train"])
 
 
 def _fetch(args) -> int:
