@@ -61,3 +61,31 @@ def test_every_field_is_documented():
     assert len(rows) > 50
     undocumented = [name for name, help_text, _ in rows if not help_text.strip()]
     assert not undocumented
+
+
+def test_stage_commands_use_the_run_directorys_own_config(tmp_path, capsys):
+    """`dmr train grpo` (collect, label, train sft, eval) without --config on a run directory that
+    `dmr run` made reads that run's config.yaml, not the built-in defaults; --set still applies and
+    --config still wins; a directory without one gets the defaults."""
+    import argparse
+
+    from dmr_rl.cli import stage_config
+    from dmr_rl.config import save_config
+
+    run = tmp_path / "run"
+    (tmp_path / "agent").mkdir()
+    made = load_config(None, [f"run_dir={run}", "grpo.iterations=7", f"hp.model_path={tmp_path / 'agent'}"])
+    save_config(made, run / "config.yaml")
+
+    def args(config=None, *sets):
+        return argparse.Namespace(config=config, overrides=[f"run_dir={run}", *sets])
+
+    cfg = stage_config(args())
+    assert cfg.grpo.iterations == 7 and cfg.hp.model_path == str(tmp_path / "agent")
+    assert str(run / "config.yaml") in capsys.readouterr().err
+    assert stage_config(args(None, "grpo.iterations=3")).grpo.iterations == 3
+    preset = tmp_path / "p.yaml"
+    preset.write_text(f"run_dir: {run}\n")
+    assert stage_config(args(str(preset))).grpo.iterations == DMRConfig().grpo.iterations
+    other = argparse.Namespace(config=None, overrides=[f"run_dir={tmp_path / 'new'}"])
+    assert stage_config(other).grpo.iterations == DMRConfig().grpo.iterations

@@ -38,11 +38,35 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def add_config_args(p: argparse.ArgumentParser) -> None:
-    """The two flags every config-driven command shares."""
-    p.add_argument("--config", default=None, help="YAML preset (experiments/*.yaml); defaults when omitted")
+STAGE_CONFIG_HELP = ("YAML preset (experiments/*.yaml); omitted: the config.yaml `dmr run` saved in the run "
+                     "directory (run_dir, default runs/default) when there is one, else the built-in defaults")
+
+
+def add_config_args(p: argparse.ArgumentParser, omitted: str = STAGE_CONFIG_HELP) -> None:
+    """The two flags every config-driven command shares; ``omitted`` says what --config defaults to."""
+    p.add_argument("--config", default=None, help=omitted)
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.FIELD=VALUE",
                    help="override one config value (repeatable), e.g. --set grpo.iterations=4")
+
+
+def stage_config(args):
+    """The config of a command that works on one stage of a run (collect, label, train sft/grpo, eval):
+    ``--config`` when given; else the run directory's own ``config.yaml`` (what ``dmr run`` resolved:
+    the agent's model paths, its LP copy, the games), so a stage rerun on ``runs/default`` uses the
+    tiers that made it rather than the built-in defaults; else the built-in defaults. ``--set``
+    overrides apply on top (``run_dir`` picks the directory). Says on stderr which file it read."""
+    from pathlib import Path
+
+    from dmr_rl.config import load_config
+
+    if args.config:
+        return load_config(args.config, args.overrides)
+    cfg = load_config(None, args.overrides)
+    saved = Path(cfg.run_dir) / "config.yaml"
+    if not saved.is_file():
+        return cfg
+    print(f"dmr: no --config: using {saved}, the config this run directory was made with", file=sys.stderr)
+    return load_config(str(saved), args.overrides)
 
 
 def main(argv=None) -> int:

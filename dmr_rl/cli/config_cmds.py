@@ -6,7 +6,7 @@ from dmr_rl.cli import add_config_args
 
 def register(sub, groups) -> None:
     p = sub.add_parser("config", help="print the resolved config (YAML) or, with --fields, every field's doc")
-    add_config_args(p)
+    add_config_args(p, omitted="YAML preset (experiments/*.yaml); the built-in defaults when omitted")
     p.add_argument("--fields", action="store_true", help="list every field with its default and documentation")
     p.set_defaults(func=run)
 

@@ -38,7 +38,7 @@ def _register_run(sub) -> None:
 
     r = sub.add_parser("run", help="the main job: games, agent, quantize, collect, label, stage 1, stage 2, "
                                    "evaluation against every baseline, report (default: experiments/default.yaml)")
-    add_config_args(r)
+    add_config_args(r, omitted="YAML preset (experiments/*.yaml); experiments/default.yaml when omitted")
     r.add_argument("--fresh", action="store_true",
                    help="start over in a new directory (run_dir-2, ...) instead of continuing run_dir")
     r.add_argument("--train-agent", action="store_true",
@@ -59,10 +59,11 @@ def _run(args) -> int:
 
 
 def _eval(args) -> int:
-    from dmr_rl.config import load_config, save_config
+    from dmr_rl.cli import stage_config
+    from dmr_rl.config import save_config
     from dmr_rl.pipeline import evaluate
 
-    cfg = load_config(args.config, args.overrides)
+    cfg = stage_config(args)
     save_config(cfg, f"{cfg.run_dir}/eval/config.yaml")
     ckpts = evaluate.parse_router_ckpts(args.router_ckpt)
     dirs = list(ckpts.values())

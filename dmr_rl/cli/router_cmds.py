@@ -50,9 +50,9 @@ def register(sub, groups) -> None:
 
 
 def _cfg(args):
-    from dmr_rl.config import load_config
+    from dmr_rl.cli import stage_config
 
-    return load_config(args.config, args.overrides)
+    return stage_config(args)
 
 
 def _collect(args) -> int:
