@@ -42,6 +42,9 @@ def test_main_job_runs_every_stage_and_resumes(ray_session, alfworld_data, tmp_p
     for method in ("hp_only", "lp_only", "random", "sft", "grpo", "grpo_l1"):
         assert method in text
     assert (run_dir / "router_grpo_l1" / "router" / "router.json").is_file()
+    for name in ("grpo", "grpo_l1"):  # each GRPO router's rollouts and scalars in their own folders
+        assert any((run_dir / "tb" / name).glob("events.out.tfevents.*"))
+        assert any((run_dir / "trajectories" / name).iterdir())
     calibration = json.loads((run_dir / "eval" / "calibration.json").read_text())
     assert set(calibration) == {"sft", "grpo"} and calibration["grpo"]["split"] == "valid_seen"
     timings = json.loads((run_dir / "timings.json").read_text())

@@ -260,9 +260,9 @@ def run(cfg, *, init: Optional[str] = None, out_dir=None, resume: bool = False, 
         if not local:
             launcher.ray_init(cfg.ray, run_dir)
         clients = launcher.create_tier_clients(cfg, ("hp", "lp"), local=local)
-        group = launcher.create_rollout_group(cfg, clients, run_dir / "trajectories" / out.name.replace("router_", ""), local=local,
-                                              router=router)
+        name = out.name.replace("router_", "")  # router_grpo -> grpo: its rollouts and TensorBoard scalars
+        group = launcher.create_rollout_group(cfg, clients, run_dir / "trajectories" / name, local=local, router=router)
         return fit(cfg, group.rollout_fn, out, num_tasks=group.num_tasks(), init_router=init,
-                   resume=resume, log_dir=str(run_dir / "tb" / "grpo"), progress=progress)
+                   resume=resume, log_dir=str(run_dir / "tb" / name), progress=progress)
     finally:
         launcher.shutdown_all(group, clients)
