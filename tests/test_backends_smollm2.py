@@ -54,7 +54,7 @@ def test_cached_smollm2_scores_sensibly():
         pytest.skip("SmolLM2 not cached: run `dmr models fetch smollm2` first")
     from dmr_rl.models import load_backend
 
-    be = load_backend(model_path=str(smollm2.smollm2_dir()))
+    be = load_backend(model_path=str(smollm2.smollm2_dir()), dtype="float32")  # exact path equality is an fp32 property: auto is bf16 on AMX / AVX-512-BF16 CPUs
     assert be.model.config.num_hidden_layers == 30 and be.model.config.hidden_size == 576
     prompt = ("You are in a kitchen. You see a fridge 1 and a table 1. "
               "Your task is to: put an apple in the fridge. You hold an apple.\nNext action:")

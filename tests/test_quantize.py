@@ -85,7 +85,7 @@ def awq_and_rtn(src, tmp_path_factory):
 def test_save_load_identical_to_in_memory(src, awq_and_rtn):
     tok = load_tokenizer(src)
     for method, (model, d) in awq_and_rtn.items():
-        be = load_backend(model_path=d)  # a transformers tier on a compressed checkpoint
+        be = load_backend(model_path=d, dtype="float32")  # a transformers tier on a compressed checkpoint, fp32 like the in-memory one
         assert be.name == "compressed"
         for a, b in zip(logits(model, tok, HELD_OUT), logits(be.model, tok, HELD_OUT)):
             assert torch.equal(a, b), method
@@ -136,7 +136,7 @@ def test_qwen3_whole_path(tmp_path):
     qc = cfg["quantization_config"]
     assert qc["format"] == "pack-quantized" and qc["ignore"] == ["lm_head"]
     assert qc["config_groups"]["group_0"]["weights"]["num_bits"] == 4
-    hp = load_backend(model_path=str(d))
+    hp = load_backend(model_path=str(d), dtype="float32")  # the fp32 source: auto is bf16 on AMX / AVX-512-BF16 CPUs
     lp = load_backend(model_path=str(tmp_path / "lp"), backend="compressed")
     assert lp.weight_bytes < 0.6 * hp.weight_bytes
     prompts, cands = HELD_OUT[:2], [["look", "take apple 1"], ["click[buy now]", "search[x]"]]

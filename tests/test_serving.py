@@ -62,7 +62,7 @@ def _load(path):
     """A picklable factory (Ray workers cannot import this test module)."""
     from dmr_rl.serving.launcher import load_tier_backend
 
-    return functools.partial(load_tier_backend, TierConfig(), path)
+    return functools.partial(load_tier_backend, TierConfig(dtype="float32"), path)  # exact path equality is an fp32 property: auto is bf16 on AMX / AVX-512-BF16 CPUs
 
 
 def test_batched_ray_serving_matches_unbatched_calls(ray_session, tiny_model):

@@ -289,15 +289,16 @@ def calibration_prompts(model_dir, limit: int = 64) -> list[str]:
     return list(json.loads(path.read_text()))[:limit]
 
 
-def load_agent(model_dir, **overrides) -> LMAgent:
-    """An :class:`LMAgent` over the checkpoint in ``model_dir`` (any backend load_backend knows)."""
+def load_agent(model_dir, dtype: str = "auto", **overrides) -> LMAgent:
+    """An :class:`LMAgent` over the checkpoint in ``model_dir`` (any backend load_backend knows),
+    computing in ``dtype`` (``auto``: bf16 on CPUs with AMX / AVX-512-BF16, fp32 elsewhere)."""
     from dmr_rl.models import load_backend
 
     model_dir = Path(model_dir)
     if not model_dir.is_dir():
         raise ModelError(f"model directory {model_dir} does not exist")
     model_dir = resolve_agent_dir(model_dir)
-    backend = load_backend(model_path=str(model_dir))
+    backend = load_backend(model_path=str(model_dir), dtype=dtype)
     # a low-bit copy carries no agent_config.json of its own: use its parent agent's
     cfg_dir = model_dir if (model_dir / AGENT_CONFIG).exists() else model_dir.parent
     return LMAgent.from_checkpoint(cfg_dir, backend, **overrides)
