@@ -406,6 +406,16 @@ def _set_path(data: dict, dotted: str, value: Any) -> None:
     node[parts[-1]] = value
 
 
+def apply_overrides(data: dict, overrides: Optional[list[str]]) -> dict:
+    """Set each ``a.b=value`` override (value parsed as YAML) in the nested dict ``data``; returns it."""
+    for item in overrides or []:
+        if "=" not in item:
+            raise ConfigError(f"override {item!r} must look like section.field=value")
+        key, raw = item.split("=", 1)
+        _set_path(data, key.strip(), yaml.safe_load(raw) if raw.strip() else "")
+    return data
+
+
 def load_config(path: Optional[str] = None, overrides: Optional[list[str]] = None) -> DMRConfig:
     """Read a YAML preset (or defaults when ``path`` is None), apply ``a.b=value`` overrides, validate."""
     data: dict = {}
@@ -417,11 +427,7 @@ def load_config(path: Optional[str] = None, overrides: Optional[list[str]] = Non
             data = yaml.safe_load(p.read_text()) or {}
         except yaml.YAMLError as e:
             raise ConfigError(f"config file {p} is not valid YAML: {e}") from None
-    for item in overrides or []:
-        if "=" not in item:
-            raise ConfigError(f"override {item!r} must look like section.field=value")
-        key, raw = item.split("=", 1)
-        _set_path(data, key.strip(), yaml.safe_load(raw) if raw.strip() else "")
+    apply_overrides(data, overrides)
     cfg = _build(DMRConfig, data, "")
     if not cfg.env.data_dir and cfg.env.name == "alfworld" and os.environ.get("ALFWORLD_DATA"):
         cfg.env.data_dir = os.environ["ALFWORLD_DATA"]

@@ -84,6 +84,11 @@ def test_stage_commands_use_the_run_directorys_own_config(tmp_path, capsys):
     assert cfg.grpo.iterations == 7 and cfg.hp.model_path == str(tmp_path / "agent")
     assert str(run / "config.yaml") in capsys.readouterr().err
     assert stage_config(args(None, "grpo.iterations=3")).grpo.iterations == 3
+    # an override checked against the run's own models, not against the built-in defaults' agent
+    # (lp.group_size=48 does not divide the default tiny agent's width 128)
+    with pytest.raises(ConfigError, match="group_size"):
+        load_config(None, ["lp.group_size=48"])
+    assert stage_config(args(None, "lp.group_size=48")).lp.group_size == 48
     preset = tmp_path / "p.yaml"
     preset.write_text(f"run_dir: {run}\n")
     assert stage_config(args(str(preset))).grpo.iterations == DMRConfig().grpo.iterations

@@ -57,14 +57,14 @@ def stage_config(args):
     overrides apply on top (``run_dir`` picks the directory). Says on stderr which file it read."""
     from pathlib import Path
 
-    from dmr_rl.config import load_config
+    from dmr_rl.config import DMRConfig, apply_overrides, load_config
 
     if args.config:
         return load_config(args.config, args.overrides)
-    cfg = load_config(None, args.overrides)
-    saved = Path(cfg.run_dir) / "config.yaml"
+    # the directory alone: the overrides are validated once, against the config they will apply to
+    saved = Path(str(apply_overrides({}, args.overrides).get("run_dir", DMRConfig().run_dir))) / "config.yaml"
     if not saved.is_file():
-        return cfg
+        return load_config(None, args.overrides)
     print(f"dmr: no --config: using {saved}, the config this run directory was made with", file=sys.stderr)
     return load_config(str(saved), args.overrides)
 
