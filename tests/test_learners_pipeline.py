@@ -43,7 +43,8 @@ def synthetic_labelled_rows(n_eps=60, T=8, seed=0):
             kl = float(rng.exponential(0.5) + (2.0 if crit else 0.0))
             rows.append({"episode_id": f"ep{e}", "step": t, "task": "put a mug in the fridge",
                          "task_index": e // 2,  # every task collected twice, as a replaying collection does
-                         "obs": obs, "history": [list(h) for h in hist], "kl": kl, "label": int(crit)})
+                         "obs": obs, "history": [list(h) for h in hist], "kl": kl, "label": int(crit),
+                         "flip": int(not crit)})  # anti-labels, so auroc_flip must read this field
             hist.append((f"go to {rng.choice(WORDS)} 1", obs))
     return rows
 
@@ -68,6 +69,7 @@ def test_sft_reaches_auroc_on_holdout_and_saves_a_loadable_router(tmp_path):
     assert res["pos_weight"] == pytest.approx((len(train) - pos) / pos) and res["pos_weight"] > 1.5
     assert res["holdout"]["auroc"] >= 0.9, res["history"]
     assert res["history"][0]["auroc"] < res["holdout"]["auroc"]  # it learned, it did not start there
+    assert res["holdout"]["auroc_flip"] == pytest.approx(1.0 - res["holdout"]["auroc"])
     # the saved router reproduces the held-out ranking on fresh contexts
     router = make_router("transformer", path=str(tmp_path / "router"))
     crit = StepContext(task="put a mug in the fridge", obs="You see mug locked drawer table.", step=3)

@@ -78,6 +78,8 @@ def test_label_different_models_marks_the_budget_share(alfworld_data, tiny_model
     frows = [json.loads(line) for line in open(flip["labelled_steps"])]
     assert [r["kl"] for r in frows] == pytest.approx(kls.tolist())
     assert sum(r["label"] for r in frows) == flip["positives"] == flip["greedy_flips"]
+    # every labelled row keeps its flip, whatever the label rule: the KL-labelled rows carry the same flips
+    assert [r["flip"] for r in rows] == [r["flip"] for r in frows] == [r["label"] for r in frows]
     assert flip["mode"] == "greedy_flip" and flip["threshold"] is None and flip["kl_temperature"] == 1.0
 
 

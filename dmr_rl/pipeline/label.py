@@ -164,8 +164,9 @@ def run(cfg, traj_dir: Optional[str] = None, out_path: Optional[str] = None, loc
             labels, targets, thr = scored["flip"], scored["flip"].astype(np.float64), None
         else:
             labels, targets, thr = label_steps(kls, lc.mode, lc.rho, lc.kl_threshold, soft=True)
-        rows = [step_row(e, i, float(k), int(y), target=float(t), lp_hidden=e.steps[i].extra.get("lp_hidden"))
-                for (e, i), k, y, t in zip(index, kls, labels, targets)]
+        rows = [step_row(e, i, float(k), int(y), target=float(t), lp_hidden=e.steps[i].extra.get("lp_hidden"),
+                         flip=int(f))
+                for (e, i), k, y, t, f in zip(index, kls, labels, targets, scored["flip"])]
         path = write_labelled_steps(out_path or labels_path(cfg.run_dir), rows)
     stats = {"labelled_steps": str(path), "trajectories": str(src), "episodes": len(episodes),
              "steps": len(steps), "positives": int(labels.sum()), "positive_rate": float(labels.mean()),

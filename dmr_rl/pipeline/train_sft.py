@@ -17,6 +17,7 @@ admissible      list      admissible actions (kept for reference, not a router f
 task_type       str       task family type
 task_index      int       the task's index in its split (train/holdout split is by task: this, else ``task``)
 tier            int       who acted while collecting (1 HP, 0 LP)
+flip            int       1 where the tiers' greedy actions differ (held-out AUROC against it: auroc_flip)
 lp_hidden       list      the LP model's last hidden state (needed when router.features=lp_hidden)
 ==============  ========  ===========================================================
 
@@ -46,8 +47,10 @@ REQUIRED = {"episode_id": str, "step": int, "task": str, "obs": str, "history": 
 
 
 def step_row(episode, t: int, kl: float, label: int, target: Optional[float] = None,
-             lp_hidden=None) -> dict:
-    """The labelled-steps object for step ``t`` of an ``EpisodeRecord``."""
+             lp_hidden=None, flip: Optional[int] = None) -> dict:
+    """The labelled-steps object for step ``t`` of an ``EpisodeRecord`` (``flip``: 1 where the tiers'
+    greedy actions differ, kept so a router can be scored against the steps where routing changes
+    the action)."""
     steps = episode.steps
     s = steps[t]
     row = {"episode_id": episode.episode_id, "step": int(s.step), "task": episode.task, "obs": s.obs,
@@ -56,6 +59,8 @@ def step_row(episode, t: int, kl: float, label: int, target: Optional[float] = N
            "task_type": episode.task_type, "task_index": int(episode.task_index), "tier": int(s.tier)}
     if target is not None:
         row["target"] = float(target)
+    if flip is not None:
+        row["flip"] = int(flip)
     if lp_hidden is not None:
         row["lp_hidden"] = [float(x) for x in np.asarray(lp_hidden).reshape(-1)]
     return row
@@ -193,6 +198,7 @@ def fit(cfg, labelled_path, out_dir, *, log_dir: Optional[str] = None, learner_g
     from torch.utils.tensorboard import SummaryWriter
     from tqdm import tqdm
 
+    from dmr_rl.algos.router_losses import auroc
     from dmr_rl.learners.router_learners import (build_learner_group, check_learner_group, make_batch,
                                                   reset_learner_group, router_weights, update_metrics)
     from dmr_rl.pipeline.timing import Timers
@@ -253,6 +259,8 @@ def fit(cfg, labelled_path, out_dir, *, log_dir: Optional[str] = None, learner_g
                     router.set_weights(router_weights(lg))
                     scores = 1.0 / (1.0 + np.exp(-router.logits_from_features(hold_x)))
                     hold_m = holdout_metrics(scores, [r["label"] for r in hold_rows], router.threshold)
+                    if all("flip" in r for r in hold_rows):
+                        hold_m["auroc_flip"] = auroc(scores, [r["flip"] for r in hold_rows])
                 history.append({"epoch": epoch + 1, "loss": train_m.get("bce"), **hold_m})
                 if writer:
                     for k in ("auroc", "precision", "recall"):
