@@ -97,6 +97,10 @@ class CollectConfig:
     num_workers: int = doc(2, "Rollout-worker actors.")
     envs_per_worker: int = doc(4, "Environments hosted per rollout worker.")
     seed: int = doc(0, "Seed for task order and sampling.")
+    record_kl: bool = doc(False, "Also run the other tier at every collected step (its KV cache kept per episode like the "
+                                 "acting tier's) and record KL(HP || LP) and whether the greedy actions agree; dmr "
+                                 "label then labels from these instead of scoring every step again (score mode, greedy "
+                                 "acting, kl_space actions or greedy_flip; dmr label --rescore scores anyway).")
 
 
 @dataclass

@@ -83,6 +83,33 @@ def test_label_different_models_marks_the_budget_share(alfworld_data, tiny_model
     assert flip["mode"] == "greedy_flip" and flip["threshold"] is None and flip["kl_temperature"] == 1.0
 
 
+def test_label_reads_the_kl_collection_recorded_and_matches_rescoring(alfworld_data, tiny_models, tmp_path):
+    """collect.record_kl: both tiers at every collected step (KV cache kept per episode); dmr label
+    then labels from the recorded KL and flips without loading a tier, and they equal what scoring
+    every step again gives."""
+    from dmr_rl.pipeline import collect, label
+
+    a, b = tiny_models
+    cfg = load_config(None, _overrides(tmp_path / "run", alfworld_data, a, b, episodes=3)
+                      + ["collect.record_kl=true", "hp.dtype=float32", "lp.dtype=float32"])
+    s = collect.run(cfg, local=True, progress=False)
+    assert s["record_kl"] is True
+    eps = TrajectoryStore.read(s["trajectories"])
+    assert all(x.kl is not None and "tiers_agree" in x.extra for e in eps for x in e.steps)
+    rec = label.run(cfg, out_path=str(tmp_path / "rec.jsonl"), progress=False)
+    assert rec["kl_source"] == "recorded at collection" and "start" not in rec["timers_s"]
+    new = label.run(cfg, out_path=str(tmp_path / "new.jsonl"), progress=False, rescore=True)
+    assert new["kl_source"] == "scored" and "kl" in new["timers_s"]
+    r1 = [json.loads(line) for line in open(rec["labelled_steps"])]
+    r2 = [json.loads(line) for line in open(new["labelled_steps"])]
+    assert [r["kl"] for r in r1] == pytest.approx([r["kl"] for r in r2], rel=1e-4, abs=1e-6)
+    assert [r["flip"] for r in r1] == [r["flip"] for r in r2] and [r["label"] for r in r1] == [r["label"] for r in r2]
+    assert rec["positives"] > 0 and rec["steps"] == sum(e.length for e in eps)
+    # a sampling agent's recorded agreement is between sampled actions, not the greedy ones: scored again
+    cfg.agent.temperature = 0.7
+    assert label.run(cfg, out_path=str(tmp_path / "t.jsonl"), progress=False)["kl_source"] == "scored"
+
+
 def test_collect_through_ray_actors_with_mixed_policy(ray_session, alfworld_data, tmp_path):
     from dmr_rl.pipeline import collect
     from dmr_rl.serving.fake_backend import FakeBackend

@@ -18,7 +18,8 @@ def register(sub, groups) -> None:
     add_config_args(c)
     c.add_argument("--local", action="store_true", help="in-process tiers and workers (no Ray actors)")
     c.add_argument("--record-kl", action="store_true",
-                   help="also run the other tier at every step and record the true per-step KL")
+                   help="also run the other tier at every step and record the true per-step KL "
+                        "(collect.record_kl=true; dmr label then labels from it)")
     c.add_argument("--no-progress", action="store_true")
     c.set_defaults(func=_collect)
 
@@ -28,6 +29,8 @@ def register(sub, groups) -> None:
     lab.add_argument("--out", default=None, help="labelled-steps file (default <run_dir>/labels/steps.jsonl)")
     lab.add_argument("--ray", action="store_true", help="serve the tiers through Ray model servers")
     lab.add_argument("--batch-size", type=int, default=16, help="steps per backend call")
+    lab.add_argument("--rescore", action="store_true",
+                     help="score every step with both tiers even where collection recorded the KL")
     lab.add_argument("--no-progress", action="store_true")
     lab.set_defaults(func=_label)
 
@@ -61,7 +64,7 @@ def _collect(args) -> int:
 
     cfg = _cfg(args)
     save_config(cfg, Path(cfg.run_dir) / "trajectories" / "config.yaml")
-    collect.print_summary(collect.run(cfg, local=args.local, record_kl=args.record_kl,
+    collect.print_summary(collect.run(cfg, local=args.local, record_kl=True if args.record_kl else None,
                                       progress=not args.no_progress))
     return 0
 
@@ -71,7 +74,8 @@ def _label(args) -> int:
 
     cfg = _cfg(args)
     label.print_stats(label.run(cfg, traj_dir=args.trajectories, out_path=args.out, local=not args.ray,
-                                progress=not args.no_progress, batch_size=args.batch_size))
+                                progress=not args.no_progress, batch_size=args.batch_size,
+                                rescore=args.rescore))
     return 0
 
 

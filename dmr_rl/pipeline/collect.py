@@ -43,10 +43,12 @@ def _fresh_dir(out: Path) -> None:
     out.mkdir(parents=True, exist_ok=True)
 
 
-def run(cfg, local: bool = False, record_kl: bool = False, progress: bool = True,
+def run(cfg, local: bool = False, record_kl: Optional[bool] = None, progress: bool = True,
         backend_specs: Optional[dict] = None, torch_threads: Optional[int] = 1) -> dict:
     """Collect ``cfg.collect.episodes`` episodes; returns the summary (also written to disk).
 
+    ``record_kl`` (None: ``cfg.collect.record_kl``): both tiers at every step, the KL and the
+    greedy agreement recorded per step (what ``dmr label`` would otherwise score again).
     ``local``: in-process tiers and workers instead of Ray actors (``torch_threads`` intra-op
     threads for them; Ray actors use one each). ``backend_specs``: per tier a zero-argument
     Backend factory replacing the configured one (tests)."""
@@ -59,6 +61,7 @@ def run(cfg, local: bool = False, record_kl: bool = False, progress: bool = True
 
     timers = Timers()
     c = cfg.collect
+    record_kl = c.record_kl if record_kl is None else bool(record_kl)
     out = collect_dir(cfg.run_dir)
     record_hidden = cfg.router.features == "lp_hidden"  # stage 1 of an lp_hidden router reads them
     tiers = ("hp", "lp") if record_kl or record_hidden else TIERS_FOR[c.policy]
@@ -85,7 +88,7 @@ def run(cfg, local: bool = False, record_kl: bool = False, progress: bool = True
     episodes = TrajectoryStore.read(out)
     kls = np.array([s.kl for e in episodes for s in e.steps if s.kl is not None], dtype=np.float64)
     summary.update(policy=c.policy, trajectories=str(out), stored_episodes=len(episodes),
-                   num_tasks=num_tasks, split=cfg.env.train_split, timers_s=timers.as_dict())
+                   num_tasks=num_tasks, split=cfg.env.train_split, record_kl=record_kl, timers_s=timers.as_dict())
     if kls.size:
         from dmr_rl.algos.kl_labels import kl_summary
 

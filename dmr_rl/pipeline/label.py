@@ -20,6 +20,10 @@ KL >= ``label.kl_threshold``. Every row also carries the soft target of
 :func:`dmr_rl.algos.kl_labels.soft_targets` (0.5 at the cut, on a log-KL scale), used when
 ``sft.soft_targets`` is on (greedy_flip: the flip itself).
 
+When collection ran both tiers at every step (``collect.record_kl``), the KL over the actions and
+the greedy flip it recorded are used instead of scoring again (greedy score-mode acting, where they
+are the same quantities; ``label_stats.json``'s ``kl_source`` says which; ``--rescore`` scores).
+
 Output: ``<run_dir>/labels/steps.jsonl`` in the labelled-steps format of
 :mod:`dmr_rl.pipeline.train_sft` (``step_row``), and ``<run_dir>/labels/label_stats.json``.
 """
@@ -103,6 +107,16 @@ def step_kls(clients: dict, steps: list, space: str, batch_size: int = 16, progr
     return step_scores(clients, steps, space, batch_size, progress, length_normalised, temperature)["kl"]
 
 
+def recorded_scores(steps: list) -> Optional[dict]:
+    """{"kl": [N], "flip": [N]} as collection recorded them (``collect.record_kl``: both tiers ran
+    at every step; the KL over the admissible actions at temperature 1 and whether the greedy
+    actions agreed), or None when a step lacks either."""
+    if not steps or any(s.kl is None or "tiers_agree" not in s.extra for s in steps):
+        return None
+    return {"kl": np.array([float(s.kl) for s in steps]),
+            "flip": np.array([0 if s.extra["tiers_agree"] else 1 for s in steps], dtype=np.int64)}
+
+
 def acting_rule(cfg) -> tuple[bool, float]:
     """(length_normalised, KL temperature) the labels follow: the agent's own scoring rule (its
     ``agent_config.json``, as the rollout workers read it) and ``agent.temperature`` when it
@@ -116,19 +130,18 @@ def acting_rule(cfg) -> tuple[bool, float]:
 
 def run(cfg, traj_dir: Optional[str] = None, out_path: Optional[str] = None, local: bool = True,
         progress: bool = True, backend_specs: Optional[dict] = None, batch_size: int = 16,
-        torch_threads: Optional[int] = 1) -> dict:
+        torch_threads: Optional[int] = 1, rescore: bool = False) -> dict:
     """Label the steps of the trajectories in ``traj_dir`` (default: the collect directory).
 
+    When collection recorded every step's KL and greedy agreement (``collect.record_kl``) and they
+    are what this rule needs (score mode, greedy acting: KL at temperature 1, over the actions),
+    the labels come from them and no tier is loaded; ``rescore`` scores every step anyway.
     ``local``: tiers in this process (default; one batched pass) or Ray model servers.
     ``torch_threads``: intra-op threads for in-process tiers (1 is fastest on a shared 2-core box)."""
-    from tqdm import tqdm
-
     from dmr_rl.pipeline.collect import collect_dir
     from dmr_rl.pipeline.timing import Timers
     from dmr_rl.pipeline.train_sft import step_row, write_labelled_steps
     from dmr_rl.rollout.records import TrajectoryStore
-    from dmr_rl.serving import launcher
-    from dmr_rl.serving.clients import torch_threads_set
 
     timers = Timers()
     lc = cfg.label
@@ -144,21 +157,14 @@ def run(cfg, traj_dir: Optional[str] = None, out_path: Optional[str] = None, loc
     if missing:
         raise DataError(f"{len(missing)} recorded steps have no prompt (field 'prompt'); first: "
                         f"episode {index[missing[0]][0].episode_id} step {index[missing[0]][1]}", path=str(src))
-    clients = None
-    try:
-        with timers("start"):
-            if not local:
-                launcher.ray_init(cfg.ray, cfg.run_dir)
-            clients = launcher.create_tier_clients(cfg, ("hp", "lp"), local=local, backend_specs=backend_specs)
-        with timers("kl"), torch_threads_set(torch_threads if local else None), \
-                tqdm(total=len(steps), desc=f"label (KL over {lc.kl_space})", unit="step",
-                     disable=not progress, dynamic_ncols=True) as bar:
-            scored = step_scores(clients, steps, lc.kl_space, batch_size, bar.update,
-                                 length_normalised=length_normalised, temperature=temperature)
-            kls = scored["kl"]
-    finally:
-        if clients and not local:
-            launcher.shutdown_all(None, clients)
+    usable = not rescore and lc.kl_space != "tokens" and cfg.agent.action_mode == "score" and cfg.agent.temperature == 0
+    scored = recorded_scores(steps) if usable else None
+    source = "recorded at collection"
+    if scored is None:
+        source = "scored"
+        scored = _score_both_tiers(cfg, steps, timers, local, progress, backend_specs, batch_size, torch_threads,
+                                   length_normalised, temperature)
+    kls = scored["kl"]
     with timers("write"):
         if lc.kl_space == "greedy_flip":
             labels, targets, thr = scored["flip"], scored["flip"].astype(np.float64), None
@@ -173,18 +179,43 @@ def run(cfg, traj_dir: Optional[str] = None, out_path: Optional[str] = None, loc
              "mode": "greedy_flip" if lc.kl_space == "greedy_flip" else lc.mode, "rho": lc.rho,
              "threshold": thr, "kl_space": lc.kl_space, "length_normalised": length_normalised,
              "kl_temperature": temperature if lc.kl_space != "tokens" else 1.0,
-             "greedy_flips": int(scored["flip"].sum()),
+             "greedy_flips": int(scored["flip"].sum()), "kl_source": source,
              "kl": kl_summary(kls), "timers_s": timers.as_dict()}
     (path.parent / "label_stats.json").write_text(json.dumps(stats, indent=1))
     timers.write_tensorboard(Path(cfg.run_dir) / "tb" / "label")
     return stats
 
 
+def _score_both_tiers(cfg, steps, timers, local, progress, backend_specs, batch_size, torch_threads,
+                      length_normalised, temperature) -> dict:
+    """:func:`step_scores` of ``steps`` with both tiers started here (in process or as Ray servers)."""
+    from tqdm import tqdm
+
+    from dmr_rl.serving import launcher
+    from dmr_rl.serving.clients import torch_threads_set
+
+    clients = None
+    try:
+        with timers("start"):
+            if not local:
+                launcher.ray_init(cfg.ray, cfg.run_dir)
+            clients = launcher.create_tier_clients(cfg, ("hp", "lp"), local=local, backend_specs=backend_specs)
+        with timers("kl"), torch_threads_set(torch_threads if local else None), \
+                tqdm(total=len(steps), desc=f"label (KL over {cfg.label.kl_space})", unit="step",
+                     disable=not progress, dynamic_ncols=True) as bar:
+            return step_scores(clients, steps, cfg.label.kl_space, batch_size, bar.update,
+                               length_normalised=length_normalised, temperature=temperature)
+    finally:
+        if clients and not local:
+            launcher.shutdown_all(None, clients)
+
+
 def print_stats(s: dict) -> None:
     k = s["kl"]
     print(f"label: {s['steps']} steps of {s['episodes']} episodes -> {s['labelled_steps']}")
     space = "actions" if s["kl_space"] == "greedy_flip" else s["kl_space"]
-    print(f"  KL(HP||LP) over {space} (temperature {s.get('kl_temperature', 1.0):g}): mean {k['mean']:.4f}  "
+    print(f"  KL(HP||LP) over {space} (temperature {s.get('kl_temperature', 1.0):g}, {s.get('kl_source', 'scored')}): "
+          f"mean {k['mean']:.4f}  "
           f"p50 {k['p50']:.4f}  p90 {k['p90']:.4f}  p99 {k['p99']:.4f}  max {k['max']:.4f}  "
           f"top-5% share {k['top5_share']:.3f}")
     print(f"  {s['mode']} labels: {s['positives']} positive ({100 * s['positive_rate']:.1f}%), "
