@@ -14,6 +14,8 @@ of steps a threshold must send to HP to catch 80% of the flips. Written to
 ``<run_dir>/analysis/router_task_curve.json``.
 
     python experiments/router_task_curve.py runs/many --sizes 10 20 40 80 --repeats 2
+    python experiments/router_task_curve.py runs/many --sizes 120 --set router.d_model=128   # a recipe at one size
+    python experiments/router_task_curve.py runs/many --sizes 120 --labels flip             # trained on the flips
 """
 from __future__ import annotations
 
@@ -35,16 +37,20 @@ def task_keys(rows: list) -> np.ndarray:
     return np.array([int(r["task_index"]) for r in rows])
 
 
-def relabel(rows: list, train: np.ndarray, label_cfg) -> list:
-    """Copies of ``rows`` labelled by the run's rule with the KL cut fitted on the ``train`` rows only."""
+def relabel(rows: list, train: np.ndarray, label_cfg, rule: str = "kl") -> list:
+    """Copies of ``rows`` labelled by the run's rule with the KL cut fitted on the ``train`` rows only
+    (``rule="flip"``: the flips themselves)."""
     from dmr_rl.algos.kl_labels import label_steps
+
+    if rule == "flip":
+        return [dict(r, label=int(r["flip"]), target=float(r["flip"])) for r in rows]
 
     kl = np.array([r["kl"] for r in rows])
     _, _, cut = label_steps(kl[train], label_cfg.mode, label_cfg.rho, label_cfg.kl_threshold)
     return [dict(r, label=int(k >= cut and k > 0), target=float(k >= cut and k > 0)) for r, k in zip(rows, kl)]
 
 
-def curve(cfg, rows: list, sizes: list, repeats: int, test_share: float, seed: int) -> dict:
+def curve(cfg, rows: list, sizes: list, repeats: int, test_share: float, seed: int, rule: str = "kl") -> dict:
     """{N: {"auroc_label", "auroc_flip" (each with a CI), "hp_share_80", "train_steps"}} for the
     held-out tasks, the scores of each N averaged over ``repeats`` draws of its training tasks."""
     tasks = task_keys(rows)
@@ -64,7 +70,7 @@ def curve(cfg, rows: list, sizes: list, repeats: int, test_share: float, seed: i
         for r in range(repeats):
             chosen = np.random.default_rng([seed, n, r]).choice(pool, size=n, replace=False)
             train = np.isin(tasks, chosen)
-            lab = relabel(rows, train, cfg.label)
+            lab = relabel(rows, train, cfg.label, rule)
             labels = np.array([x["label"] for x in lab])[test]  # the test labels' cut moves a little per draw
             with tempfile.TemporaryDirectory() as tmp:
                 preds.append(ri.train_and_score(cfg, "tokens", [x for x, m in zip(lab, train) if m],
@@ -87,14 +93,26 @@ def main(argv=None) -> int:
     p.add_argument("--repeats", type=int, default=2, help="draws of the training tasks per size")
     p.add_argument("--test-share", type=float, default=0.25, help="share of tasks held out (fixed for all sizes)")
     p.add_argument("--epochs", type=int, default=0, help="stage-1 epochs (0: the run's sft.epochs)")
+    p.add_argument("--labels", choices=("kl", "flip"), default="kl", help="train on the run's KL rule or on the flips")
+    p.add_argument("--set", action="append", default=[], metavar="SECTION.FIELD=VALUE",
+                   help="override the run's config (router.d_model=128, sft.lr=1e-3, label.rho=0.4, ...)")
+    p.add_argument("--out", default="", help="result file (default <run_dir>/analysis/router_task_curve.json)")
     p.add_argument("--seed", type=int, default=0)
     a = p.parse_args(argv)
-    from dmr_rl.config import load_config
+    import yaml
+
+    from dmr_rl.config import ConfigError, apply_overrides, load_config
     from dmr_rl.pipeline.label import labels_path
     from dmr_rl.pipeline.train_sft import read_labelled_steps
 
     run_dir = Path(a.run_dir)
-    cfg = load_config(str(run_dir / "config.yaml"))
+    data = yaml.safe_load((run_dir / "config.yaml").read_text()) if (run_dir / "config.yaml").is_file() else None
+    if data is None:
+        raise ConfigError(f"{run_dir / 'config.yaml'}: not found or empty (a run directory made by dmr collect/run)")
+    with tempfile.NamedTemporaryFile("w", suffix=".yaml", delete=False) as f:
+        yaml.safe_dump(apply_overrides(data, a.set), f)
+    cfg = load_config(f.name)
+    Path(f.name).unlink()
     if a.epochs:
         cfg.sft.epochs = a.epochs
     rows = read_labelled_steps(labels_path(run_dir))
@@ -102,8 +120,9 @@ def main(argv=None) -> int:
         raise SystemExit(f"{labels_path(run_dir)}: rows without 'flip' (labelled before flips were kept); "
                          "run `dmr label` again on this run")
     res = dict(run_dir=str(run_dir), steps=len(rows), tasks=len(set(task_keys(rows).tolist())),
-               epochs=cfg.sft.epochs, **curve(cfg, rows, a.sizes, a.repeats, a.test_share, a.seed))
-    out = run_dir / "analysis" / "router_task_curve.json"
+               epochs=cfg.sft.epochs, labels=a.labels, overrides=a.set,
+               **curve(cfg, rows, a.sizes, a.repeats, a.test_share, a.seed, a.labels))
+    out = Path(a.out) if a.out else run_dir / "analysis" / "router_task_curve.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(res, indent=1))
     print(f"\n{res['steps']} labelled steps on {res['tasks']} tasks; held out {res['test_tasks']} tasks "

@@ -34,6 +34,8 @@ def test_relabel_fits_the_kl_cut_on_the_training_rows_only():
     # the cut is the top quarter of the training KLs (0.4): every test row above it is positive
     assert [r["label"] for r in lab] == [0, 0, 0, 1, 1, 1, 1, 1]
     assert [r["target"] for r in lab] == [float(r["label"]) for r in lab]
+    flips = [dict(r, flip=f) for r, f in zip(rows, (1, 0, 0, 0, 0, 0, 0, 1))]
+    assert [r["label"] for r in rtc.relabel(flips, train, load_config(None).label, rule="flip")] == [1, 0, 0, 0, 0, 0, 0, 1]
 
 
 def test_curve_holds_out_fixed_tasks_and_learns_the_signal():
