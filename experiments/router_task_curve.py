@@ -39,15 +39,10 @@ def task_keys(rows: list) -> np.ndarray:
 
 def relabel(rows: list, train: np.ndarray, label_cfg, rule: str = "kl") -> list:
     """Copies of ``rows`` labelled by the run's rule with the KL cut fitted on the ``train`` rows only
-    (``rule="flip"``: the flips themselves)."""
-    from dmr_rl.algos.kl_labels import label_steps
-
-    if rule == "flip":
-        return [dict(r, label=int(r["flip"]), target=float(r["flip"])) for r in rows]
-
-    kl = np.array([r["kl"] for r in rows])
-    _, _, cut = label_steps(kl[train], label_cfg.mode, label_cfg.rho, label_cfg.kl_threshold)
-    return [dict(r, label=int(k >= cut and k > 0), target=float(k >= cut and k > 0)) for r, k in zip(rows, kl)]
+    (``rule="flip"``: the flips themselves), as ``router_inputs.fold_labels`` labels its folds."""
+    scores = {"kl": np.array([r["kl"] for r in rows]), "flip": np.array([int(r.get("flip", 0)) for r in rows])}
+    labels = ri.fold_labels(rule, scores, train, label_cfg)
+    return [dict(r, label=int(y), target=float(y)) for r, y in zip(rows, labels)]
 
 
 def curve(cfg, rows: list, sizes: list, repeats: int, test_share: float, seed: int, rule: str = "kl") -> dict:
@@ -99,20 +94,12 @@ def main(argv=None) -> int:
     p.add_argument("--out", default="", help="result file (default <run_dir>/analysis/router_task_curve.json)")
     p.add_argument("--seed", type=int, default=0)
     a = p.parse_args(argv)
-    import yaml
-
-    from dmr_rl.config import ConfigError, apply_overrides, load_config
+    from dmr_rl.config import load_config
     from dmr_rl.pipeline.label import labels_path
     from dmr_rl.pipeline.train_sft import read_labelled_steps
 
     run_dir = Path(a.run_dir)
-    data = yaml.safe_load((run_dir / "config.yaml").read_text()) if (run_dir / "config.yaml").is_file() else None
-    if data is None:
-        raise ConfigError(f"{run_dir / 'config.yaml'}: not found or empty (a run directory made by dmr collect/run)")
-    with tempfile.NamedTemporaryFile("w", suffix=".yaml", delete=False) as f:
-        yaml.safe_dump(apply_overrides(data, a.set), f)
-    cfg = load_config(f.name)
-    Path(f.name).unlink()
+    cfg = load_config(str(run_dir / "config.yaml"), a.set)
     if a.epochs:
         cfg.sft.epochs = a.epochs
     rows = read_labelled_steps(labels_path(run_dir))
