@@ -56,6 +56,33 @@ def test_score_actions_matches_naive_loop(tiny):
     assert batched.cost.weight_bytes_read == pytest.approx(2 * be.weight_bytes)  # two batched forwards
 
 
+def test_prompt_hidden_stops_at_a_decoder_layer_and_charges_that_share(tiny):
+    """prompt_hidden(layer=k) is the output of decoder layer k at each prompt's last token (what
+    output_hidden_states gives at index k), the layers above k never run, and the cost meter
+    counts k / n_layers of a forward; layer 0 is the last layer after the final norm."""
+    from dmr_rl.errors import ModelError
+
+    be = load_backend({"model_path": tiny, "backend": "transformers", "dtype": "float32"})
+    n = be.num_layers
+    assert n >= 2 and be.info()["num_layers"] == n
+    ran = []
+    handles = [m.register_forward_hook(lambda mod, i, o, k=k: ran.append(k)) for k, m in enumerate(be.model.model.layers)]
+    before = be.cost.snapshot()["weight_bytes_read"]
+    got = be.prompt_hidden(PROMPTS, layer=1)
+    for h in handles:
+        h.remove()
+    assert ran == [0]  # only the first decoder layer ran
+    assert be.cost.snapshot()["weight_bytes_read"] - before == pytest.approx(be.weight_bytes / n)
+    tok = be.tokenizer
+    for p, g in zip(PROMPTS, got):
+        with torch.no_grad():
+            out = be.model(input_ids=torch.tensor([tok(p)["input_ids"]]), output_hidden_states=True)
+        np.testing.assert_allclose(g, out.hidden_states[1][0, -1].numpy(), atol=1e-4)
+        np.testing.assert_allclose(be.prompt_hidden([p])[0], out.hidden_states[-1][0, -1].numpy(), atol=1e-4)
+    with pytest.raises(ModelError, match=f"layer {n + 1} is not a decoder layer"):
+        be.prompt_hidden(PROMPTS, layer=n + 1)
+
+
 def test_score_actions_chunks_agree(tiny, monkeypatch):
     """Splitting the candidate rows into several forwards changes nothing."""
     import dmr_rl.models.backends.transformers_backend as tb

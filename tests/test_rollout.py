@@ -179,6 +179,40 @@ def test_lp_hidden_router_reads_the_lp_prompt_state_and_pays_for_it(alfworld_dat
     assert all("lp_hidden" not in s.extra and s.weight_bytes == HP_BYTES for s in last.steps)
 
 
+def test_a_router_reading_an_inner_lp_layer_pays_that_share_of_an_lp_call(alfworld_data, tmp_path):
+    """hidden_layer=k: the worker asks LP for layer k's state (fake LP: 4 layers), records it, and
+    charges k/4 of an LP call (extra["lp_part"], bytes) on steps HP acts on; on LP's own steps the
+    pass is the start of LP's call, so nothing is added to the calls."""
+    from dmr_rl.config import RouterConfig
+    from dmr_rl.report.metrics import step_calls
+    from dmr_rl.router.transformer import TransformerRouter
+    from dmr_rl.serving.fake_backend import HIDDEN
+
+    spec = EnvSpec("alfworld", alfworld_data, "train", max_steps=3)
+    clients = _clients()
+    lp_backend = clients["lp"].backend
+    for threshold, tier in ((0.0, HP), (1.1, LP)):  # P(HP) >= 0: always HP; > 1: never
+        router = TransformerRouter(RouterConfig(n_layers=0, features="lp_hidden", hidden_layer=2),
+                                   hidden_dim=HIDDEN, threshold=threshold)
+        assert router.hidden_layer == 2
+        out = tmp_path / str(tier)
+        RolloutWorker(0, clients, spec, num_envs=1, shard_dir=str(out), router=router).run_episodes([0], method="router")
+        steps = TrajectoryStore.read(out)[0].steps
+        assert steps and all(s.tier == tier for s in steps)
+        for s in steps:
+            np.testing.assert_allclose(s.extra["lp_hidden"], lp_backend.prompt_hidden([s.prompt], 2)[0], atol=1e-5)
+            assert np.abs(np.subtract(s.extra["lp_hidden"], lp_backend.prompt_hidden([s.prompt])[0])).max() > 1e-3
+            if tier == HP:
+                assert s.extra["paid"] == ["hp"] and s.extra["lp_part"] == 0.5
+                assert s.weight_bytes == HP_BYTES + 0.5 * LP_BYTES and step_calls(s) == (1, 1.5)
+            else:
+                assert s.extra["paid"] == ["lp"] and "lp_part" not in s.extra and step_calls(s) == (0, 1)
+    deep = TransformerRouter(RouterConfig(n_layers=0, features="lp_hidden", hidden_layer=5), hidden_dim=HIDDEN)
+    with pytest.raises(ValueError, match="reads LP layer 5, but the LP tier reports 4"):
+        RolloutWorker(1, clients, spec, num_envs=1, shard_dir=str(tmp_path / "deep"), router=deep).run_episodes(
+            [0], method="router")
+
+
 def test_record_hidden_keeps_the_lp_state_on_hp_trajectories_and_needs_an_lp_tier(alfworld_data, tmp_path):
     spec = EnvSpec("alfworld", alfworld_data, "train", max_steps=2)
     w = RolloutWorker(0, _clients(), spec, num_envs=1, shard_dir=str(tmp_path), record_hidden=True)

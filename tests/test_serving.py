@@ -90,6 +90,12 @@ def test_batched_ray_serving_matches_unbatched_calls(ray_session, tiny_model):
             np.testing.assert_allclose(g, local.prompt_hidden([p])[0], atol=1e-4)
         assert stats["requests"] == 12
         assert stats["batches"] < 8, f"requests were not batched: {stats}"
+        # a pass stopped at decoder layer 1 is batched apart from whole passes and equals the local one
+        inner = [client.prompt_hidden_ref([p], 1) for p in PROMPTS]
+        for p, ref in zip(PROMPTS, inner):
+            g = client.get(ref)[0][0]
+            np.testing.assert_allclose(g, local.prompt_hidden([p], 1)[0], atol=1e-4)
+            assert np.abs(g - local.prompt_hidden([p])[0]).max() > 1e-3
     finally:
         client.shutdown()
 

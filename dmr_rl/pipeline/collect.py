@@ -73,7 +73,7 @@ def run(cfg, local: bool = False, record_kl: Optional[bool] = None, progress: bo
             _fresh_dir(out)
             clients = launcher.create_tier_clients(cfg, tiers, local=local, backend_specs=backend_specs)
             group = launcher.create_rollout_group(cfg, clients, out, local=local, record_kl=record_kl,
-                                                  record_hidden=record_hidden)
+                                                  record_hidden=record_hidden, hidden_layer=cfg.router.hidden_layer)
             num_tasks = group.num_tasks()
         tasks = task_order(num_tasks, c.episodes, c.seed)
         with timers("rollout"), torch_threads_set(torch_threads if local else None), \

@@ -4,7 +4,8 @@ One definition of every number, used by the report, the evaluation driver and th
 
 * **HP ratio.** Per step, the tier calls are the tiers listed in ``StepRecord.extra["paid"]``
   (``["hp"]``, ``["lp"]``, or ``["hp", "lp"]`` for a cascade step that paid both; ``tier`` where
-  ``paid`` is absent, e.g. old records). A task's HP ratio = HP calls / all calls over that task's
+  ``paid`` is absent, e.g. old records), plus ``extra["lp_part"]`` (a router's LP pass that
+  stopped at an inner layer: that share of an LP call). A task's HP ratio = HP calls / all calls over that task's
   episodes; a method's HP ratio = the mean over tasks (a task weighs the same whatever its
   episode count). Its CI: the task-resampling bootstrap of that same statistic.
 * **Success / score** of a method: per task, the mean over its episodes (draws and seeds); the
@@ -113,15 +114,19 @@ def mean_with_ci(per_task, n_boot: int = 2000, seed: int = 0, weights: Optional[
 # ---------------------------------------------------------------------------------------------
 # Tier calls and per-task tables
 # ---------------------------------------------------------------------------------------------
-def step_calls(step) -> tuple[int, int]:
-    """(HP calls, all tier calls) of one StepRecord: the tiers in ``extra["paid"]``, else ``tier``."""
-    paid = (step.extra or {}).get("paid") if hasattr(step, "extra") else None
+def step_calls(step) -> tuple[int, float]:
+    """(HP calls, all tier calls) of one StepRecord: the tiers in ``extra["paid"]``, else ``tier``,
+    plus ``extra["lp_part"]``, the share of an LP call a router's partial LP pass paid (an
+    ``lp_hidden`` router reading an inner LP layer on a step LP did not act on)."""
+    extra = (step.extra or {}) if hasattr(step, "extra") else {}
+    paid = extra.get("paid")
+    part = float(extra.get("lp_part", 0.0))
     if paid:
-        return sum(1 for t in paid if t == "hp"), len(paid)
-    return int(step.tier == HP), 1
+        return sum(1 for t in paid if t == "hp"), len(paid) + part
+    return int(step.tier == HP), 1 + part
 
 
-def episode_calls(ep) -> tuple[int, int]:
+def episode_calls(ep) -> tuple[int, float]:
     """(HP calls, all tier calls) summed over an episode's steps."""
     hp = n = 0
     for s in ep.steps:

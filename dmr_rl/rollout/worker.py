@@ -4,8 +4,10 @@
 ``dmr_rl.serving.launcher``). Each step of its active environments:
 
 1. build one :class:`StepContext` and prompt per environment;
-   (``lp_hidden`` routers, or ``record_hidden=True``: the LP tier's last hidden state of each
-   prompt, one batched call, paid as an LP forward and kept in ``extra["lp_hidden"]``);
+   (``lp_hidden`` routers, or ``record_hidden=True``: the LP tier's hidden state of each prompt
+   at the router's ``hidden_layer``, one batched call kept in ``extra["lp_hidden"]``; paid as an
+   LP call on steps LP does not act on, or as ``extra["lp_part"]`` = layer / LP's layers of one
+   when the pass stops at a decoder layer; its weight bytes, that share of LP's, at every step);
 2. ask the router for all of them at once (a learned router, or a baseline by name);
 3. send each environment's request to the chosen tier's client, one batched call per tier
    (cascade routers: LP for all first, then HP for the flagged ones, both paid;
@@ -65,7 +67,7 @@ class RolloutWorker:
 
     def __init__(self, worker_index: int, clients: dict, env_spec, num_envs: int, shard_dir: str,
                  acting: Optional[ActingSpec] = None, router=None, record_kl: bool = False,
-                 shard_prefix: str = "worker", record_hidden: bool = False):
+                 shard_prefix: str = "worker", record_hidden: bool = False, hidden_layer: int = 0):
         from environments.base import BatchTextEnv
 
         self.worker_index = int(worker_index)
@@ -78,6 +80,8 @@ class RolloutWorker:
         self.prompt_config = PromptConfig.from_dict(self.acting.prompt)
         self.record_kl = bool(record_kl)
         self.record_hidden = bool(record_hidden)
+        self.hidden_layer = int(hidden_layer)  # the LP layer recorded with record_hidden (0: the last)
+        self._lp_layers: Optional[int] = None
         self._router_spec = router
         self._router = router if hasattr(router, "route") else None
         self._baselines: dict = {}
@@ -220,7 +224,10 @@ class RolloutWorker:
         outs = {HP: {}, LP: {}}
         paid = [set() for _ in active]
         wants_hidden = bool(getattr(router, "needs_lp_hidden", False))
-        hidden, hidden_costs = self._hidden(prompts) if wants_hidden or self.record_hidden else (None, None)
+        layer = int(getattr(router, "hidden_layer", 0)) if wants_hidden else self.hidden_layer
+        reads = wants_hidden or self.record_hidden
+        part = self._layer_share(layer) if reads else 0.0
+        hidden, hidden_costs = self._hidden(prompts, layer) if reads else (None, None)
         kw = {"lp_hidden": hidden} if wants_hidden else {}
         if router.needs_both or self.record_kl:
             outs[HP], outs[LP] = self._act([("hp", everyone), ("lp", everyone)], ctxs, prompts, rng, sids)
@@ -264,11 +271,16 @@ class RolloutWorker:
             extra = {}
             if k in outs[HP] and k in outs[LP]:  # both tiers ran: did their greedy actions agree?
                 extra["tiers_agree"] = bool(outs[HP][k].index == outs[LP][k].index)
-            if hidden is not None:  # the LP prompt pass the router read: one more LP forward
+            paid_names = {TIER_NAMES[t] for t in paid[k]}
+            if hidden is not None:  # the LP prompt pass the router read (all of it, or up to a layer)
                 costs.append(hidden_costs[k])
-                wbytes += self.clients["lp"].weight_bytes
+                wbytes += part * self.clients["lp"].weight_bytes
                 extra["lp_hidden"] = [round(float(x), 5) for x in np.asarray(hidden[k]).reshape(-1)]
-            paid_names = sorted({TIER_NAMES[t] for t in paid[k]} | ({"lp"} if hidden is not None else set()))
+                if part >= 1.0:
+                    paid_names.add("lp")
+                elif "lp" not in paid_names:  # on LP's own steps it is the start of LP's pass
+                    extra["lp_part"] = part
+            paid_names = sorted(paid_names)
             ctx = ctxs[k]
             rec = StepRecord(step=ctx.step, obs=ctx.obs, action=actions[i], tier=tier,
                              admissible=list(ctx.admissible), prompt=prompts[k],
@@ -282,14 +294,24 @@ class RolloutWorker:
             slot[i][1].steps.append(rec)
             slot[i][2] = context_after(ctx, actions[i], obs, list(info.get("admissible_commands") or []))
 
-    def _hidden(self, prompts: list) -> tuple:
-        """The LP tier's last hidden state of every prompt: (vectors, per-row costs)."""
+    def _hidden(self, prompts: list, layer: int = 0) -> tuple:
+        """The LP tier's hidden state of every prompt at ``layer`` (0: the last): (vectors, per-row costs)."""
         client = self.clients.get("lp")
         if client is None:
             raise ValueError("lp_hidden routing needs the LP tier, but this worker has no 'lp' client")
         if hasattr(client, "prompt_hidden_ref"):
-            return client.get(client.prompt_hidden_ref(prompts))
-        return client.prompt_hidden_costed(prompts)
+            return client.get(client.prompt_hidden_ref(prompts, layer))
+        return client.prompt_hidden_costed(prompts, layer)
+
+    def _layer_share(self, layer: int) -> float:
+        """The share of an LP call a hidden pass up to decoder layer ``layer`` costs (1.0 for 0: the whole pass)."""
+        if not layer:
+            return 1.0
+        if self._lp_layers is None:
+            self._lp_layers = int(self.clients["lp"].info()[0].get("num_layers") or 0)
+        if not 0 < layer <= self._lp_layers:
+            raise ValueError(f"router reads LP layer {layer}, but the LP tier reports {self._lp_layers} decoder layers")
+        return layer / self._lp_layers
 
     def _act(self, requests: list, ctxs: list, prompts: list, rng, sessions: Optional[list] = None) -> list:
         """Batched calls, one per (tier, contexts in ``which``) in ``requests``; with Ray clients

@@ -61,8 +61,8 @@ class _PlainCalls:
     def generate(self, prompts, sampling=None):
         return self.generate_costed(prompts, sampling)[0]
 
-    def prompt_hidden(self, prompts):
-        return self.prompt_hidden_costed(prompts)[0]
+    def prompt_hidden(self, prompts, layer: int = 0):
+        return self.prompt_hidden_costed(prompts, layer)[0]
 
 
 class LocalTierClient(_PlainCalls):
@@ -102,8 +102,8 @@ class LocalTierClient(_PlainCalls):
             sampling = SamplingParams()
         return self._costed("generate", [len(p) for p in prompts], prompts, sampling)
 
-    def prompt_hidden_costed(self, prompts):
-        return self._costed("prompt_hidden", [len(p) for p in prompts], prompts)
+    def prompt_hidden_costed(self, prompts, layer: int = 0):
+        return self._costed("prompt_hidden", [len(p) for p in prompts], prompts, layer=layer)
 
     def _costed(self, kind, weights, *args, **kw):
         if not weights:
@@ -271,8 +271,8 @@ class TierClient(_PlainCalls):
     def generate_ref(self, prompts, sampling=None):
         return self._send("generate", list(prompts), sampling)
 
-    def prompt_hidden_ref(self, prompts):
-        return self._send("prompt_hidden", list(prompts))
+    def prompt_hidden_ref(self, prompts, layer: int = 0):
+        return self._send("prompt_hidden", list(prompts), int(layer))
 
     def score_actions_costed(self, prompts, candidates, sessions=None):
         return self.get(self.score_actions_ref(prompts, candidates, sessions)) if prompts else ([], [])
@@ -307,8 +307,8 @@ class TierClient(_PlainCalls):
     def generate_costed(self, prompts, sampling=None):
         return self.get(self.generate_ref(prompts, sampling)) if prompts else ([], [])
 
-    def prompt_hidden_costed(self, prompts):
-        return self.get(self.prompt_hidden_ref(prompts)) if prompts else ([], [])
+    def prompt_hidden_costed(self, prompts, layer: int = 0):
+        return self.get(self.prompt_hidden_ref(prompts, layer)) if prompts else ([], [])
 
     # ---- management ----------------------------------------------------------------------
     def _all(self, method: str, timeout_s: Optional[float]) -> list:

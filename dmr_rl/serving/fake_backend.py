@@ -17,6 +17,7 @@ from dmr_rl.models.backends.base import ActionScores, Backend, Generation, Token
 
 VOCAB = 16
 HIDDEN = 8  # size of prompt_hidden vectors
+LAYERS = 4  # decoder layers prompt_hidden(layer=k) can stop after
 
 
 def _unit(*parts) -> float:
@@ -39,7 +40,8 @@ class FakeBackend(Backend):
         self.ended.extend(sessions)
 
     def info(self) -> dict:
-        return {**super().info(), "session_calls": self.session_calls, "ended_sessions": len(self.ended)}
+        return {**super().info(), "session_calls": self.session_calls, "ended_sessions": len(self.ended),
+                "num_layers": LAYERS}
 
     @property
     def weight_bytes(self) -> float:
@@ -79,11 +81,16 @@ class FakeBackend(Backend):
             t.record(forwards=1)
         return out
 
-    def prompt_hidden(self, prompts: list) -> list:
+    def prompt_hidden(self, prompts: list, layer: int = 0) -> list:
+        if not 0 <= layer <= LAYERS:
+            from dmr_rl.errors import ModelError
+
+            raise ModelError(f"prompt_hidden: layer {layer} is not a decoder layer of this model (it has {LAYERS})")
         with self.timed("hidden") as t:
             time.sleep(self.delay_s)
-            out = [np.array([_unit(self.salt, "hid", p, i) for i in range(HIDDEN)], dtype=np.float32) for p in prompts]
-            t.record(prompt_tokens=sum(len(self._tokens(p)) for p in prompts))
+            out = [np.array([_unit(self.salt, "hid", layer, p, i) for i in range(HIDDEN)], dtype=np.float32)
+                   for p in prompts]
+            t.record(prompt_tokens=sum(len(self._tokens(p)) for p in prompts), forwards=layer / LAYERS if layer else 1)
         return out
 
     def generate(self, prompts: list, sampling) -> list:

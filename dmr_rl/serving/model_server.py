@@ -114,9 +114,9 @@ class ModelServer:
         rows = [(p,) for p in prompts]
         return await self._submit("generate", key, sampling, rows, [len(p) for p in prompts])
 
-    async def prompt_hidden(self, prompts: list):
+    async def prompt_hidden(self, prompts: list, layer: int = 0):
         rows = [(p,) for p in prompts]
-        return await self._submit("prompt_hidden", None, None, rows, [len(p) for p in prompts])
+        return await self._submit("prompt_hidden", int(layer), int(layer), rows, [len(p) for p in prompts])
 
     def ready(self) -> dict:
         """Cheap liveness/identity check; the launcher waits on it after creating a replica."""
@@ -243,7 +243,7 @@ class ModelServer:
         elif head.kind == "generate":
             results = self.backend.generate([r[0] for r in rows], head.args)
         elif head.kind == "prompt_hidden":
-            results = self.backend.prompt_hidden([r[0] for r in rows])
+            results = self.backend.prompt_hidden([r[0] for r in rows], layer=head.args)
         else:  # pragma: no cover - only the public calls enqueue
             raise ValueError(f"unknown call kind {head.kind!r}")
         seconds = time.perf_counter() - t0

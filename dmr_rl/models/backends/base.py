@@ -176,10 +176,12 @@ class Backend(abc.ABC):
         """Batched teacher-forced distributions over each continuation's tokens (top_k=0: full vocab);
         one :class:`TokenDistributions` per (prompt, continuation)."""
 
-    def prompt_hidden(self, prompts: list) -> list:
-        """Batched: the model's last hidden state at each prompt's last token, one float32 [H]
-        vector per prompt (what an ``lp_hidden`` router reads). Backends without access to hidden
-        states keep this default."""
+    def prompt_hidden(self, prompts: list, layer: int = 0) -> list:
+        """Batched: the model's hidden state at each prompt's last token, one float32 [H] vector per
+        prompt (what an ``lp_hidden`` router reads): after the last layer and final norm (``layer``
+        0), or the output of decoder layer ``layer`` (the pass stops there, and the cost meter
+        counts ``layer / num_layers`` of a forward). Backends without access to hidden states keep
+        this default."""
         from dmr_rl.errors import ModelError
 
         raise ModelError(f"the {self.name} backend does not expose hidden states "

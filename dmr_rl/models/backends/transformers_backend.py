@@ -78,7 +78,7 @@ class TransformersBackend(Backend):
         import torch
 
         return {**super().info(), "engine": self.engine, "torch_threads": torch.get_num_threads(),
-                "session_cache": self.sessions.stats()}
+                "session_cache": self.sessions.stats(), "num_layers": self.num_layers}
 
     def end_sessions(self, sessions: list) -> None:
         self.sessions.end(list(sessions))
@@ -256,17 +256,35 @@ class TransformersBackend(Backend):
             t.record(prompt_tokens=sum(map(len, p_ids)) + sum(len(s) for _, s in suffixes), forwards=fw)
         return split_scores(candidates, sums, [len(ids) for _, ids in suffixes])
 
-    def prompt_hidden(self, prompts: list) -> list:
+    @property
+    def num_layers(self) -> int:
+        """Decoder layers of the model (0 when it exposes none as ``model.model.layers``)."""
+        return len(self._decoder_layers())
+
+    def _decoder_layers(self) -> list:
+        layers = getattr(getattr(self.model, "model", None), "layers", None)
+        return list(layers) if layers is not None else []
+
+    def prompt_hidden(self, prompts: list, layer: int = 0) -> list:
         if not prompts:
             return []
+        layers = self._decoder_layers() if layer else []
+        if layer and not 0 < layer <= len(layers):
+            from dmr_rl.errors import ModelError
+
+            raise ModelError(f"prompt_hidden: layer {layer} is not a decoder layer of this model "
+                             f"(it has {len(layers)}; 0 reads the last, after the final norm)")
         with self.timed("hidden") as t:
             ids = self._prompt_ids(prompts)
             x, mask, pos = self._left_padded(ids)
+            kw = dict(input_ids=x.to(self.device), attention_mask=mask.to(self.device), position_ids=pos.to(self.device))
             with self._no_grad():
-                out = self.model(input_ids=x.to(self.device), attention_mask=mask.to(self.device),
-                                 position_ids=pos.to(self.device), output_hidden_states=True, logits_to_keep=1)
-                last = out.hidden_states[-1][:, -1, :].float().cpu().numpy()
-            t.record(prompt_tokens=sum(map(len, ids)))
+                if layer:  # stop the pass after decoder layer `layer`: the layers above it are never run
+                    last = _run_until(self.model, layers[layer - 1], kw)[:, -1, :].float().cpu().numpy()
+                else:
+                    out = self.model(**kw, output_hidden_states=True, logits_to_keep=1)
+                    last = out.hidden_states[-1][:, -1, :].float().cpu().numpy()
+            t.record(prompt_tokens=sum(map(len, ids)), forwards=layer / len(layers) if layer else 1)
         return [row.copy() for row in last]
 
     def token_distributions(self, prompts: list, continuations: list, top_k: int = 0) -> list:
@@ -389,3 +407,27 @@ def _stop_on_strings(tok, stops: list, prompt_len: int):
                                 device=input_ids.device)
 
     return StopOnStrings()
+
+
+class _Stop(Exception):
+    """Raised by a forward hook to end a model's pass early, carrying the layer's output."""
+
+    def __init__(self, hidden):
+        super().__init__("stop")
+        self.hidden = hidden
+
+
+def _run_until(model, module, kwargs: dict):
+    """The output hidden states [B, T, H] of ``module`` (a decoder layer) in ``model(**kwargs)``;
+    the pass stops there (a forward hook raises), so the modules after it do not run."""
+    def hook(_mod, _inp, out):
+        raise _Stop(out[0] if isinstance(out, tuple) else out)
+
+    handle = module.register_forward_hook(hook)
+    try:
+        model(**kwargs)
+    except _Stop as stop:
+        return stop.hidden
+    finally:
+        handle.remove()
+    raise RuntimeError(f"{type(module).__name__} did not run in the model's forward pass")

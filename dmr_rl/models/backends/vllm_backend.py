@@ -268,7 +268,7 @@ class VLLMBackend(Backend):
             t.record(prompt_tokens=sum(map(len, p_ids)), generated_tokens=n_gen, forwards=max(steps, 1))
         return gens
 
-    def prompt_hidden(self, prompts: list) -> list:
+    def prompt_hidden(self, prompts: list, layer: int = 0) -> list:
         raise ModelError("the vllm backend does not expose hidden states (router.features=lp_hidden needs "
                          f"an LP tier on one of: {', '.join(HIDDEN_BACKENDS)})")
 
