@@ -41,7 +41,7 @@ RANGES = {
 }
 POSITIVE = {("collect", "episodes"), ("collect", "num_workers"), ("collect", "envs_per_worker"),
             ("grpo", "iterations"), ("grpo", "group_size"), ("grpo", "tasks_per_iter"),
-            ("sft", "epochs"), ("sft", "batch_size"), ("router", "n_layers")}
+            ("sft", "epochs"), ("sft", "batch_size")}
 
 
 def validate(cfg: DMRConfig) -> DMRConfig:
@@ -70,6 +70,14 @@ def validate(cfg: DMRConfig) -> DMRConfig:
                               f"(the {t.backend} backend does not shard)")
         if not 0.0 < t.gpu_memory_utilization <= 1.0:
             raise ConfigError(f"{tier}.gpu_memory_utilization={t.gpu_memory_utilization} is outside (0, 1]")
+    if cfg.router.n_layers < 0 or (cfg.router.n_layers == 0 and cfg.router.features != "lp_hidden"):
+        raise ConfigError(f"router.n_layers={cfg.router.n_layers}: a transformer needs >= 1 layer; 0 (a linear probe "
+                          f"on the LP hidden state) needs router.features=lp_hidden (features is {cfg.router.features!r})")
+    if cfg.router.hidden_layer < 0:
+        raise ConfigError(f"router.hidden_layer={cfg.router.hidden_layer} must be >= 0 (0: the LP model's last layer)")
+    if cfg.router.hidden_layer and cfg.router.features != "lp_hidden":
+        raise ConfigError(f"router.hidden_layer={cfg.router.hidden_layer} is read only by router.features=lp_hidden "
+                          f"(features is {cfg.router.features!r})")
     if len(cfg.eval.seeds) < 1:
         raise ConfigError("eval.seeds must list at least one seed")
     if cfg.eval.episodes < 0 or cfg.eval.calib_episodes < 0 or cfg.eval.causal_episodes < 0:

@@ -82,11 +82,17 @@ class AgentConfig:
 class RouterConfig:
     kind: str = doc("transformer", "Router key in dmr_rl.router.ROUTERS (transformer, or a baseline name).")
     d_model: int = doc(64, "Router width.")
-    n_layers: int = doc(2, "Transformer encoder layers (the paper uses 2).")
+    n_layers: int = doc(2, "Transformer encoder layers (the paper uses 2). 0 with features=lp_hidden: no token encoder, a "
+                           "linear probe on the standardised LP hidden state.")
     n_heads: int = doc(4, "Attention heads.")
     max_tokens: int = doc(256, "Context tokens the router reads (task, observation, recent actions).")
-    features: str = doc("tokens", "Feature extractor: tokens, or lp_hidden (also the LP model's last hidden state of the "
-                              "prompt: one LP prompt pass per step, recorded while collecting and charged when routing).")
+    features: str = doc("tokens", "Feature extractor: tokens, or lp_hidden (also the LP model's hidden state at the prompt's "
+                              "last token, standardised with its stage-1 training mean and std: an LP prompt pass per "
+                              "step, recorded while collecting and charged when routing).")
+    hidden_layer: int = doc(0, "lp_hidden: which LP layer the router reads. 0: the last (after the final norm; a whole LP "
+                               "prompt pass); k > 0: the output of decoder layer k, the pass stopping there and charged "
+                               "k / n_layers of an LP call on the steps HP acts on (on LP's steps it is the start of "
+                               "LP's own pass).")
     threshold: float = doc(0.5, "Route to HP when P(HP) >= threshold (deterministic evaluation).")
 
 

@@ -41,6 +41,10 @@ def test_overrides_are_typed_and_nested():
     (["hp.quant_method=awq"], "hp.quant_method"),
     (["eval.calibrated_baselines=[random]"], "eval.calibrated_baselines"),
     (["nonsense"], "section.field=value"),
+    (["router.n_layers=0"], "router.n_layers=0"),
+    (["router.n_layers=-1", "router.features=lp_hidden"], "router.n_layers=-1"),
+    (["router.hidden_layer=-2", "router.features=lp_hidden"], "router.hidden_layer=-2"),
+    (["router.hidden_layer=8"], "router.hidden_layer=8"),
 ])
 def test_bad_values_are_named(override, needle):
     with pytest.raises(ConfigError, match=needle.replace(".", r"\.")):

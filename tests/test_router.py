@@ -187,3 +187,26 @@ def test_cascade_and_kl_oracle():
     assert d.tiers.tolist() == [1, 0, 0]
     with pytest.raises(ValueError, match="needs hp_action_probs"):
         make_router("flip_oracle").route(cs, rng, lp_action_probs=lp)
+
+
+def test_a_zero_layer_router_is_a_linear_probe_on_the_standardised_hidden_state(tmp_path):
+    """n_layers=0: the logit is a linear function of (hidden - mean) / std alone (the text does not
+    matter), the stats set by set_hidden_stats travel with the weights, and it needs hidden_dim."""
+    from dmr_rl.router.transformer import TransformerRouter
+
+    r = make_router("transformer", features="lp_hidden", hidden_dim=6, n_layers=0, seed=0)
+    rng = np.random.default_rng(0)
+    H = rng.normal(3.0, 5.0, (50, 6)).astype(np.float32)
+    r.net.set_hidden_stats(H)
+    np.testing.assert_allclose(r.net.hidden_mean.numpy(), H.mean(0), rtol=1e-5)
+    a, b = ctx(obs="you see a mug"), ctx(obs="a completely different room, long text " * 5)
+    z = r.logits([a, b], lp_hidden=[H[0], H[0]])
+    assert z[0] == pytest.approx(z[1])  # the text is not read
+    w, bias = r.net.probe.weight.detach().numpy()[0], float(r.net.probe.bias.detach()[0])
+    want = ((H[:3] - H.mean(0)) / H.std(0)) @ w + bias
+    np.testing.assert_allclose(r.logits([a] * 3, lp_hidden=list(H[:3])), want, rtol=1e-4, atol=1e-5)
+    r.save(tmp_path)
+    back = TransformerRouter.load(tmp_path)
+    np.testing.assert_allclose(back.logits([a] * 3, lp_hidden=list(H[:3])), want, rtol=1e-4, atol=1e-5)
+    with pytest.raises(ValueError, match="n_layers=0 is a probe on the LP hidden state"):
+        make_router("transformer", n_layers=0)

@@ -52,6 +52,7 @@ def test_lp_hidden_router_learns_a_signal_only_the_hidden_state_carries(tmp_path
     and at chance with tokens alone."""
     from dmr_rl.config import load_config
     from dmr_rl.rollout.records import EpisodeRecord, StepRecord
+    from dmr_rl.router.transformer import TransformerRouter
 
     rng = np.random.default_rng(0)
     index, flips, hidden = [], [], []
@@ -76,6 +77,16 @@ def test_lp_hidden_router_learns_a_signal_only_the_hidden_state_carries(tmp_path
         work.mkdir()
         out[features] = ri.train_and_score(cfg, features, ri.fold_rows(index, scores, labels, train),
                                            ri.fold_rows(index, scores, labels, test), work)
+    # the linear probe (no token encoder, router.n_layers=0) on the same rows, its inputs standardised
+    # by the training rows' mean and std, which the saved router carries
+    probe_cfg = load_config(None, ["sft.epochs=40", "sft.lr=0.03", "router.max_tokens=32",  # 80 updates: a probe takes a larger step
+                                   "router.features=lp_hidden", "router.n_layers=0"])
+    (tmp_path / "probe").mkdir()
+    out["probe"] = ri.train_and_score(probe_cfg, "lp_hidden", ri.fold_rows(index, scores, labels, train),
+                                      ri.fold_rows(index, scores, labels, test), tmp_path / "probe")
+    saved = TransformerRouter.load(tmp_path / "probe" / "router")
+    np.testing.assert_allclose(saved.net.hidden_mean.numpy(), scores["lp_hidden"][train].mean(0), atol=1e-4)
     y = scores["flip"][test]
     assert ri.auroc_with_ci(out["lp_hidden"], y, np.arange(test.sum()))["auroc"] > 0.85
+    assert ri.auroc_with_ci(out["probe"], y, np.arange(test.sum()))["auroc"] > 0.85
     assert abs(ri.auroc_with_ci(out["tokens"], y, np.arange(test.sum()))["auroc"] - 0.5) < 0.15

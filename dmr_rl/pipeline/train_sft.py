@@ -225,6 +225,8 @@ def fit(cfg, labelled_path, out_dir, *, log_dir: Optional[str] = None, learner_g
             ncfg = net_config(cfg.router, **overrides)
             router = TransformerRouter(ncfg, threshold=cfg.router.threshold, seed=cfg.seed)
             train_x, hold_x = row_features(router.features, train_rows), None
+            if "hidden" in train_x:
+                router.net.set_hidden_stats(train_x["hidden"])
             if hold_rows:
                 hold_x = row_features(router.features, hold_rows)
             if sft.soft_targets:
