@@ -82,6 +82,30 @@ def test_thresholds_come_from_the_validation_split(evaluated):
         assert meta["params"]["threshold"] == thr and meta["params"]["kind"] == "router"
 
 
+def test_calibrating_again_at_other_targets_keeps_the_earlier_thresholds(setup, tmp_path):
+    """A second evaluation of the same checkpoint at a new target adds it to calibration.json
+    (the first target's threshold, which its played point used, stays); targets already there
+    are not played again."""
+    import copy
+
+    from dmr_rl.pipeline.calibrate import calibrate
+
+    cfg, ckpt, _, clients = setup
+    c = copy.deepcopy(cfg)
+    c.run_dir = str(tmp_path)
+    c.eval.target_hp_ratios = [0.3]
+    first = calibrate(c, {"router": str(ckpt)}, clients, local=True, progress=False, num_workers=1)["router"]
+    c.eval.target_hp_ratios = [0.7]
+    both = calibrate(c, {"router": str(ckpt)}, clients, local=True, progress=False, num_workers=1)["router"]
+    assert both["targets"] == [0.3, 0.7] and both["thresholds"]["0.3"] == first["thresholds"]["0.3"]
+    assert set(both["thresholds"]) == {"0.3", "0.7"}
+    shards = tmp_path / "eval" / "_calib" / "router"
+    stamp = sorted((f.name, f.stat().st_mtime_ns) for f in shards.iterdir())
+    c.eval.target_hp_ratios = [0.7, 0.3]
+    assert calibrate(c, {"router": str(ckpt)}, clients, local=True, progress=False, num_workers=1)["router"] == both
+    assert sorted((f.name, f.stat().st_mtime_ns) for f in shards.iterdir()) == stamp  # not played again
+
+
 def test_every_method_plays_every_task_deterministic_ones_once(evaluated):
     cfg = evaluated[0]
     expected_tasks = None

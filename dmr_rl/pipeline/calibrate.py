@@ -12,7 +12,9 @@ same way and then stands where a router point stands.
 
 Written to ``<run_dir>/eval/calibration.json`` (targets, thresholds, how many steps and tasks
 they came from, the split) with the calibration episodes in ``<run_dir>/eval/_calib/<method>/``;
-a calibration already there for the same checkpoint and targets is reused.
+a calibration already there for the same checkpoint and targets is reused, and one for the same
+checkpoint at other targets keeps them (new targets are added: the points an earlier evaluation
+played at the old thresholds keep their record).
 """
 from __future__ import annotations
 
@@ -142,8 +144,12 @@ def calibrate(cfg, router_dirs: dict, clients: dict, local: bool = False, progre
     targets = [float(r) for r in cfg.eval.target_hp_ratios]
     path = layout.eval_dir(cfg.run_dir) / "calibration.json"
     done = _read(path)
+
+    def kept(method: str, ckpt) -> dict:  # an earlier calibration of this very checkpoint
+        return done[method] if done.get(method, {}).get("checkpoint") == ckpt else {}
+
     todo = {m: play for m, play in calibration_plays(router_dirs, baselines).items()
-            if done.get(m, {}).get("checkpoint") != play[0] or done.get(m, {}).get("targets") != targets}
+            if not set(targets) <= set(kept(m, play[0]).get("targets", []))}
     if not todo:
         return done
     split = calib_split(cfg)
@@ -164,8 +170,11 @@ def calibrate(cfg, router_dirs: dict, clients: dict, local: bool = False, progre
             TrajectoryStore(out, "driver").append(eps)
             scores = [s.router_prob for e in eps for s in e.steps]
             ids = [e.task_index for e in eps for s in e.steps]
-            thr = thresholds_for_targets(scores, ids, targets, lp_first)
-            done[method] = {"checkpoint": ckpt, "split": split, "targets": targets,
+            # the targets of an earlier calibration of this checkpoint stay (its points were played with them)
+            old = {float(r): t for r, t in kept(method, ckpt).get("thresholds", {}).items()}
+            both = sorted(set(targets) | set(old))
+            thr = {**thresholds_for_targets(scores, ids, both, lp_first), **old}
+            done[method] = {"checkpoint": ckpt, "split": split, "targets": both,
                             "thresholds": {f"{r:g}": t for r, t in thr.items()},
                             "calib_share": {f"{r:g}": share_at(scores, ids, t, lp_first) for r, t in thr.items()},
                             "n_tasks": len(set(ids)), "n_steps": len(scores)}
