@@ -308,6 +308,8 @@ class RolloutWorker:
         if not layer:
             return 1.0
         if self._lp_layers is None:
+            if "lp" not in self.clients:
+                raise ValueError("lp_hidden routing needs the LP tier, but this worker has no 'lp' client")
             self._lp_layers = int(self.clients["lp"].info()[0].get("num_layers") or 0)
         if not 0 < layer <= self._lp_layers:
             raise ValueError(f"router reads LP layer {layer}, but the LP tier reports {self._lp_layers} decoder layers")
