@@ -13,7 +13,7 @@ layer: held-out AUROC against the flips with a task-clustered 95% CI and the HP 
 needs to catch 80% of the flips. Vectors cached in ``<run_dir>/analysis/lp_layers.npz``; results
 in ``<run_dir>/analysis/lp_layer_probes.json``.
 
-    python experiments/lp_layer_probes.py runs/many --layers 2 4 8 15 22 0 --sizes 20 40 120
+    python experiments/lp_layer_probes.py runs/many --layers 4 8 0 --sizes 20 40 120
 """
 from __future__ import annotations
 
@@ -96,7 +96,7 @@ def probe_scores(X, y, tasks, train, test, l2s=(1e-4, 1e-3, 1e-2, 1e-1), folds: 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("run_dir")
-    p.add_argument("--layers", type=int, nargs="+", default=[2, 4, 8, 15, 22, 0], help="LP layers (0: the last)")
+    p.add_argument("--layers", type=int, nargs="+", default=[4, 8, 0], help="LP layers (0: the last)")
     p.add_argument("--sizes", type=int, nargs="+", default=[20, 40, 120], help="training tasks per point")
     p.add_argument("--test-share", type=float, default=0.25)
     p.add_argument("--seed", type=int, default=0)
