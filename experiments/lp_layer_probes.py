@@ -125,10 +125,8 @@ def main(argv=None) -> int:
         cache.parent.mkdir(parents=True, exist_ok=True)
         np.savez(cache, key=key, **feats)
     tasks, flips = rtc.task_keys(rows), np.array([int(r["flip"]) for r in rows])
-    keys = np.array(sorted(set(tasks.tolist())))
-    order = np.random.default_rng(a.seed).permutation(keys)  # router_task_curve's split
-    n_test = max(2, int(round(a.test_share * len(keys))))
-    test, pool = np.isin(tasks, order[:n_test]), order[n_test:]
+    test, pool = rtc.held_out_split(tasks, a.test_share, a.seed, a.sizes)  # router_task_curve's split
+    n_test = len(set(tasks[test].tolist()))
     res = {"run_dir": str(run_dir), "test_tasks": int(n_test), "test_steps": int(test.sum()), "points": []}
 
     def add(name, n, layer, s, l2=None):
@@ -138,7 +136,7 @@ def main(argv=None) -> int:
 
     add("LP confidence 1 - (p1 - p2), no training", 0, None, feats["unsure"][test])
     for n in a.sizes:
-        train = np.isin(tasks, np.random.default_rng([a.seed, n, 0]).choice(pool, size=n, replace=False))
+        train = rtc.train_draw(tasks, pool, n, a.seed)
         for k in a.layers:
             s, l2 = probe_scores(feats[f"h{k}"], flips, tasks, train, test)
             add(f"probe on LP layer {k or 'last'}", n, k, s, l2)

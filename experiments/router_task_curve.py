@@ -45,26 +45,36 @@ def relabel(rows: list, train: np.ndarray, label_cfg, rule: str = "kl") -> list:
     return [dict(r, label=int(y), target=float(y)) for r, y in zip(rows, labels)]
 
 
+def held_out_split(tasks: np.ndarray, test_share: float, seed: int, sizes: list) -> tuple:
+    """(test [N] bool over the steps, pool of task keys): ``test_share`` of the tasks (at least 2), in a
+    seeded order, held out; training draws come from the rest, which must hold ``max(sizes)`` tasks."""
+    keys = np.array(sorted(set(tasks.tolist())))
+    order = np.random.default_rng(seed).permutation(keys)
+    n_test = max(2, int(round(test_share * len(keys))))
+    pool = order[n_test:]
+    if max(sizes) > len(pool):
+        raise ValueError(f"--sizes up to {max(sizes)} training tasks, but only {len(pool)} are left after holding "
+                         f"out {n_test} of {len(keys)}")
+    return np.isin(tasks, order[:n_test]), pool
+
+
+def train_draw(tasks: np.ndarray, pool: np.ndarray, n: int, seed: int, draw: int = 0) -> np.ndarray:
+    """[N] bool: the steps of ``n`` tasks drawn from ``pool`` (draw number ``draw`` of size ``n``)."""
+    return np.isin(tasks, np.random.default_rng([seed, n, draw]).choice(pool, size=n, replace=False))
+
+
 def curve(cfg, rows: list, sizes: list, repeats: int, test_share: float, seed: int, rule: str = "kl") -> dict:
     """{N: {"auroc_label", "auroc_flip" (each with a CI), "hp_share_80", "train_steps"}} for the
     held-out tasks, the scores of each N averaged over ``repeats`` draws of its training tasks."""
     tasks = task_keys(rows)
-    keys = np.array(sorted(set(tasks.tolist())))
-    rng = np.random.default_rng(seed)
-    order = rng.permutation(keys)
-    n_test = max(2, int(round(test_share * len(keys))))
-    test_tasks, pool = order[:n_test], order[n_test:]
-    if max(sizes) > len(pool):
-        raise ValueError(f"--sizes up to {max(sizes)} training tasks, but only {len(pool)} are left after holding "
-                         f"out {n_test} of {len(keys)}")
-    test = np.isin(tasks, test_tasks)
+    test, pool = held_out_split(tasks, test_share, seed, sizes)
+    n_test = len(set(tasks[test].tolist()))
     flips = np.array([int(r["flip"]) for r in rows])
     out = {}
     for n in sizes:
         preds, labels, t0, n_steps = [], None, time.perf_counter(), []
         for r in range(repeats):
-            chosen = np.random.default_rng([seed, n, r]).choice(pool, size=n, replace=False)
-            train = np.isin(tasks, chosen)
+            train = train_draw(tasks, pool, n, seed, r)
             lab = relabel(rows, train, cfg.label, rule)
             labels = np.array([x["label"] for x in lab])[test]  # the test labels' cut moves a little per draw
             with tempfile.TemporaryDirectory() as tmp:
