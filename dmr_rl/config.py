@@ -78,6 +78,13 @@ def validate(cfg: DMRConfig) -> DMRConfig:
     if cfg.router.hidden_layer and cfg.router.features != "lp_hidden":
         raise ConfigError(f"router.hidden_layer={cfg.router.hidden_layer} is read only by router.features=lp_hidden "
                           f"(features is {cfg.router.features!r})")
+    if cfg.env.generate_train_n < 0:
+        raise ConfigError(f"env.generate_train_n={cfg.env.generate_train_n} must be >= 0 (0: a third of generate_n)")
+    if cfg.env.generate_train_n and cfg.env.name != "alfworld":
+        raise ConfigError(f"env.generate_train_n sizes generated ALFWorld games; env {cfg.env.name!r} does not read it")
+    bad = [r for r in cfg.eval.routers if r not in MAIN_JOB_ROUTERS]
+    if bad:
+        raise ConfigError(f"eval.routers: {bad} are not routers of the main job; known: {list(MAIN_JOB_ROUTERS)}")
     if len(cfg.eval.seeds) < 1:
         raise ConfigError("eval.seeds must list at least one seed")
     if cfg.eval.episodes < 0 or cfg.eval.calib_episodes < 0 or cfg.eval.causal_episodes < 0:
@@ -92,6 +99,7 @@ def validate(cfg: DMRConfig) -> DMRConfig:
     return cfg
 
 
+MAIN_JOB_ROUTERS = ("sft", "grpo")  # the routers dmr run trains: stage 1's and GRPO's
 CALIBRATED_BASELINES = ("cascade",)  # baselines with a knob calibrated like a router's threshold
 
 

@@ -34,6 +34,9 @@ class EnvConfig:
     max_steps: int = doc(0, "Episode cap; 0 means the family's default (50 ALFWorld, 15 WebShop).")
     generate_n: int = doc(60, "When data_dir is empty: number of games/instructions to generate.")
     generate_seed: int = doc(0, "When data_dir is empty: generator seed.")
+    generate_train_n: int = doc(0, "ALFWorld, when data_dir is empty: games in the train split (0: generate_n less its two "
+                                   "validation splits of generate_n // 3 each); more training tasks for stage 1 without "
+                                   "lengthening calibration or evaluation.")
 
 
 @dataclass
@@ -172,6 +175,10 @@ class EvalConfig:
     target_hp_ratios: list = doc([0.1, 0.2, 0.3, 0.4, 0.6], "HP ratios a learned router's thresholds are calibrated to hit on "
                                                            "the validation split (eval.calib_split); random and first-k then "
                                                            "run at each point's realised ratio on the test split.")
+    routers: list = doc(["sft", "grpo"], "The main job's routers `dmr run` evaluates: 'sft' (stage 1) and/or 'grpo' "
+                                         "(stage 2); the causal check reads GRPO's router either way.")
+    sampled: bool = doc(True, "Also play each GRPO router as the sampled policy it was trained as (point 'sampled', "
+                              "every seed, with random routing matched to it).")
     calib_split: str = doc("", "Validation split for threshold calibration; empty: the family's (ALFWorld valid_seen, "
                                "WebShop eval). Never the evaluation split.")
     calib_episodes: int = doc(0, "Tasks of the calibration split played (0: all; N: an evenly spread N).")

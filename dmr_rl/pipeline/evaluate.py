@@ -91,7 +91,8 @@ def env_is_deterministic(cfg) -> bool:
 
 
 def router_points(cfg, router_dirs: dict, calibration: dict, baselines=()) -> list:
-    """Each router at its calibrated thresholds; a GRPO-trained one also as its sampled policy; each
+    """Each router at its calibrated thresholds; a GRPO-trained one also as its sampled policy
+    (``eval.sampled``); each
     calibrated baseline (names; the cascade: 1 - LP max prob >= threshold escalates to HP) at its
     thresholds, as method ``<name>_calibrated`` of kind router (compared like a router point)."""
     from dmr_rl.pipeline.calibrate import calibrated_method
@@ -113,7 +114,7 @@ def router_points(cfg, router_dirs: dict, calibration: dict, baselines=()) -> li
                       "target_hp_ratio": float(target), **meta}
             spec = {"name": "transformer", "kwargs": {"path": str(d), "threshold": float(t), "num_threads": 1}}
             points.append(OperatingPoint(name, f"r{float(target):.2f}", spec, params, stochastic=not det))
-        if meta.get("stage") == "grpo":
+        if meta.get("stage") == "grpo" and cfg.eval.sampled:
             spec = {"name": "transformer", "kwargs": {"path": str(d), "num_threads": 1}}
             points.append(OperatingPoint(name, "sampled", spec, {"kind": "router", "checkpoint": str(d),
                                                                   "sampled": True, **meta},

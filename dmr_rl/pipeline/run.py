@@ -177,10 +177,11 @@ class MainJob:
         from dmr_rl.pipeline import causal, evaluate
 
         ckpts = {"sft": str(self.run_dir / "router_sft"), "grpo": str(self.run_dir / "router_grpo" / "router")}
+        played = {m: d for m, d in ckpts.items() if m in self.cfg.eval.routers}
         sweep = {f"grpo_l{lam:g}": str(d / "router") for lam, d in self.lambda_sweep_dirs().items()}
         group, clients = evaluate.start_group(self.cfg)
         try:
-            path = evaluate.run(self.cfg, ckpts, group=group, clients=clients, sweep_ckpts=sweep,
+            path = evaluate.run(self.cfg, played, group=group, clients=clients, sweep_ckpts=sweep,
                                 progress=self.progress)
             out = {"results": str(path)}
             if self.cfg.eval.causal_episodes > 0:

@@ -33,7 +33,7 @@ def ensure_env_data(cfg) -> str:
         if cfg.env.name == "alfworld":
             from environments.alfworld.generator import generate
 
-            generate(str(root), n=cfg.env.generate_n, seed=cfg.env.generate_seed)
+            generate(str(root), n=cfg.env.generate_n, seed=cfg.env.generate_seed, train_n=cfg.env.generate_train_n)
         elif cfg.env.name == "webshop":
             from environments.webshop.generator import generate
 
@@ -41,7 +41,7 @@ def ensure_env_data(cfg) -> str:
                      n_instructions=cfg.env.generate_n, seed=cfg.env.generate_seed)
         else:  # pragma: no cover - config validation allows only the two families
             raise ValueError(f"no generator for environment {cfg.env.name!r}")
-        marker.write_text(f"n={cfg.env.generate_n} seed={cfg.env.generate_seed}\n")
+        marker.write_text(f"n={cfg.env.generate_n} train_n={cfg.env.generate_train_n} seed={cfg.env.generate_seed}\n")
     return str(root)
 
 

@@ -47,9 +47,13 @@ def reserve_unseen(rng: random.Random) -> set[tuple[str, str, str]]:
     return reserved
 
 
-def split_sizes(n: int) -> dict[str, int]:
+def split_sizes(n: int, train_n: int = 0) -> dict[str, int]:
+    """Games per split: a third of ``n`` for each validation split, the rest for train; ``train_n``
+    > 0 sets the train split's size instead (more training tasks, the validation splits unchanged)."""
     third = n // 3
-    return {"train": n - 2 * third, "valid_seen": third, "valid_unseen": third}
+    if train_n < 0:
+        raise ValueError(f"train_n must be 0 (the rest of n) or positive, got {train_n}")
+    return {"train": train_n or n - 2 * third, "valid_seen": third, "valid_unseen": third}
 
 
 def _scene_numbers(room: str, split: str) -> list[int]:
@@ -140,8 +144,9 @@ class PlannerCheck:
         return plan if state["won"] else None
 
 
-def generate(out_dir: str, n: int, seed: int, verify: bool = True) -> dict:
-    """Write ``n`` games under ``out_dir`` and return a summary (counts per split and task type)."""
+def generate(out_dir: str, n: int, seed: int, verify: bool = True, train_n: int = 0) -> dict:
+    """Write the games of :func:`split_sizes` (``n``, ``train_n``) under ``out_dir`` and return a
+    summary (counts per split and task type)."""
     from alfworld.info import ALFRED_PDDL_PATH
 
     if n < 1:
@@ -154,7 +159,7 @@ def generate(out_dir: str, n: int, seed: int, verify: bool = True) -> dict:
     used_trials: set = set()
     summary: dict = {"out_dir": os.path.abspath(out_dir), "n": n, "seed": seed,
                      "unseen_triples": len(sampler.reserved), "splits": {}}
-    for split, size in split_sizes(n).items():
+    for split, size in split_sizes(n, train_n).items():
         types: list[str] = []
         while len(types) < size:
             cycle = list(rooms.TASK_TYPES)
