@@ -13,7 +13,7 @@ pytest.importorskip("alfworld")
 pytest.importorskip("textworld")
 
 from environments.alfworld import rooms  # noqa: E402
-from environments.alfworld.generator import generate  # noqa: E402
+from environments.alfworld.generator import generate, split_sizes  # noqa: E402
 
 SPLITS = ("train", "valid_seen", "valid_unseen")
 
@@ -137,3 +137,13 @@ def test_generated_games_start_unsolved_and_the_plan_wins(alfworld_data):
 def test_generate_rejects_bad_n(tmp_path):
     with pytest.raises(ValueError, match="n must be"):
         generate(str(tmp_path), n=0, seed=0)
+
+
+def test_train_n_sizes_the_train_split_alone(tmp_path):
+    assert split_sizes(7) == {"train": 3, "valid_seen": 2, "valid_unseen": 2}
+    assert split_sizes(6, train_n=5) == {"train": 5, "valid_seen": 2, "valid_unseen": 2}
+    summary = generate(str(tmp_path), n=3, seed=3, verify=False, train_n=4)
+    assert {s: len(_trials(str(tmp_path), s)) for s in SPLITS} == {"train": 4, "valid_seen": 1, "valid_unseen": 1}
+    assert summary["splits"]["train"]["games"] == 4
+    with pytest.raises(ValueError, match="train_n"):
+        split_sizes(6, train_n=-1)

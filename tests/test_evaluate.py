@@ -278,6 +278,8 @@ def test_plan_and_errors(setup, tmp_path):
     assert names == [("sft", "r0.30", False, False), ("sft", "r0.70", False, False),
                      ("grpo", "r0.30", False, False), ("grpo", "sampled", True, True)]
     assert all(p.params["hp_cost"] == 0.5 for p in pts if p.method == "grpo")
+    no_sampled = load_config(overrides=["eval.sampled=false"])
+    assert [(p.method, p.point) for p in evaluate.router_points(no_sampled, {"grpo": str(d)}, cal)] == [("grpo", "r0.30")]
     assert [p.point for p in evaluate.sweep_points({"grpo_l1": str(d)})] == ["sampled"]
     with pytest.raises(ValueError, match="unknown method 'nope'"):
         evaluate.baseline_points(cfg, ["nope"])
@@ -409,3 +411,37 @@ def test_the_report_names_what_each_tier_ran_as(evaluated):
                        "lp": [{"backend": "compressed", "dtype": "float32", "device": "cpu"}]}) == (
         "Tiers (as served in the evaluation): HP transformers, bfloat16 on cpu, 2 replicas; "
         "LP compressed, float32 on cpu, 1 replica.")
+
+
+@pytest.mark.parametrize("offset, random_points, first_k_points", [
+    (+0.05, ["ratio0.400"], ["k8"]),  # the baselines landed above the router: kept (conservative)
+    (-0.05, ["ratio0.400", "ratio0.450"], ["k8", "k9"]),  # below it: corrected once
+    (+0.01, ["ratio0.400"], ["k8"]),  # within the tolerance
+])
+def test_matched_baselines_correct_only_a_point_below_the_routers_ratio(monkeypatch, offset, random_points,
+                                                                       first_k_points):
+    from dmr_rl.pipeline import evaluate
+
+    class Eps(list):  # stands for a point's episodes: its realised HP ratio and episode lengths
+        def __init__(self, ratio, lengths=()):
+            super().__init__(type("E", (), {"length": n})() for n in lengths)
+            self.ratio = ratio
+
+    monkeypatch.setattr(evaluate, "realised_hp_ratio", lambda eps: eps.ratio)
+    ev = evaluate.Evaluation(load_config(overrides=["eval.seeds=[0]"]), None, [0], progress=False)
+    router = evaluate.OperatingPoint("router", "r0.40", None, {"kind": "router"})
+    ev.played.append((router, Eps(0.4, [20, 20])))
+    asked = []
+
+    def play(p):
+        asked.append((p.method, p.point))
+        got = p.params["hp_ratio"] if p.method == "random" else p.params["k"] / 20
+        first = [m for m, _ in asked].count(p.method) == 1
+        eps = Eps(got + offset if first else got)  # the first random and the first first-k point miss
+        ev.played.append((p, eps))
+        return eps
+
+    monkeypatch.setattr(ev, "play", play)
+    ev.matched_baselines(["random", "first_k"])
+    assert [pt for m, pt in asked if m == "random"] == random_points
+    assert [pt for m, pt in asked if m == "first_k"] == first_k_points

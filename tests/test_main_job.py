@@ -70,15 +70,19 @@ def test_fresh_run_dir_never_overwrites(tmp_path):
 
 
 def test_main_job_with_an_lp_hidden_router(ray_session, alfworld_data, tmp_path):
-    """router.features=lp_hidden end to end: collection records the LP model's prompt state, the
-    labels carry it, stage 1 sizes the router by it, GRPO and evaluation route with it."""
+    """router.features=lp_hidden end to end, set up as the default sets it up (a linear probe on an
+    inner LP layer, KL recorded during collection, only GRPO's router evaluated, no sampled point):
+    collection records the LP model's prompt state, the labels carry it, stage 1 sizes the router
+    by it, GRPO and evaluation route with it, paying the partial LP pass on HP's steps."""
     from dmr_rl.pipeline import run as main_job
     from dmr_rl.rollout.records import TrajectoryStore
     from dmr_rl.router.transformer import TransformerRouter
 
     run_dir = tmp_path / "run"
     cfg = load_config(None, TINY + [f"run_dir={run_dir}", f"env.data_dir={alfworld_data}",
-                                    "router.features=lp_hidden", "eval.baselines=[hp_only]"])
+                                    "router.features=lp_hidden", "router.hidden_layer=1", "router.n_layers=0",
+                                    "collect.record_kl=true", "eval.routers=[grpo]", "eval.sampled=false",
+                                    "eval.baselines=[hp_only]"])
     main_job.run(cfg, progress=False)
     hidden_size = json.loads((ASSETS / "alfworld" / "config.json").read_text())["hidden_size"]
     rows = [json.loads(line) for line in (run_dir / "labels" / "steps.jsonl").read_text().splitlines()]
@@ -87,7 +91,11 @@ def test_main_job_with_an_lp_hidden_router(ray_session, alfworld_data, tmp_path)
         router = TransformerRouter.load(run_dir / stage)
         assert router.needs_lp_hidden and router.features.hidden_dim == hidden_size
     grpo_steps = [s for e in TrajectoryStore.read(run_dir / "trajectories" / "grpo") for s in e.steps]
-    assert grpo_steps and all("lp" in s.extra["paid"] and len(s.extra["lp_hidden"]) == hidden_size
-                              for s in grpo_steps)
+    assert grpo_steps and all(len(s.extra["lp_hidden"]) == hidden_size for s in grpo_steps)
+    for s in grpo_steps:  # LP acted (its pass paid), or HP did and the layer-1 read cost 1/3 of an LP call
+        assert ("lp" in s.extra["paid"]) if s.tier == "lp" else s.extra["lp_part"] == pytest.approx(1 / 3)
+    label_stats = json.loads((run_dir / "labels" / "label_stats.json").read_text())
+    assert label_stats["kl_source"] == "recorded at collection"
     results = json.loads((run_dir / "report" / "results.json").read_text())
-    assert {"grpo", "sft", "hp_only"} <= set(results["methods"])
+    assert {"grpo", "hp_only"} <= set(results["methods"]) and "sft" not in results["methods"]
+    assert list(results["methods"]["grpo"]) == ["r0.50"]

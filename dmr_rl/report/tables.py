@@ -260,7 +260,7 @@ def comparison_sentence(c: dict) -> str:
               f"({'cost-matched' if c['matched'] else 'not matched in cost'})")
     else:
         at = (f"at {100 * c['hp_ratio']:.0f}% HP" if c["matched"] else
-              f"at {100 * c['hp_ratio']:.0f}% vs {100 * c['vs_hp_ratio']:.0f}% HP (not matched)")
+              f"at {100 * c['hp_ratio']:.0f}% vs {100 * c['vs_hp_ratio']:.0f}% HP{_unmatched(c)}")
     return (f"{c['method']} {c['point']} {_f(c['success'])} vs {c['vs']} {c['vs_point']} {_f(c['vs_success'])} "
             f"{at}: {_signed(c['diff_mean'])} [{_signed(c['diff_ci'][0])}, {_signed(c['diff_ci'][1])}], "
             f"McNemar p={_p(c['mcnemar_p'])}{_undetected(c)}")
@@ -271,7 +271,13 @@ def _match_note(c: dict) -> str:
     "(not matched)" for a nearest-in-HP-ratio baseline beyond MATCH_TOL."""
     if c.get("matched_on") == "cost":
         return f" (cost {_f(c['cost_norm'])} vs {_f(c['vs_cost_norm'])}{'' if c['matched'] else ', not matched'})"
-    return " (not matched)" if c["vs"] in NEAREST and not c["matched"] else ""
+    return _unmatched(c) if c["vs"] in NEAREST and not c["matched"] else ""
+
+
+def _unmatched(c: dict) -> str:
+    """Why a baseline beyond MATCH_TOL is still shown: " (baseline at more HP)" when it routed more
+    to HP than the router point (a conservative comparison for the router), else " (not matched)"."""
+    return " (baseline at more HP)" if c["vs_hp_ratio"] > c["hp_ratio"] else " (not matched)"
 
 
 def _undetected(c: dict) -> str:
