@@ -207,6 +207,24 @@ def test_a_router_reading_an_inner_lp_layer_pays_that_share_of_an_lp_call(alfwor
                 assert s.weight_bytes == HP_BYTES + 0.5 * LP_BYTES and step_calls(s) == (1, 1.5)
             else:
                 assert s.extra["paid"] == ["lp"] and "lp_part" not in s.extra and step_calls(s) == (0, 1)
+    # the causal check's reference wraps the router (HP acting, P(HP) recorded): it must read the same
+    # layer, so its P(HP) on HP's trajectory is the router's own (a probe with random weights)
+    import torch
+
+    from dmr_rl.pipeline.causal import ShadowRouter
+
+    router = TransformerRouter(RouterConfig(n_layers=0, features="lp_hidden", hidden_layer=2),
+                               hidden_dim=HIDDEN, threshold=0.0)
+    torch.manual_seed(0)
+    router.set_weights({k: np.random.default_rng(1).normal(size=v.shape).astype(np.float32) if k.endswith("weight")
+                        else v for k, v in router.get_weights().items()})
+    probs = {}
+    for name, r in (("router", router), ("shadow", ShadowRouter(router))):
+        out = tmp_path / name
+        RolloutWorker(2, clients, spec, num_envs=1, shard_dir=str(out), router=r).run_episodes([0], method="router")
+        probs[name] = [s.router_prob for s in TrajectoryStore.read(out)[0].steps]
+    assert probs["router"] and len(set(np.round(probs["router"], 4))) > 1  # the weights make P(HP) vary
+    np.testing.assert_allclose(probs["shadow"], probs["router"], atol=1e-5)
     deep = TransformerRouter(RouterConfig(n_layers=0, features="lp_hidden", hidden_layer=5), hidden_dim=HIDDEN)
     with pytest.raises(ValueError, match="reads LP layer 5, but the LP tier reports 4"):
         RolloutWorker(1, clients, spec, num_envs=1, shard_dir=str(tmp_path / "deep"), router=deep).run_episodes(

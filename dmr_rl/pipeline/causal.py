@@ -54,6 +54,10 @@ class ShadowRouter(Router):
     def needs_lp_hidden(self) -> bool:
         return bool(getattr(self.inner, "needs_lp_hidden", False))
 
+    @property
+    def hidden_layer(self) -> int:  # the state the inner router was trained on, not the last layer's
+        return int(getattr(self.inner, "hidden_layer", 0))
+
     def route(self, contexts, rng, sample=False, lp_action_probs=None, hp_action_probs=None, **kw):
         d = self.inner.route(contexts, rng, sample=False, **kw)
         n = len(contexts)

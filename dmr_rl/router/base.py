@@ -34,6 +34,9 @@ class Router(abc.ABC):
     #: features): the rollout runs the LP prompt pass first, charges it, and passes
     #: ``lp_hidden=[vector per context]`` to ``route``.
     needs_lp_hidden: bool = False
+    #: With ``needs_lp_hidden``: the LP decoder layer whose state the router reads (0: the last);
+    #: a router wrapping another must pass its inner router's on, as it passes ``needs_lp_hidden``.
+    hidden_layer: int = 0
 
     @abc.abstractmethod
     def route(self, contexts: list, rng: np.random.Generator, sample: bool = False,
