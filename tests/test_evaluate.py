@@ -363,6 +363,14 @@ def test_plan_row_by_hand():
     f = flip_detection([ref])
     assert (f["steps"], f["flips"], f["flip_rate"]) == (4, 2, 0.5)
     assert f["router_auroc"] == 0.75 and f["kl_auroc"] == 1.0  # router: (.9 > .7, .1) and (.5 > .1 only)
+    assert f["router_auroc_within"] == 0.75 and f["within_episodes"] == 1
+    # two episodes the router ranks perfectly inside, badly across: pooled 0.75, within 1.0
+    a, b = ep("a", 0, 2), ep("b", 1, 2)
+    for e, ps in ((a, [.2, .1]), (b, [.9, .8])):
+        for st, agree, p in zip(e.steps, [False, True], ps):
+            st.extra["tiers_agree"], st.router_prob = agree, p
+    f = flip_detection([a, b, ep("c", 2, 3)])  # c: no step with both tiers, left out
+    assert (f["router_auroc"], f["router_auroc_within"], f["within_episodes"]) == (0.75, 1.0, 2)
     d = paired_task_diff({0: 1.0, 1: 1.0, 2: 0.0}, {0: 0.0, 1: 1.0, 2: 0.0, 3: 1.0}, n_boot=200)
     assert d["n_tasks"] == 3 and d["diff_mean"] == pytest.approx(1 / 3)
     assert d["diff_ci"][0] <= d["diff_mean"] <= d["diff_ci"][1]

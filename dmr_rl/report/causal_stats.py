@@ -46,17 +46,26 @@ def flip_detection(reference: list) -> dict:
     actions differ (*flips*), on the reference replays (HP acting, both tiers scored every step).
 
     reference: EpisodeRecords; steps without ``tiers_agree`` are skipped. Returns steps, flips,
-    flip_rate and router_auroc / kl_auroc (rank AUROC; 0.5 = chance; nan when a class is absent).
+    flip_rate and router_auroc / kl_auroc (rank AUROC over all steps; 0.5 = chance; nan when a class
+    is absent), and router_auroc_within: the median over episodes holding both flips and agreements
+    of the router's AUROC inside the episode (``within_episodes`` of them). On few tasks the pooled
+    number can be one long episode's: a failed one that loops flips on most steps.
     """
     from dmr_rl.algos.router_losses import auroc
 
-    steps = [st for ep in reference for st in ep.steps if "tiers_agree" in st.extra]
-    flips = np.array([not st.extra["tiers_agree"] for st in steps], dtype=bool)
-    router = np.array([st.router_prob for st in steps], dtype=float)
+    def columns(eps):
+        steps = [st for ep in eps for st in ep.steps if "tiers_agree" in st.extra]
+        return (steps, np.array([not st.extra["tiers_agree"] for st in steps], dtype=bool),
+                np.array([st.router_prob for st in steps], dtype=float))
+
+    steps, flips, router = columns(reference)
     kl = np.array([np.nan if st.kl is None else float(st.kl) for st in steps], dtype=float)
     has_kl = np.isfinite(kl)  # auroc is nan when a class is absent (no steps included)
+    within = [auroc(r, f) for _, f, r in map(columns, ([ep] for ep in reference)) if 0 < f.sum() < f.size]
     return {"steps": len(steps), "flips": int(flips.sum()), "flip_rate": float(flips.mean()) if steps else float("nan"),
-            "router_auroc": auroc(router, flips), "kl_auroc": auroc(kl[has_kl], flips[has_kl])}
+            "router_auroc": auroc(router, flips), "kl_auroc": auroc(kl[has_kl], flips[has_kl]),
+            "router_auroc_within": float(np.median(within)) if within else float("nan"),
+            "within_episodes": len(within)}
 
 
 def causal_summary(causal: dict, n_boot: int = 2000, seed: int = 0) -> dict:
@@ -103,5 +112,7 @@ def causal_lines(summary: dict) -> list[str]:
         out.append(f"- On the reference replays (HP acting, both tiers scored) the tiers' greedy actions differ on "
                    f"{f['flips']} of {f['steps']} steps ({100 * f['flip_rate']:.1f}%); the router's P(HP) ranks "
                    f"those steps with AUROC {f['router_auroc']:.3f}, the per-step KL with AUROC {f['kl_auroc']:.3f} "
-                   f"(0.5 = chance).")
+                   f"(0.5 = chance)" + (f"; inside an episode, the router's median AUROC over the "
+                                        f"{f['within_episodes']} episodes with both flips and agreements is "
+                                        f"{f['router_auroc_within']:.3f}." if f.get("within_episodes") else "."))
     return out
