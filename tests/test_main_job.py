@@ -75,7 +75,7 @@ def test_main_job_with_an_lp_hidden_router(ray_session, alfworld_data, tmp_path)
     collection records the LP model's prompt state, the labels carry it, stage 1 sizes the router
     by it, GRPO and evaluation route with it, paying the partial LP pass on HP's steps."""
     from dmr_rl.pipeline import run as main_job
-    from dmr_rl.rollout.records import TrajectoryStore
+    from dmr_rl.rollout.records import HP, LP, TrajectoryStore
     from dmr_rl.router.transformer import TransformerRouter
 
     run_dir = tmp_path / "run"
@@ -93,7 +93,8 @@ def test_main_job_with_an_lp_hidden_router(ray_session, alfworld_data, tmp_path)
     grpo_steps = [s for e in TrajectoryStore.read(run_dir / "trajectories" / "grpo") for s in e.steps]
     assert grpo_steps and all(len(s.extra["lp_hidden"]) == hidden_size for s in grpo_steps)
     for s in grpo_steps:  # LP acted (its pass paid), or HP did and the layer-1 read cost 1/3 of an LP call
-        assert ("lp" in s.extra["paid"]) if s.tier == "lp" else s.extra["lp_part"] == pytest.approx(1 / 3)
+        assert (s.extra["paid"] == ["lp"]) if s.tier == LP else s.extra["lp_part"] == pytest.approx(1 / 3)
+    assert {s.tier for s in grpo_steps} == {HP, LP}
     label_stats = json.loads((run_dir / "labels" / "label_stats.json").read_text())
     assert label_stats["kl_source"] == "recorded at collection"
     results = json.loads((run_dir / "report" / "results.json").read_text())
