@@ -90,8 +90,9 @@ def routing_overhead(cfg, specs, reps: int) -> dict:
     cands = [c.admissible for c in ctxs]
     local = LocalTierClient("lp", specs["lp"])
     lp_s = _median_s(lambda: local.score_actions_costed(prompts, cands), reps)
-    hidden = local.prompt_hidden(prompts) if cfg.router.features == "lp_hidden" else None
-    hidden_s = _median_s(lambda: local.prompt_hidden_costed(prompts), reps) if hidden is not None else 0.0
+    layer = cfg.router.hidden_layer  # the LP pass stops after this decoder layer (0: the whole pass)
+    hidden = local.prompt_hidden(prompts, layer) if cfg.router.features == "lp_hidden" else None
+    hidden_s = _median_s(lambda: local.prompt_hidden_costed(prompts, layer), reps) if hidden is not None else 0.0
     router = TransformerRouter(**_router_kwargs(cfg, len(hidden[0]) if hidden else 0))
     rng = np.random.default_rng(0)
     router_s = _median_s(lambda: router.route(ctxs, rng, **({"lp_hidden": hidden} if hidden else {})), reps)
@@ -102,7 +103,7 @@ def routing_overhead(cfg, specs, reps: int) -> dict:
         launcher.shutdown_all(None, {"lp": remote})
     ray_s = max(0.0, ray_lp_s - lp_s)
     return {"envs_per_step": len(ctxs), "features": cfg.router.features, "lp_step_ms": 1e3 * lp_s,
-            "router_ms": 1e3 * router_s, "lp_hidden_ms": 1e3 * hidden_s, "hidden_dim": len(hidden[0]) if hidden else 0,
+            "router_ms": 1e3 * router_s, "lp_hidden_ms": 1e3 * hidden_s, "lp_hidden_layer": layer, "hidden_dim": len(hidden[0]) if hidden else 0,
             "ray_ms": 1e3 * ray_s, "lp_step_via_ray_ms": 1e3 * ray_lp_s,
             "router_pct_of_lp_step": 100 * (router_s + hidden_s) / lp_s,
             "overhead_pct_of_lp_step": 100 * (router_s + hidden_s + ray_s) / lp_s}
@@ -233,7 +234,8 @@ def main(argv=None) -> int:
         return 0
     print(f"routing overhead per step ({over['envs_per_step']} envs, {cfg.env.name}, "
           f"{'fake tiers' if args.fake else 'config tiers'}):")
-    hid = f" + LP prompt pass {over['lp_hidden_ms']:.2f} ms" if over["features"] == "lp_hidden" else ""
+    upto = f"up to layer {over['lp_hidden_layer']}" if over.get("lp_hidden_layer") else "(all layers)"
+    hid = f" + LP prompt pass {upto} {over['lp_hidden_ms']:.2f} ms" if over["features"] == "lp_hidden" else ""
     print(f"  LP step {over['lp_step_ms']:.2f} ms | router {over['router_ms']:.2f} ms{hid} | Ray adds {over['ray_ms']:.2f} ms"
           f" -> overhead {over['overhead_pct_of_lp_step']:.1f}% of an LP step (router alone {over['router_pct_of_lp_step']:.1f}%)")
     print(f"rollout throughput, {args.episodes} episodes:")

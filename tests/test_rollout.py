@@ -244,8 +244,9 @@ def test_record_hidden_keeps_the_lp_state_on_hp_trajectories_and_needs_an_lp_tie
 
 
 def test_bench_pipeline_measures_the_lp_hidden_router_on_fake_tiers(ray_session, alfworld_data, tmp_path):
-    """experiments/bench_pipeline.py with the default preset's router input: the LP prompt pass is
-    measured and counted in the overhead, and rollout workers route with it."""
+    """experiments/bench_pipeline.py with the default preset's router (a probe on an inner LP layer):
+    the LP prompt pass up to that layer is measured and counted in the overhead, and rollout workers
+    route with it."""
     import sys
     from argparse import Namespace
     from pathlib import Path
@@ -256,10 +257,12 @@ def test_bench_pipeline_measures_the_lp_hidden_router_on_fake_tiers(ray_session,
     import bench_pipeline
 
     cfg = load_config(None, [f"run_dir={tmp_path}", f"env.data_dir={alfworld_data}", "env.max_steps=3",
-                             "router.features=lp_hidden", "collect.envs_per_worker=2", "router.max_tokens=64"])
+                             "router.features=lp_hidden", "router.hidden_layer=2", "router.n_layers=0",
+                             "collect.envs_per_worker=2", "router.max_tokens=64"])
     specs = bench_pipeline._specs(cfg, Namespace(fake=True, fake_delay_ms=1.0))
     over = bench_pipeline.routing_overhead(cfg, specs, reps=2)
     assert over["features"] == "lp_hidden" and over["hidden_dim"] == 8 and over["lp_hidden_ms"] > 0
+    assert over["lp_hidden_layer"] == 2  # the pass stops where the default's router reads (fake LP: 4 layers)
     assert over["router_pct_of_lp_step"] == pytest.approx(100 * (over["router_ms"] + over["lp_hidden_ms"])
                                                           / over["lp_step_ms"])
     rows = bench_pipeline.throughput(cfg, specs, [1], episodes=2, hidden_dim=over["hidden_dim"])
