@@ -103,7 +103,8 @@ def routing_overhead(cfg, specs, reps: int) -> dict:
         launcher.shutdown_all(None, {"lp": remote})
     ray_s = max(0.0, ray_lp_s - lp_s)
     return {"envs_per_step": len(ctxs), "features": cfg.router.features, "lp_step_ms": 1e3 * lp_s,
-            "router_ms": 1e3 * router_s, "lp_hidden_ms": 1e3 * hidden_s, "lp_hidden_layer": layer, "hidden_dim": len(hidden[0]) if hidden else 0,
+            "router_ms": 1e3 * router_s, "lp_hidden_ms": 1e3 * hidden_s, "lp_hidden_layer": layer,
+            "hidden_dim": len(hidden[0]) if hidden else 0,
             "ray_ms": 1e3 * ray_s, "lp_step_via_ray_ms": 1e3 * ray_lp_s,
             "router_pct_of_lp_step": 100 * (router_s + hidden_s) / lp_s,
             "overhead_pct_of_lp_step": 100 * (router_s + hidden_s + ray_s) / lp_s}

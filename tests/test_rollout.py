@@ -209,13 +209,10 @@ def test_a_router_reading_an_inner_lp_layer_pays_that_share_of_an_lp_call(alfwor
                 assert s.extra["paid"] == ["lp"] and "lp_part" not in s.extra and step_calls(s) == (0, 1)
     # the causal check's reference wraps the router (HP acting, P(HP) recorded): it must read the same
     # layer, so its P(HP) on HP's trajectory is the router's own (a probe with random weights)
-    import torch
-
     from dmr_rl.pipeline.causal import ShadowRouter
 
     router = TransformerRouter(RouterConfig(n_layers=0, features="lp_hidden", hidden_layer=2),
                                hidden_dim=HIDDEN, threshold=0.0)
-    torch.manual_seed(0)
     router.set_weights({k: np.random.default_rng(1).normal(size=v.shape).astype(np.float32) if k.endswith("weight")
                         else v for k, v in router.get_weights().items()})
     probs = {}

@@ -53,15 +53,15 @@ def flip_detection(reference: list) -> dict:
     """
     from dmr_rl.algos.router_losses import auroc
 
-    def columns(eps):
-        steps = [st for ep in eps for st in ep.steps if "tiers_agree" in st.extra]
-        return (steps, np.array([not st.extra["tiers_agree"] for st in steps], dtype=bool),
-                np.array([st.router_prob for st in steps], dtype=float))
-
-    steps, flips, router = columns(reference)
+    rows = [(i, st) for i, ep in enumerate(reference) for st in ep.steps if "tiers_agree" in st.extra]
+    steps = [st for _, st in rows]
+    episode = np.array([i for i, _ in rows], dtype=np.int64)
+    flips = np.array([not st.extra["tiers_agree"] for st in steps], dtype=bool)
+    router = np.array([st.router_prob for st in steps], dtype=float)
     kl = np.array([np.nan if st.kl is None else float(st.kl) for st in steps], dtype=float)
     has_kl = np.isfinite(kl)  # auroc is nan when a class is absent (no steps included)
-    within = [auroc(r, f) for _, f, r in map(columns, ([ep] for ep in reference)) if 0 < f.sum() < f.size]
+    inside = [episode == i for i in np.unique(episode)]
+    within = [auroc(router[m], flips[m]) for m in inside if 0 < flips[m].sum() < m.sum()]
     return {"steps": len(steps), "flips": int(flips.sum()), "flip_rate": float(flips.mean()) if steps else float("nan"),
             "router_auroc": auroc(router, flips), "kl_auroc": auroc(kl[has_kl], flips[has_kl]),
             "router_auroc_within": float(np.median(within)) if within else float("nan"),

@@ -296,21 +296,23 @@ class RolloutWorker:
 
     def _hidden(self, prompts: list, layer: int = 0) -> tuple:
         """The LP tier's hidden state of every prompt at ``layer`` (0: the last): (vectors, per-row costs)."""
-        client = self.clients.get("lp")
-        if client is None:
-            raise ValueError("lp_hidden routing needs the LP tier, but this worker has no 'lp' client")
+        client = self._lp_client()
         if hasattr(client, "prompt_hidden_ref"):
             return client.get(client.prompt_hidden_ref(prompts, layer))
         return client.prompt_hidden_costed(prompts, layer)
+
+    def _lp_client(self):
+        """The LP tier's client, which lp_hidden routing reads (a ValueError naming it when absent)."""
+        if "lp" not in self.clients:
+            raise ValueError("lp_hidden routing needs the LP tier, but this worker has no 'lp' client")
+        return self.clients["lp"]
 
     def _layer_share(self, layer: int) -> float:
         """The share of an LP call a hidden pass up to decoder layer ``layer`` costs (1.0 for 0: the whole pass)."""
         if not layer:
             return 1.0
         if self._lp_layers is None:
-            if "lp" not in self.clients:
-                raise ValueError("lp_hidden routing needs the LP tier, but this worker has no 'lp' client")
-            self._lp_layers = int(self.clients["lp"].info()[0].get("num_layers") or 0)
+            self._lp_layers = int(self._lp_client().info()[0].get("num_layers") or 0)
         if not 0 < layer <= self._lp_layers:
             raise ValueError(f"router reads LP layer {layer}, but the LP tier reports {self._lp_layers} decoder layers")
         return layer / self._lp_layers
