@@ -453,3 +453,35 @@ def test_matched_baselines_correct_only_a_point_below_the_routers_ratio(monkeypa
     ev.matched_baselines(["random", "first_k"])
     assert [pt for m, pt in asked if m == "random"] == random_points
     assert [pt for m, pt in asked if m == "first_k"] == first_k_points
+
+
+@pytest.mark.parametrize("random_cost, random_points", [
+    (0.9, ["ratio0.400", "ratio0.550"]),  # the matched random point reads fewer bytes per episode: priced too
+    (1.1, ["ratio0.400"]),  # it already reads more than the router: it is the comparison on cost as well
+])
+def test_random_at_the_cost_equivalent_ratio_only_when_the_matched_one_is_cheaper(monkeypatch, random_cost,
+                                                                                   random_points):
+    from dmr_rl.pipeline import evaluate
+
+    class Eps(list):  # a point's episodes, by what the evaluation reads of them
+        def __init__(self, ratio, cost):
+            super().__init__()
+            self.ratio, self.cost = ratio, cost
+
+    monkeypatch.setattr(evaluate, "realised_hp_ratio", lambda eps: eps.ratio)
+    monkeypatch.setattr(evaluate, "episode_cost", lambda eps: eps.cost)
+    monkeypatch.setattr(evaluate, "cost_equivalent_hp_ratio", lambda eps, s: 0.55 if eps.ratio == 0.4 else eps.ratio)
+    ev = evaluate.Evaluation(load_config(overrides=["eval.seeds=[0]"]), None, [0], progress=False,
+                             lp_bytes_share=0.3)
+    ev.played.append((evaluate.OperatingPoint("router", "r0.40", None, {"kind": "router"}), Eps(0.4, 1.0)))
+    asked = []
+
+    def play(p):
+        asked.append(p.point)
+        eps = Eps(p.params["hp_ratio"] + 0.001, random_cost)
+        ev.played.append((p, eps))
+        return eps
+
+    monkeypatch.setattr(ev, "play", play)
+    ev.matched_baselines(["random"])
+    assert asked == random_points

@@ -293,3 +293,11 @@ def test_paired_comparison_reports_what_it_could_detect():
                                  "vs": "random", "vs_point": "ratio0.30", "hp_ratio": 0.3, "vs_hp_ratio": 0.3,
                                  "matched": True})
     assert "no difference shown" not in shown
+
+
+def test_episode_cost_is_a_mean_over_tasks_of_bytes_per_episode():
+    a = _ep(True, [HP, LP], task_index=0)  # 10 + 3 bytes
+    b = _ep(True, [LP, LP, LP], task_index=0)  # 9
+    c = _ep(False, [HP], task_index=1)  # 10
+    assert M.episode_cost([a, b, c]) == pytest.approx(((13 + 9) / 2 + 10) / 2)  # task 0 counts once, not twice
+    assert math.isnan(M.episode_cost([]))

@@ -41,7 +41,7 @@ import numpy as np
 
 from dmr_rl.pipeline.timing import eta_seconds, format_duration
 from dmr_rl.report import layout
-from dmr_rl.report.metrics import cost_equivalent_hp_ratio, realised_hp_ratio
+from dmr_rl.report.metrics import cost_equivalent_hp_ratio, episode_cost, realised_hp_ratio
 
 BASELINE_SWEEPS = {  # baseline -> (router kwarg, values, point-name format), used when no router sets the cost
     "hp_only": (None, [None], "default"),
@@ -322,7 +322,9 @@ class Evaluation:
         it too (``matched_to`` lists every router point it stands beside). A router point that pays
         both tiers on some steps (LP first, HP on top) reads more weight bytes than its HP ratio says:
         random also runs at its cost-equivalent ratio (:func:`metrics.cost_equivalent_hp_ratio`), the
-        point the report's *nearest in cost* row compares it with."""
+        point the report's *nearest in cost* row compares it with, unless the random point matched on
+        HP ratio already reads at least the router's weight bytes per episode (then that point is the
+        nearest in cost, or costs more: the comparison needs no other)."""
         det = env_is_deterministic(self.cfg)
         for p, eps in [(p, e) for p, e in self.played if p.params.get("kind") == "router"]:
             r = realised_hp_ratio(eps)
@@ -330,40 +332,47 @@ class Evaluation:
                 continue
             target = f"{p.method}/{p.point}"
             if "random" in names:
-                self._random_at(r, target, det)
+                matched = self._random_at(r, target, det)
                 if self.lp_bytes_share is not None:
                     q = cost_equivalent_hp_ratio(eps, self.lp_bytes_share)
-                    if q - r > MATCH_TOLERANCE:
+                    if q - r > MATCH_TOLERANCE and episode_cost(matched) < episode_cost(eps):
                         self._random_at(min(q, 1.0), target, det)
-            if "first_k" in names and not self._reuse("first_k", r, target):
+            if "first_k" in names and self._reuse("first_k", r, target) is None:
                 k = max(0, int(round(r * np.mean([e.length for e in eps]))))
                 got = realised_hp_ratio(self.play(_baseline("first_k", f"k{k}", {"k": k}, det, matched_to=[target])))
                 if r - got > MATCH_TOLERANCE:  # below the router's ratio: one step up (above it: conservative)
-                    if not self._reuse("first_k", r, target, MATCH_TOLERANCE):
+                    if self._reuse("first_k", r, target, MATCH_TOLERANCE) is None:
                         self.play(_baseline("first_k", f"k{k + 1}", {"k": k + 1}, det, matched_to=[target]))
 
-    def _random_at(self, r: float, target: str, det: bool) -> None:
+    def _random_at(self, r: float, target: str, det: bool) -> list:
         """Random routing at HP ratio ``r`` beside router point ``target``: a played random point within
         ``MATCH_TOLERANCE / 2`` of ``r``, else a new one, with one correction of its Bernoulli rate
         when it realised less than ``r - MATCH_TOLERANCE``. One that realised more HP than ``r`` is
         kept as it is: a router that beats it beats random at its own ratio a fortiori (the report
-        says "baseline at more HP"), and a correction would cost another pass of every seed."""
-        if self._reuse("random", r, target):
-            return
+        says "baseline at more HP"), and a correction would cost another pass of every seed.
+        Returns the episodes of the point that stands beside ``target``."""
+        reused = self._reuse("random", r, target)
+        if reused is not None:
+            return reused
         q = _baseline("random", f"ratio{r:.3f}", {"hp_ratio": round(r, 4)}, det, matched_to=[target])
-        got = realised_hp_ratio(self.play(q))
+        eps = self.play(q)
+        got = realised_hp_ratio(eps)
         if r - got > MATCH_TOLERANCE:  # one correction of the Bernoulli rate
             q2 = float(np.clip(r + (r - got), 0.0, 1.0))
-            self.play(_baseline("random", f"ratio{q2:.3f}", {"hp_ratio": round(q2, 4)}, det, matched_to=[target]))
+            eps = self.play(_baseline("random", f"ratio{q2:.3f}", {"hp_ratio": round(q2, 4)}, det,
+                                      matched_to=[target]))
+        return eps
 
-    def _reuse(self, method: str, r: float, target: str, tol: float = MATCH_TOLERANCE / 2) -> bool:
-        """Mark the played ``method`` point nearest ``r`` (within ``tol``) as matched to ``target``."""
-        near = [(abs(realised_hp_ratio(e) - r), p) for p, e in self.played if p.method == method]
+    def _reuse(self, method: str, r: float, target: str, tol: float = MATCH_TOLERANCE / 2) -> Optional[list]:
+        """Mark the played ``method`` point nearest ``r`` (within ``tol``) as matched to ``target`` and
+        return its episodes; None when there is none."""
+        near = [(abs(realised_hp_ratio(e) - r), i) for i, (p, e) in enumerate(self.played) if p.method == method]
         near = [x for x in near if x[0] <= tol]
         if not near:
-            return False
-        self._match(min(near, key=lambda x: x[0])[1], [target])
-        return True
+            return None
+        p, eps = self.played[min(near)[1]]
+        self._match(p, [target])
+        return eps
 
     def _match(self, p: OperatingPoint, targets: list) -> None:
         """Add ``targets`` (router points) to the played point ``p``'s ``matched_to``; rewrite its point.json."""

@@ -207,6 +207,17 @@ def cost_equivalent_hp_ratio(episodes: list, lp_bytes_share: float) -> float:
     return float(q.mean())
 
 
+def episode_cost(episodes: list) -> float:
+    """Modelled weight bytes read per episode (StepRecord.weight_bytes summed over an episode): per
+    task the mean over its episodes, then the mean over tasks; nan without episodes."""
+    if not episodes:
+        return float("nan")
+    tasks, inv = np.unique([int(e.task_index) for e in episodes], return_inverse=True)
+    cost = np.array([sum(s.weight_bytes for s in e.steps) for e in episodes], dtype=float)
+    per_task = np.bincount(inv, weights=cost, minlength=len(tasks)) / np.bincount(inv, minlength=len(tasks))
+    return float(per_task.mean())
+
+
 # ---------------------------------------------------------------------------------------------
 # Paired comparison
 # ---------------------------------------------------------------------------------------------

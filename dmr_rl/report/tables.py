@@ -315,7 +315,8 @@ def markdown(results: dict, plots: Optional[list] = None) -> str:
               f"{MATCH_TOL:.2f})." + (
                   f" A point that pays both tiers on some steps (a calibrated cascade) is also compared with "
                   f"the random point nearest in normalised cost (*nearest in cost*; matched within "
-                  f"{COST_TOL:.2f}; the evaluation plays random at its cost-equivalent HP ratio, the one-tier ratio that "
+                  f"{COST_TOL:.2f}; when random at the same HP ratio reads fewer weight bytes per episode, the "
+                  f"evaluation also plays random at its cost-equivalent HP ratio, the one-tier ratio that "
                   f"reads as many weight bytes per step): its HP ratio counts LP's call at every step and "
                   f"understates its cost."
                   if any(c.get("matched_on") == "cost" for c in comps) else ""), ""]
