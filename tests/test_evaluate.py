@@ -184,6 +184,19 @@ def test_resume_skips_finished_points(evaluated):
     assert shard.stat().st_mtime_ns == before
     res = json.loads(path.read_text())
     assert not any(k.startswith("eval/") for k in res["timers_s"])
+    # the first call's timers (which played the points) are kept, not overwritten
+    assert any(k.startswith("eval/") for k in res["timers_s_earlier_calls"][0])
+
+
+def test_earlier_timers_of_a_malformed_results_file(tmp_path, capsys):
+    from dmr_rl.pipeline.evaluate import earlier_timers
+
+    f = tmp_path / "results.json"
+    assert earlier_timers(f) == []
+    f.write_text(json.dumps({"timers_s": {"eval/a": 2.0}, "timers_s_earlier_calls": [{"eval/b": 1.0}]}))
+    assert earlier_timers(f) == [{"eval/b": 1.0}, {"eval/a": 2.0}]
+    f.write_text("{not json")
+    assert earlier_timers(f) == [] and str(f) in capsys.readouterr().out
 
 
 def test_calibration_and_ratio_helpers_by_hand():

@@ -383,6 +383,20 @@ class Evaluation:
                                     default=p.default)
 
 
+def earlier_timers(results_path: Path) -> list:
+    """The timers of the evaluation calls before this one on the same run directory, oldest first
+    (read from the ``results.json`` this call replaces: a resumed evaluation's timers cover only
+    the points it played itself). Unreadable: a warning naming the file, and []."""
+    if not results_path.exists():
+        return []
+    try:
+        prev = json.loads(results_path.read_text())
+        return list(prev.get("timers_s_earlier_calls") or []) + ([prev["timers_s"]] if prev.get("timers_s") else [])
+    except (ValueError, AttributeError, TypeError) as e:
+        print(f"eval: the earlier calls' timers in {results_path} could not be read ({e}); they are not carried over")
+        return []
+
+
 def run(cfg, router_ckpt=None, methods: Optional[list] = None, group=None, clients=None,
         sweep_ckpts: Optional[dict] = None, progress: bool = True) -> Path:
     """Evaluate and return the path of ``<run_dir>/eval/results.json``.
@@ -436,12 +450,14 @@ def run(cfg, router_ckpt=None, methods: Optional[list] = None, group=None, clien
     finally:
         if own:
             stop_group(group, clients)
+    out = layout.eval_dir(cfg.run_dir) / "results.json"
     results["timers_s"] = ev.timers.as_dict()
+    results["timers_s_earlier_calls"] = earlier_timers(out)
     results["split"], results["n_tasks"], results["seeds"] = cfg.env.eval_split, len(tasks), ev.seeds
     results["calibration"] = calibration
     from dmr_rl.atomic_io import write_atomic
 
-    path = write_atomic(layout.eval_dir(cfg.run_dir) / "results.json", json.dumps(layout.json_safe(results), indent=1))
+    path = write_atomic(out, json.dumps(layout.json_safe(results), indent=1))
     if progress:
         print(f"eval: {len(ev.played)} operating points on {len(tasks)} tasks; {ev.timers.summary()}; "
               f"results in {path}")
