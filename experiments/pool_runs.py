@@ -1,0 +1,61 @@
+"""Pool independent runs of one procedure: each run's router point against the random point its
+evaluation matched to it, paired by task, every run's tasks kept as their own clusters.
+
+    python experiments/pool_runs.py RUN_DIR [RUN_DIR ...] [--method grpo]
+
+Prints each run's own comparison (from its eval/results.json) and the pooled one
+(:func:`dmr_rl.report.metrics.paired_comparison`: task-clustered bootstrap CI, exact McNemar p,
+detectable difference). Runs must be independent (different games): a task in two runs would be
+counted as two clusters.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+
+def _episodes(run: Path, method: str, point: str) -> dict:
+    from dmr_rl.rollout.records import TrajectoryStore
+
+    return {int(d.name.rsplit("_", 1)[1]): TrajectoryStore.read(d)
+            for d in sorted((run / "eval" / method / point).glob("seed_*"))}
+
+
+def main(argv=None) -> dict:
+    from dmr_rl.report import metrics as M
+
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("runs", nargs="+", type=Path)
+    ap.add_argument("--method", default="grpo", help="the router method compared (default grpo)")
+    ap.add_argument("--n-boot", type=int, default=4000)
+    args = ap.parse_args(argv)
+    pooled = {"router": {}, "random": {}}
+    for k, run in enumerate(args.runs):
+        path = run / "eval" / "results.json"
+        if not path.exists():
+            raise SystemExit(f"{path}: no evaluation results (run `dmr eval` there first)")
+        comps = [c for c in json.loads(path.read_text())["comparisons"]
+                 if c["method"] == args.method and c["vs"] == "random" and c["matched_on"] == "hp_ratio"]
+        if not comps:
+            raise SystemExit(f"{path}: no comparison of {args.method!r} with random routing")
+        c = comps[0]
+        print(f"{run}: {c['method']} {c['point']} {c['success']:.3f} at {c['hp_ratio']:.3f} vs random "
+              f"{c['vs_success']:.3f} at {c['vs_hp_ratio']:.3f}: {c['diff_mean']:+.3f} "
+              f"[{c['diff_ci'][0]:+.3f}, {c['diff_ci'][1]:+.3f}], p={c['mcnemar_p']:.2g}")
+        for side, (m, p) in (("router", (c["method"], c["point"])), ("random", ("random", c["vs_point"]))):
+            for seed, eps in _episodes(run, m, p).items():
+                for e in eps:
+                    e.task_index = int(e.task_index) + 100_000 * k  # tasks of different runs stay apart
+                pooled[side].setdefault(seed, []).extend(eps)
+    c = M.paired_comparison(M.point_table(pooled["router"]), M.point_table(pooled["random"]), args.n_boot, 0)
+    out = {k: c[k] for k in ("n_tasks", "diff_mean", "diff_ci", "mcnemar_p", "diff_mde")}
+    print("pooled:", json.dumps(out))
+    return out
+
+
+if __name__ == "__main__":
+    main()
