@@ -18,14 +18,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 
-def _episodes(run: Path, method: str, point: str) -> dict:
-    from dmr_rl.rollout.records import TrajectoryStore
-
-    return {int(d.name.rsplit("_", 1)[1]): TrajectoryStore.read(d)
-            for d in sorted((run / "eval" / method / point).glob("seed_*"))}
-
-
 def main(argv=None) -> dict:
+    from dmr_rl.report import layout
     from dmr_rl.report import metrics as M
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -35,7 +29,7 @@ def main(argv=None) -> dict:
     args = ap.parse_args(argv)
     pooled = {"router": {}, "random": {}}
     for k, run in enumerate(args.runs):
-        path = run / "eval" / "results.json"
+        path = layout.eval_dir(run) / "results.json"
         if not path.exists():
             raise SystemExit(f"{path}: no evaluation results (run `dmr eval` there first)")
         comps = [c for c in json.loads(path.read_text())["comparisons"]
@@ -47,7 +41,7 @@ def main(argv=None) -> dict:
               f"{c['vs_success']:.3f} at {c['vs_hp_ratio']:.3f}: {c['diff_mean']:+.3f} "
               f"[{c['diff_ci'][0]:+.3f}, {c['diff_ci'][1]:+.3f}], p={c['mcnemar_p']:.2g}")
         for side, (m, p) in (("router", (c["method"], c["point"])), ("random", ("random", c["vs_point"]))):
-            for seed, eps in _episodes(run, m, p).items():
+            for seed, eps in layout.read_seeds(layout.point_dir(run, m, p)).items():
                 for e in eps:
                     e.task_index = int(e.task_index) + 100_000 * k  # tasks of different runs stay apart
                 pooled[side].setdefault(seed, []).extend(eps)

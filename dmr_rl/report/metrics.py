@@ -213,7 +213,7 @@ def episode_cost(episodes: list) -> float:
     if not episodes:
         return float("nan")
     tasks, inv = np.unique([int(e.task_index) for e in episodes], return_inverse=True)
-    cost = np.array([sum(s.weight_bytes for s in e.steps) for e in episodes], dtype=float)
+    cost = per_episode_arrays(episodes)["cost"]
     per_task = np.bincount(inv, weights=cost, minlength=len(tasks)) / np.bincount(inv, minlength=len(tasks))
     return float(per_task.mean())
 
