@@ -75,6 +75,9 @@ def validate(cfg: DMRConfig) -> DMRConfig:
                           f"on the LP hidden state) needs router.features=lp_hidden (features is {cfg.router.features!r})")
     if cfg.router.hidden_layer < 0:
         raise ConfigError(f"router.hidden_layer={cfg.router.hidden_layer} must be >= 0 (0: the LP model's last layer)")
+    if cfg.router.hp_first_steps < 0:
+        raise ConfigError(f"router.hp_first_steps={cfg.router.hp_first_steps} must be >= 0 (0: the network routes "
+                          f"every step)")
     if cfg.router.hidden_layer and cfg.router.features != "lp_hidden":
         raise ConfigError(f"router.hidden_layer={cfg.router.hidden_layer} is read only by router.features=lp_hidden "
                           f"(features is {cfg.router.features!r})")

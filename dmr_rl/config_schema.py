@@ -97,6 +97,9 @@ class RouterConfig:
                                "k / n_layers of an LP call on the steps HP acts on (on LP's steps it is the start of "
                                "LP's own pass).")
     threshold: float = doc(0.5, "Route to HP when P(HP) >= threshold (deterministic evaluation).")
+    hp_first_steps: int = doc(0, "HP acts on each episode's first k steps whatever the network says (the router's score "
+                                 "there is 1, so a threshold calibrated to a target HP ratio counts them; GRPO leaves "
+                                 "them out of its loss). Saved with the checkpoint.")
 
 
 @dataclass

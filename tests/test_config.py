@@ -45,6 +45,7 @@ def test_overrides_are_typed_and_nested():
     (["router.n_layers=-1", "router.features=lp_hidden"], "router.n_layers=-1"),
     (["router.hidden_layer=-2", "router.features=lp_hidden"], "router.hidden_layer=-2"),
     (["router.hidden_layer=8"], "router.hidden_layer=8"),
+    (["router.hp_first_steps=-1"], "router.hp_first_steps=-1"),
     (["env.generate_train_n=-1"], "env.generate_train_n=-1"),
     (["env.name=webshop", "env.generate_train_n=10"], "env.generate_train_n"),
     (["eval.routers=[sft, stage3]"], "eval.routers"),

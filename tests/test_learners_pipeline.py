@@ -272,6 +272,19 @@ def test_remote_learner_trains_the_router(ray_session):
         lg.shutdown()
 
 
+def test_grpo_batch_leaves_the_steps_hp_first_steps_decided_out_of_the_loss():
+    from dmr_rl.pipeline.train_grpo import build_grpo_batch
+    from dmr_rl.router.transformer import TransformerRouter
+
+    rollout = make_synthetic_rollout(T=4)
+    episodes = rollout(TransformerRouter(seed=0).get_weights(), [0, 1], 2, 0)
+    for k, want in ((0, [1, 1, 1, 1]), (2, [0, 0, 1, 1])):
+        ref = TransformerRouter(seed=0, hp_first_steps=k)
+        cols, info = build_grpo_batch(episodes, ref, ref.features, hp_cost=0.3, hp_budget=None)
+        assert info["steps"] == 16
+        np.testing.assert_array_equal(cols["weights"], want * 4)
+
+
 def test_grpo_with_lp_hidden_features_needs_the_stage1_router(tmp_path):
     from dmr_rl.config import ConfigError, load_config
     from dmr_rl.pipeline.train_grpo import fit

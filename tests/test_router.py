@@ -87,6 +87,22 @@ def test_transformer_route_threshold_logprobs_and_sampling(router):
     assert lo.tiers.all() and not hi.tiers.any()
 
 
+def test_hp_first_steps_hands_the_first_steps_to_hp_and_survives_save_load(tmp_path):
+    contexts = [ctx(step=i, obs=f"You see {i} mugs.") for i in range(5)]
+    never = make_router("transformer", seed=3, threshold=1.0)  # the network alone routes nothing to HP
+    assert not never.route(contexts, np.random.default_rng(0)).tiers.any()
+    ruled = make_router("transformer", seed=3, threshold=1.0, hp_first_steps=2)
+    d = ruled.route(contexts, np.random.default_rng(0))
+    np.testing.assert_array_equal(d.tiers, [1, 1, 0, 0, 0])
+    np.testing.assert_array_equal(d.p_hp[:2], [1.0, 1.0])  # scored 1: a calibrated threshold counts them
+    np.testing.assert_array_equal(d.logprobs[:2], [0.0, 0.0])  # the rule's decision, not a draw
+    s = ruled.route(contexts * 200, np.random.default_rng(1), sample=True)
+    assert s.tiers[np.array([c.step for c in contexts * 200]) < 2].all()
+    ruled.save(tmp_path / "r")
+    again = make_router("transformer", path=str(tmp_path / "r"))
+    np.testing.assert_array_equal(again.route(contexts, np.random.default_rng(0)).tiers, [1, 1, 0, 0, 0])
+
+
 def test_decision_does_not_depend_on_batch_neighbours(router):
     a = ctx(obs="a short one")
     b = ctx(obs="a much longer observation " * 20, history=[("go to sink 1", "ok")] * 4, step=7)

@@ -47,7 +47,9 @@ def build_grpo_batch(episodes: list, ref_router, features, hp_cost: float, hp_bu
                      use_score: bool = False, adv_norm: str = "group_mean"):
     """Rewards, group advantages and the per-step batch columns for one iteration.
 
-    ``adv_norm``: how advantages are normalised (``dmr_rl.algos.grpo.ADV_NORMS``).
+    ``adv_norm``: how advantages are normalised (``dmr_rl.algos.grpo.ADV_NORMS``). Steps the
+    router's ``hp_first_steps`` rule decided (``ref_router.forced_hp``) get weight 0: the network
+    did not choose them.
     Returns (columns dict of numpy arrays, info dict: success, hp_ratio, reward means, adv
     metrics). Raises ValueError naming the episode and step when a step lacks a recorded
     router log-prob or tier.
@@ -81,7 +83,7 @@ def build_grpo_batch(episodes: list, ref_router, features, hp_cost: float, hp_bu
                    old_logp=np.array(old_lp, dtype=np.float32),
                    ref_logits=ref_router.logits_from_features(feats).astype(np.float32),
                    advantages=broadcast_to_steps(adv, [ep.length for ep in episodes]).astype(np.float32),
-                   weights=np.ones(n, dtype=np.float32))
+                   weights=(~ref_router.forced_hp([s.step for ep in episodes for s in ep.steps])).astype(np.float32))
     info = {"success": float(success.mean()), "hp_ratio": float(hp_share.mean()),
             "reward": float(rewards.mean()), "episodes": len(episodes), "steps": n, **adv_m}
     return columns, info

@@ -9,7 +9,8 @@
 
 Net config (a plain dict, json-serialisable; :func:`net_config` builds it from ``RouterConfig``):
 vocab_size, d_model, n_layers, n_heads, max_tokens, max_step, features, hidden_dim, hidden_layer,
-recent_actions, dropout, pool.
+recent_actions, dropout, pool, hp_first_steps (a routing rule, not a weight: HP on each episode's first k
+steps, scored 1).
 
 Cost: attention over every word piece was ~13 ms per batch of 8 contexts on this CPU (L~100,
 d=64), far above the budget (5% of an LP step). So token embeddings (+ segment + position) are
@@ -31,7 +32,7 @@ from dmr_rl.router.features import N_SEGMENTS, PAD, make_extractor
 
 DEFAULT_NET = {"vocab_size": 4096, "d_model": 64, "n_layers": 2, "n_heads": 4, "max_tokens": 256,
                "max_step": 64, "features": "tokens", "hidden_dim": 0, "recent_actions": 4,
-               "dropout": 0.0, "pool": 8, "hidden_layer": 0}
+               "dropout": 0.0, "pool": 8, "hidden_layer": 0, "hp_first_steps": 0}
 
 
 def net_config(router_cfg=None, **overrides) -> dict:
@@ -204,7 +205,13 @@ class TransformerRouter(Router):
         tiers = tiers.astype(np.int64)
         # log sigmoid(+-z), stable
         logp = np.where(tiers == 1, -np.logaddexp(0.0, -z), -np.logaddexp(0.0, z))
+        forced = self.forced_hp([c.step for c in contexts])
+        tiers[forced], p[forced], logp[forced] = 1, 1.0, 0.0  # the rule decides there, not the network
         return RouteDecision(tiers=tiers, p_hp=p, logprobs=logp)
+
+    def forced_hp(self, steps) -> np.ndarray:
+        """[B] bool for [B] step indices: the steps ``hp_first_steps`` hands to HP whatever P(HP) is."""
+        return np.asarray(steps, dtype=np.int64) < int(self.config.get("hp_first_steps", 0))
 
     # -- weights --------------------------------------------------------------------------
     def get_weights(self) -> dict:
