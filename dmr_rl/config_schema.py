@@ -192,7 +192,7 @@ class EvalConfig:
     bootstrap: int = doc(2000, "Bootstrap resamples for 95% confidence intervals.")
     baseline_sweeps: dict = doc({}, "Knob values per baseline for fixed sweeps, e.g. {cascade: [0.3, 0.5], kl_oracle: [0.1]}; "
                                     "random and first-k follow the routers' realised HP ratios when a router is evaluated; "
-                                    "missing baselines use dmr_rl.pipeline.evaluate.BASELINE_SWEEPS.")
+                                    "missing baselines use dmr_rl.pipeline.eval_points.BASELINE_SWEEPS.")
     causal_episodes: int = doc(0, "Causal check: tasks replayed (0: skip the check; N: an evenly spread N of the split).")
     causal_flag_share: float = doc(0.1, "Causal check, router row: flag this share of each reference episode's steps "
                                         "(highest router P(HP), at least one).")

@@ -3,7 +3,8 @@ bookkeeping of the points it played."""
 import math
 
 from dmr_rl.config import DMRConfig
-from dmr_rl.pipeline.evaluate import Evaluation, OperatingPoint
+from dmr_rl.pipeline.eval_points import OperatingPoint
+from dmr_rl.pipeline.evaluate import Evaluation
 from dmr_rl.pipeline.timing import eta_seconds, format_duration
 
 

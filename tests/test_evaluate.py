@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 
 from dmr_rl.config import load_config
+from dmr_rl.pipeline import eval_points
 from dmr_rl.report import layout
 from dmr_rl.rollout.records import HP, LP, TrajectoryStore
 
@@ -164,7 +165,7 @@ def test_random_draws_are_keyed_and_reproducible(setup, evaluated):
     cfg, _, group, _ = setup
     point = _points(cfg, "random")[0]
     params = _meta(cfg, "random", point)["params"]
-    p = evaluate.OperatingPoint("random", point, {"name": "random", "kwargs": {"hp_ratio": params["hp_ratio"]}},
+    p = eval_points.OperatingPoint("random", point, {"name": "random", "kwargs": {"hp_ratio": params["hp_ratio"]}},
                                 stochastic=True)
     tasks = sorted(e.task_index for e in _eps(cfg, "random", point, 1))
     again = evaluate.run_point(group, p, tasks, 1, layout.eval_dir(cfg.run_dir) / "_again", run_seed=int(cfg.seed))
@@ -286,19 +287,19 @@ def test_plan_and_errors(setup, tmp_path):
     shutil.copytree(ckpt, d)
     (d.parent / "grpo.json").write_text(json.dumps({"stage": "grpo", "hp_cost": 0.5}))
     cal = {"sft": {"thresholds": {"0.3": 0.6, "0.7": 0.2}}, "grpo": {"thresholds": {"0.3": 0.55}}}
-    pts = evaluate.router_points(cfg, {"sft": str(ckpt), "grpo": str(d)}, cal)
+    pts = eval_points.router_points(cfg, {"sft": str(ckpt), "grpo": str(d)}, cal)
     names = [(p.method, p.point, p.stochastic, p.sample) for p in pts]
     assert names == [("sft", "r0.30", False, False), ("sft", "r0.70", False, False),
                      ("grpo", "r0.30", False, False), ("grpo", "sampled", True, True)]
     assert all(p.params["hp_cost"] == 0.5 for p in pts if p.method == "grpo")
     no_sampled = load_config(overrides=["eval.sampled=false"])
-    assert [(p.method, p.point) for p in evaluate.router_points(no_sampled, {"grpo": str(d)}, cal)] == [("grpo", "r0.30")]
-    assert [p.point for p in evaluate.sweep_points({"grpo_l1": str(d)})] == ["sampled"]
+    assert [(p.method, p.point) for p in eval_points.router_points(no_sampled, {"grpo": str(d)}, cal)] == [("grpo", "r0.30")]
+    assert [p.point for p in eval_points.sweep_points({"grpo_l1": str(d)})] == ["sampled"]
     with pytest.raises(ValueError, match="unknown method 'nope'"):
-        evaluate.baseline_points(cfg, ["nope"])
+        eval_points.baseline_points(cfg, ["nope"])
     with pytest.raises(FileNotFoundError, match="no router checkpoint"):
-        evaluate.parse_router_ckpts([f"x={tmp_path}"])
-    assert evaluate.parse_router_ckpts([f"grpo={ckpt}", str(ckpt)]) == {"grpo": str(ckpt), "router": str(ckpt)}
+        eval_points.parse_router_ckpts([f"x={tmp_path}"])
+    assert eval_points.parse_router_ckpts([f"grpo={ckpt}", str(ckpt)]) == {"grpo": str(ckpt), "router": str(ckpt)}
     with pytest.raises(ConfigError, match="thresholds must be chosen on another split"):
         calibrate.calib_split(load_config(overrides=["eval.calib_split=valid_unseen"]))
     with pytest.raises(ConfigError, match="target_hp_ratios"):
@@ -450,7 +451,7 @@ def test_matched_baselines_correct_only_a_point_below_the_routers_ratio(monkeypa
 
     monkeypatch.setattr(evaluate, "realised_hp_ratio", lambda eps: eps.ratio)
     ev = evaluate.Evaluation(load_config(overrides=["eval.seeds=[0]"]), None, [0], progress=False)
-    router = evaluate.OperatingPoint("router", "r0.40", None, {"kind": "router"})
+    router = eval_points.OperatingPoint("router", "r0.40", None, {"kind": "router"})
     ev.played.append((router, Eps(0.4, [20, 20])))
     asked = []
 
@@ -486,7 +487,7 @@ def test_random_at_the_cost_equivalent_ratio_only_when_the_matched_one_is_cheape
     monkeypatch.setattr(evaluate, "cost_equivalent_hp_ratio", lambda eps, s: 0.55 if eps.ratio == 0.4 else eps.ratio)
     ev = evaluate.Evaluation(load_config(overrides=["eval.seeds=[0]"]), None, [0], progress=False,
                              lp_bytes_share=0.3)
-    ev.played.append((evaluate.OperatingPoint("router", "r0.40", None, {"kind": "router"}), Eps(0.4, 1.0)))
+    ev.played.append((eval_points.OperatingPoint("router", "r0.40", None, {"kind": "router"}), Eps(0.4, 1.0)))
     asked = []
 
     def play(p):

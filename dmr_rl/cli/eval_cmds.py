@@ -62,10 +62,11 @@ def _eval(args) -> int:
     from dmr_rl.cli import stage_config
     from dmr_rl.config import save_config
     from dmr_rl.pipeline import evaluate
+    from dmr_rl.pipeline.eval_points import parse_router_ckpts
 
     cfg = stage_config(args)
     save_config(cfg, f"{cfg.run_dir}/eval/config.yaml")
-    ckpts = evaluate.parse_router_ckpts(args.router_ckpt)
+    ckpts = parse_router_ckpts(args.router_ckpt)
     dirs = list(ckpts.values())
     if args.causal and len(dirs) != 1:
         raise FileNotFoundError("--causal needs exactly one --router-ckpt")

@@ -168,7 +168,8 @@ def run(cfg, router_ckpt, group=None, episodes: Optional[int] = None, max_forced
     ``group``: an existing RolloutGroup on the evaluation split; otherwise one is started here.
     """
     from dmr_rl.config import ConfigError
-    from dmr_rl.pipeline.evaluate import env_is_deterministic, eval_tasks, num_tasks_of
+    from dmr_rl.pipeline.eval_points import env_is_deterministic
+    from dmr_rl.pipeline.evaluate import eval_tasks, num_tasks_of
     from dmr_rl.router import make_router
 
     if not env_is_deterministic(cfg):
