@@ -292,6 +292,11 @@ def test_plan_and_errors(setup, tmp_path):
     assert names == [("sft", "r0.30", False, False), ("sft", "r0.70", False, False),
                      ("grpo", "r0.30", False, False), ("grpo", "sampled", True, True)]
     assert all(p.params["hp_cost"] == 0.5 for p in pts if p.method == "grpo")
+    assert all("hp_first_steps" not in p.params for p in pts)
+    meta = json.loads((d / "router.json").read_text())
+    meta["config"]["hp_first_steps"] = 1
+    (d / "router.json").write_text(json.dumps(meta))  # a checkpoint carrying the rule says so in its points
+    assert {p.params["hp_first_steps"] for p in eval_points.router_points(cfg, {"grpo": str(d)}, cal)} == {1}
     no_sampled = load_config(overrides=["eval.sampled=false"])
     assert [(p.method, p.point) for p in eval_points.router_points(no_sampled, {"grpo": str(d)}, cal)] == [("grpo", "r0.30")]
     assert [p.point for p in eval_points.sweep_points({"grpo_l1": str(d)})] == ["sampled"]

@@ -124,15 +124,23 @@ def baseline_point(name: str, point: str, kwargs: dict, det: bool, **params) -> 
 
 def _ckpt_meta(directory) -> dict:
     """Training facts recorded beside a router checkpoint by GRPO (``grpo.json`` in the checkpoint
-    directory or its parent: ``stage``, ``hp_cost``, ``hp_budget``); {} for a stage-1 router."""
+    directory or its parent: ``stage``, ``hp_cost``, ``hp_budget``; {} for a stage-1 router), and
+    the routing rule its ``router.json`` carries (``hp_first_steps``, when set)."""
     from environments.errors import DataError
 
+    def read(p: Path) -> dict:
+        try:
+            return json.loads(p.read_text())
+        except json.JSONDecodeError as e:
+            raise DataError(f"{p}: not valid JSON ({e})") from None
+
+    out: dict = {}
+    rule = Path(directory) / "router.json"
+    if rule.is_file() and read(rule).get("config", {}).get("hp_first_steps", 0):
+        out["hp_first_steps"] = int(read(rule)["config"]["hp_first_steps"])
     for base in (Path(directory), Path(directory).parent):
         p = base / "grpo.json"
         if p.is_file():
-            try:
-                d = json.loads(p.read_text())
-            except json.JSONDecodeError as e:
-                raise DataError(f"{p}: not valid JSON ({e})") from None
-            return {k: d[k] for k in ("stage", "hp_cost", "hp_budget", "adv_norm") if k in d}
-    return {}
+            d = read(p)
+            return {**out, **{k: d[k] for k in ("stage", "hp_cost", "hp_budget", "adv_norm") if k in d}}
+    return out
