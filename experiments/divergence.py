@@ -8,7 +8,7 @@ action list. For every task HP-only wins and the router's point loses, the first
 router's actions leave HP's is where its failure starts: the script prints that step, the tier
 that acted there and the router's P(HP) against the point's threshold. It also counts LP loops
 (a step whose prompt an earlier step of the episode already had, LP acting both times) and, in
-``RUN_DIR/trajectories`` (collected with ``collect.record_kl``: both tiers scored at every step),
+``RUN_DIR/trajectories`` and its subdirectories (collected with ``collect.record_kl``: both tiers scored at every step),
 the share of steps where the tiers' greedy actions differ at step 0, steps 1-4 and steps 5+.
 """
 from __future__ import annotations
@@ -75,7 +75,9 @@ def analyse(run_dir, method: str, point: str) -> dict:
             lost.append({"task": t, "first_divergence": i, "tier_there": s.tier,
                          "p_hp_there": round(float(s.router_prob), 3), "lp_loop_from": lp_loop_step(r)})
     failures = [routed[t] for t in routed if not routed[t].won]
-    collected = TrajectoryStore.read(Path(run_dir) / "trajectories") if (Path(run_dir) / "trajectories").is_dir() else []
+    root = Path(run_dir) / "trajectories"  # collect writes to trajectories/<stage>/
+    collected = [ep for d in sorted([root, *root.glob("*")]) if d.is_dir() for ep in TrajectoryStore.read(d)
+                 if any("tiers_agree" in s.extra for s in ep.steps)]  # both tiers scored (GRPO's rollouts: not)
     return {"run_dir": str(run_dir), "method": method, "point": point, "threshold": threshold,
             "tasks": len(set(hp) & set(routed)), "hp_only_won": sum(hp[t].won for t in hp),
             "router_won": sum(routed[t].won for t in routed), "lost_where_hp_won": lost,

@@ -30,7 +30,7 @@ def test_lost_episodes_their_first_divergence_loops_and_collected_flip_shares(tm
          _ep(1, ["a", "q", "q", "q"], [1, 0, 0, 0], False, prompts=["p0", "p1", "p2", "p1"]),  # at 1, loops from 3
          _ep(2, ["y"], [0], False)])  # HP-only lost it too: not counted as lost where HP won
     (run / "eval" / "grpo" / "r0.40" / "point.json").write_text(json.dumps({"params": {"threshold": 0.6}}))
-    TrajectoryStore(run / "trajectories", "w0").append(
+    TrajectoryStore(run / "trajectories" / "collect", "w0").append(
         [_ep(5, ["a", "b", "c", "d", "e", "f"], [1] * 6, True, agree=[False, True, True, True, False, True]),
          _ep(6, ["a", "b"], [1, 1], True, agree=[True, True])])
     out = divergence.main([str(run)])
