@@ -65,7 +65,7 @@ def analyse(run_dir, method: str, point: str) -> dict:
 
     hp, routed = one_play("hp_only", "default"), one_play(method, point)
     meta_path = layout.point_dir(run_dir, method, point) / "point.json"
-    threshold = json.loads(meta_path.read_text()).get("params", {}).get("threshold") if meta_path.exists() else None
+    threshold = layout.read_json(meta_path).get("params", {}).get("threshold") if meta_path.exists() else None
     lost = []
     for t in sorted(set(hp) & set(routed)):
         if hp[t].won and not routed[t].won:

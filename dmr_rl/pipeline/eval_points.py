@@ -8,7 +8,6 @@ from its calibrated thresholds, :func:`baseline_points` the fixed baselines' swe
 """
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -126,21 +125,16 @@ def _ckpt_meta(directory) -> dict:
     """Training facts recorded beside a router checkpoint by GRPO (``grpo.json`` in the checkpoint
     directory or its parent: ``stage``, ``hp_cost``, ``hp_budget``; {} for a stage-1 router), and
     the routing rule its ``router.json`` carries (``hp_first_steps``, when set)."""
-    from environments.errors import DataError
-
-    def read(p: Path) -> dict:
-        try:
-            return json.loads(p.read_text())
-        except json.JSONDecodeError as e:
-            raise DataError(f"{p}: not valid JSON ({e})") from None
+    from dmr_rl.report.layout import read_json
 
     out: dict = {}
     rule = Path(directory) / "router.json"
-    if rule.is_file() and read(rule).get("config", {}).get("hp_first_steps", 0):
-        out["hp_first_steps"] = int(read(rule)["config"]["hp_first_steps"])
+    first = read_json(rule).get("config", {}).get("hp_first_steps", 0) if rule.is_file() else 0
+    if first:
+        out["hp_first_steps"] = int(first)
     for base in (Path(directory), Path(directory).parent):
         p = base / "grpo.json"
         if p.is_file():
-            d = read(p)
+            d = read_json(p)
             return {**out, **{k: d[k] for k in ("stage", "hp_cost", "hp_budget", "adv_norm") if k in d}}
     return out

@@ -79,7 +79,8 @@ def write_point_meta(run_dir, method: str, point: str, params: dict, default: bo
                                     "default": bool(default)}, indent=1))
 
 
-def _read_json(path: Path) -> dict:
+def read_json(path: Path) -> dict:
+    """A JSON file's object; a DataError naming the file when it is not valid JSON."""
     try:
         return json.loads(path.read_text())
     except json.JSONDecodeError as e:
@@ -219,7 +220,7 @@ def _load_eval(run_dir) -> dict:
             if not by_seed:
                 continue
             meta_path = pdir / "point.json"
-            meta = _read_json(meta_path) if meta_path.is_file() else {}
+            meta = read_json(meta_path) if meta_path.is_file() else {}
             out.setdefault(mdir.name, {})[pdir.name] = {
                 "params": meta.get("params", {}), "default": bool(meta.get("default", False)),
                 "by_seed": by_seed}
@@ -241,7 +242,7 @@ def load_causal(run_dir) -> Optional[dict]:
     if not arms:
         return None
     meta = root / "causal.json"
-    return {"params": _read_json(meta) if meta.is_file() else {}, "arms": arms}
+    return {"params": read_json(meta) if meta.is_file() else {}, "arms": arms}
 
 
 def _kl_from_line(obj) -> list[float]:
