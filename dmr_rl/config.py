@@ -95,6 +95,9 @@ def validate(cfg: DMRConfig) -> DMRConfig:
     bad = [r for r in cfg.eval.target_hp_ratios if not isinstance(r, (int, float)) or not 0.0 < float(r) <= 1.0]
     if bad or not cfg.eval.target_hp_ratios:
         raise ConfigError(f"eval.target_hp_ratios must list ratios in (0, 1], got {cfg.eval.target_hp_ratios}")
+    bad = [x for x in cfg.eval.escalate_shares if not isinstance(x, (int, float)) or not 0.0 <= float(x) < 1.0]
+    if bad:
+        raise ConfigError(f"eval.escalate_shares: {bad} are not shares of steps in [0, 1)")
     bad = [b for b in cfg.eval.calibrated_baselines if b not in CALIBRATED_BASELINES]
     if bad:
         raise ConfigError(f"eval.calibrated_baselines: {bad} cannot be calibrated; known: {list(CALIBRATED_BASELINES)}")

@@ -264,3 +264,37 @@ def test_bench_pipeline_measures_the_lp_hidden_router_on_fake_tiers(ray_session,
                                                           / over["lp_step_ms"])
     rows = bench_pipeline.throughput(cfg, specs, [1], episodes=2, hidden_dim=over["hidden_dim"])
     assert rows[0]["episodes"] == 2 and rows[0]["steps"] > 0
+
+
+def test_an_escalating_router_hands_unsure_lp_steps_to_hp_and_pays_both(alfworld_data, tmp_path):
+    from dmr_rl.config import RouterConfig
+    from dmr_rl.router.transformer import TransformerRouter
+
+    spec = EnvSpec("alfworld", alfworld_data, "train", max_steps=5)
+    cfg = RouterConfig(d_model=16, n_heads=2, max_tokens=64)
+    # threshold 1.01: the network gives LP every step; what HP gets comes from LP's confidence alone
+    plain = RolloutWorker(0, _clients(), spec, num_envs=2, shard_dir=str(tmp_path / "plain"),
+                          router=TransformerRouter(cfg, threshold=1.01))
+    plain.run_episodes([0, 1, 2], method="router")
+    lp_max = [s.extra["lp_max_prob"] for e in TrajectoryStore.read(tmp_path / "plain") for s in e.steps]
+    floor = float(np.median(lp_max))  # about half of LP's first steps are below it
+    router = TransformerRouter(cfg, threshold=1.01, lp_escalate_below=floor)
+    assert router.escalates
+    w = RolloutWorker(1, _clients(), spec, num_envs=2, shard_dir=str(tmp_path / "esc"), router=router)
+    w.run_episodes([0, 1, 2], method="router")
+    steps = [s for e in TrajectoryStore.read(tmp_path / "esc") for s in e.steps]
+    up = [s for s in steps if s.extra.get("escalated")]
+    assert up and len(up) < len(steps)
+    for s in steps:
+        assert "lp_max_prob" in s.extra  # LP's pass ran on every step (the network gave it all of them)
+        unsure = s.extra["lp_max_prob"] < floor
+        assert s.extra.get("escalated", False) == unsure and s.tier == (HP if unsure else LP)
+        assert s.weight_bytes == (HP_BYTES + LP_BYTES if unsure else LP_BYTES)
+        assert s.extra["paid"] == (["hp", "lp"] if unsure else ["lp"])
+        assert ("tiers_agree" in s.extra) == unsure  # both tiers ran there: flips are seen for free
+        assert s.router_prob < 1.01  # the network's P(HP) is what the step records, not the escalation
+    # the HP tier's action is the one taken on an escalated step
+    hp = _clients()["hp"]
+    for s in up[:3]:
+        scores, _ = hp.score_actions_costed([s.prompt], [s.admissible])
+        assert s.action == s.admissible[int(np.argmax(scores[0].sum_logprobs))]

@@ -131,11 +131,13 @@ def _read(path: Path) -> dict:
 
 
 def calibrate(cfg, router_dirs: dict, clients: dict, local: bool = False, progress: bool = True,
-              num_workers: Optional[int] = None, baselines=()) -> dict:
+              num_workers: Optional[int] = None, baselines=(), both_tiers: bool = False) -> dict:
     """{method: {"thresholds": {target: t}, ...}} for every learned router in ``router_dirs``
     ({method: checkpoint dir}) and every calibrated baseline in ``baselines`` (names; method
     ``<name>_calibrated``), playing the validation split through rollout workers built on
-    ``clients`` (the evaluation's own tier clients)."""
+    ``clients`` (the evaluation's own tier clients). ``both_tiers``: both tiers score every step of
+    the plays (what :mod:`dmr_rl.pipeline.escalation` calibrates an LP-confidence floor from); an
+    earlier play without them is played again."""
     from dmr_rl.atomic_io import write_atomic
     from dmr_rl.report import layout
     from dmr_rl.rollout.records import TrajectoryStore
@@ -145,8 +147,9 @@ def calibrate(cfg, router_dirs: dict, clients: dict, local: bool = False, progre
     path = layout.eval_dir(cfg.run_dir) / "calibration.json"
     done = _read(path)
 
-    def kept(method: str, ckpt) -> dict:  # an earlier calibration of this very checkpoint
-        return done[method] if done.get(method, {}).get("checkpoint") == ckpt else {}
+    def kept(method: str, ckpt) -> dict:  # an earlier calibration of this very checkpoint (with both tiers if asked)
+        d = done.get(method, {})
+        return d if d.get("checkpoint") == ckpt and (d.get("both_tiers") or not both_tiers) else {}
 
     todo = {m: play for m, play in calibration_plays(router_dirs, baselines).items()
             if not set(targets) <= set(kept(m, play[0]).get("targets", []))}
@@ -155,7 +158,7 @@ def calibrate(cfg, router_dirs: dict, clients: dict, local: bool = False, progre
     split = calib_split(cfg)
     root = layout.eval_dir(cfg.run_dir) / "_calib"
     group = launcher.create_rollout_group(cfg, clients, root / "_worker_shards", local=local,
-                                          num_workers=num_workers, split=split)
+                                          num_workers=num_workers, split=split, record_kl=bool(both_tiers))
     try:
         from dmr_rl.pipeline.evaluate import eval_tasks, num_tasks_of
 
@@ -177,7 +180,7 @@ def calibrate(cfg, router_dirs: dict, clients: dict, local: bool = False, progre
             done[method] = {"checkpoint": ckpt, "split": split, "targets": both,
                             "thresholds": {f"{r:g}": t for r, t in thr.items()},
                             "calib_share": {f"{r:g}": share_at(scores, ids, t, lp_first) for r, t in thr.items()},
-                            "n_tasks": len(set(ids)), "n_steps": len(scores)}
+                            "n_tasks": len(set(ids)), "n_steps": len(scores), "both_tiers": bool(both_tiers)}
             if progress:
                 print(f"calibrated {method} on {split} ({len(set(ids))} tasks, {len(scores)} steps): "
                       + ", ".join(f"{r:g}->{t:.3f}" for r, t in thr.items()), flush=True)

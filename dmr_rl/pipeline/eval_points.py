@@ -59,11 +59,13 @@ def env_is_deterministic(cfg) -> bool:
 
 
 def router_points(cfg, router_dirs: dict, calibration: dict, baselines=()) -> list:
-    """Each router at its calibrated thresholds; a GRPO-trained one also as its sampled policy
+    """Each router at its calibrated thresholds, and with its LP-confidence floor where calibration
+    chose one (method ``<name>_escalate``); a GRPO-trained one also as its sampled policy
     (``eval.sampled``); each
     calibrated baseline (names; the cascade: 1 - LP max prob >= threshold escalates to HP) at its
     thresholds, as method ``<name>_calibrated`` of kind router (compared like a router point)."""
     from dmr_rl.pipeline.calibrate import calibrated_method
+    from dmr_rl.pipeline.escalation import escalation_method
 
     det = env_is_deterministic(cfg)
     points = []
@@ -82,6 +84,13 @@ def router_points(cfg, router_dirs: dict, calibration: dict, baselines=()) -> li
                       "target_hp_ratio": float(target), **meta}
             spec = {"name": "transformer", "kwargs": {"path": str(d), "threshold": float(t), "num_threads": 1}}
             points.append(OperatingPoint(name, f"r{float(target):.2f}", spec, params, stochastic=not det))
+        for target, c in calibration.get(escalation_method(name), {}).get("choices", {}).items():
+            spec = {"name": "transformer", "kwargs": {"path": str(d), "threshold": c["threshold"], "num_threads": 1,
+                                                      "lp_escalate_below": c["lp_floor"]}}
+            params = {"kind": "router", "checkpoint": str(d), "threshold": c["threshold"], "lp_floor": c["lp_floor"],
+                      "escalate_share": c["share"], "target_hp_ratio": float(target), **meta}
+            points.append(OperatingPoint(escalation_method(name), f"r{float(target):.2f}", spec, params,
+                                         stochastic=not det))
         if meta.get("stage") == "grpo" and cfg.eval.sampled:
             spec = {"name": "transformer", "kwargs": {"path": str(d), "num_threads": 1}}
             points.append(OperatingPoint(name, "sampled", spec, {"kind": "router", "checkpoint": str(d),

@@ -5,7 +5,8 @@ Phases, each (operating point, seed) written as it finishes so an interrupted ev
 1. **Calibrate** (:mod:`dmr_rl.pipeline.calibrate`): every learned router's thresholds are chosen on
    the validation split to hit ``eval.target_hp_ratios``; the test split is only measured.
 2. **Routers** at their calibrated thresholds (points ``r0.20``...), and a GRPO router also as the
-   sampled policy it was trained as (point ``sampled``). ``eval.calibrated_baselines`` (the
+   sampled policy it was trained as (point ``sampled``); with ``eval.escalate_shares`` each also
+   with its LP-confidence floor (``grpo_escalate/r0.40``..., :mod:`dmr_rl.pipeline.escalation`). ``eval.calibrated_baselines`` (the
    cascade) are calibrated the same way and play here as ``cascade_calibrated/r0.20``..., kind
    router: they get matched baselines and paired comparisons like a learned router.
 3. **Fixed baselines**: HP-only, LP-only, the LP-confidence cascade and the KL oracle at their sweeps
@@ -287,6 +288,7 @@ def run(cfg, router_ckpt=None, methods: Optional[list] = None, group=None, clien
     policy (no calibration, no matched baselines).
     """
     from dmr_rl.pipeline.calibrate import calibrate, calibrated_method
+    from dmr_rl.pipeline.escalation import calibrate_escalation
     from dmr_rl.report import tables
 
     if isinstance(router_ckpt, (str, Path)):
@@ -314,8 +316,11 @@ def run(cfg, router_ckpt=None, methods: Optional[list] = None, group=None, clien
         calibration = {}
         if routed:
             with ev.timers("calibrate"):
+                escalate = bool(cfg.eval.escalate_shares) and bool(routers)
                 calibration = calibrate(cfg, routers, clients, local=group.local, progress=progress,
-                                        num_workers=group.num_workers, baselines=calibrated)
+                                        num_workers=group.num_workers, baselines=calibrated, both_tiers=escalate)
+                if escalate:
+                    calibration = calibrate_escalation(cfg, calibration, list(routers), progress)
         points = router_points(cfg, routers, calibration, calibrated) + sweep_points(sweep_ckpts or {}) + fixed
         ev.plan(points, [m for m in wanted if m in MATCHED] if routed else [])
         for p in points:

@@ -10,7 +10,8 @@
    when the pass stops at a decoder layer; its weight bytes, that share of LP's, at every step);
 2. ask the router for all of them at once (a learned router, or a baseline by name);
 3. send each environment's request to the chosen tier's client, one batched call per tier
-   (cascade routers: LP for all first, then HP for the flagged ones, both paid;
+   (cascade routers: LP for all first, then HP for the flagged ones, both paid; a router that
+   ``escalates``: LP on the steps it gave LP, then HP on top where LP's distribution makes it escalate;
    KL-oracle routers, or ``record_kl=True``: both tiers for all);
 4. choose the actions (score mode: from the admissible-action distribution; generate mode:
    free text matched to an admissible action), step the environments, record.
@@ -249,6 +250,7 @@ class RolloutWorker:
             outs[HP], outs[LP] = self._act(calls, ctxs, prompts, rng, sids)
             for k in everyone:
                 paid[k] = {HP, LP} if k in both else {int(dec.tiers[k])}
+        escalated = self._escalate(router, dec, outs, paid, ctxs, prompts, rng, sids) if router.escalates else set()
         if sids is not None:  # the tiers that now hold state of each episode
             for t in (HP, LP):
                 for k in outs[t]:
@@ -271,6 +273,10 @@ class RolloutWorker:
             extra = {}
             if k in outs[HP] and k in outs[LP]:  # both tiers ran: did their greedy actions agree?
                 extra["tiers_agree"] = bool(outs[HP][k].index == outs[LP][k].index)
+            if k in outs[LP]:  # LP's full pass ran: its confidence (what an escalating router reads)
+                extra["lp_max_prob"] = float(np.max(outs[LP][k].probs))
+            if k in escalated:
+                extra["escalated"] = True
             paid_names = {TIER_NAMES[t] for t in paid[k]}
             if hidden is not None:  # the LP prompt pass the router read (all of it, or up to a layer)
                 costs.append(hidden_costs[k])
@@ -293,6 +299,22 @@ class RolloutWorker:
                                     "action_prob": float(outs[tier][k].probs[outs[tier][k].index]), **extra})
             slot[i][1].steps.append(rec)
             slot[i][2] = context_after(ctx, actions[i], obs, list(info.get("admissible_commands") or []))
+
+    def _escalate(self, router, dec, outs: dict, paid: list, ctxs: list, prompts: list, rng, sids) -> set:
+        """Steps ``route`` gave LP that the router hands on to HP after seeing LP's distribution
+        (``Router.escalate``): HP runs on them (one batched call; LP's pass stays paid) and acts.
+        Updates ``dec.tiers``, ``outs`` and ``paid`` in place; returns the escalated rows."""
+        lp_rows = [k for k in range(len(ctxs)) if int(dec.tiers[k]) == LP]
+        if not lp_rows:
+            return set()
+        up = np.asarray(router.escalate([ctxs[k] for k in lp_rows], [outs[LP][k].probs for k in lp_rows]), dtype=bool)
+        flagged = [k for k, u in zip(lp_rows, up) if u]
+        got, = self._act([("hp", [k for k in flagged if k not in outs[HP]])], ctxs, prompts, rng, sids)
+        outs[HP].update(got)
+        for k in flagged:
+            dec.tiers[k] = HP
+            paid[k] = paid[k] | {HP, LP}
+        return set(flagged)
 
     def _hidden(self, prompts: list, layer: int = 0) -> tuple:
         """The LP tier's hidden state of every prompt at ``layer`` (0: the last): (vectors, per-row costs)."""

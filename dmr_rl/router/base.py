@@ -55,6 +55,17 @@ class Router(abc.ABC):
         replays answer True on their forced steps only."""
         return False
 
+    #: True for routers that may hand a step they gave LP on to HP after seeing LP's action
+    #: distribution there (a learned router with an LP-confidence floor): the rollout runs LP on
+    #: the steps ``route`` gave it, asks ``escalate``, and runs HP on top where it says so (both paid).
+    escalates: bool = False
+
+    def escalate(self, contexts: list, lp_action_probs: list) -> np.ndarray:
+        """[B] bool for the B contexts ``route`` gave LP: True where HP should act instead, given
+        LP's probability vector over each context's admissible actions. Only asked of routers with
+        ``escalates``."""
+        raise NotImplementedError(f"{type(self).__name__} does not escalate LP steps")
+
     def get_weights(self) -> Optional[dict]:
         """Learned routers: a state dict to ship to rollout workers; baselines: None."""
         return None

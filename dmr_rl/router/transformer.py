@@ -147,8 +147,14 @@ class TransformerRouter(Router):
     name = "transformer"
 
     def __init__(self, config=None, threshold: Optional[float] = None, weights: Optional[dict] = None,
-                 seed: int = 0, num_threads: Optional[int] = None, **net_overrides):
+                 seed: int = 0, num_threads: Optional[int] = None, lp_escalate_below: Optional[float] = None,
+                 **net_overrides):
         self.config = net_config(config, **net_overrides)
+        if lp_escalate_below is not None and not 0.0 <= float(lp_escalate_below) <= 1.0:
+            raise ValueError(f"router lp_escalate_below={lp_escalate_below} must be in [0, 1] (LP's max action "
+                             "probability under which HP acts on a step the router gave LP)")
+        #: on steps the network gives LP: HP acts too when LP's max action probability is below this (None: never)
+        self.lp_escalate_below = None if lp_escalate_below is None else float(lp_escalate_below)
         if threshold is None:
             threshold = config.get("threshold") if isinstance(config, dict) else getattr(config, "threshold", None)
         self.threshold = 0.5 if threshold is None else float(threshold)
@@ -163,6 +169,18 @@ class TransformerRouter(Router):
     @property
     def needs_lp_hidden(self) -> bool:
         return getattr(self.features, "name", "") == "lp_hidden"
+
+    @property
+    def escalates(self) -> bool:
+        return bool(self.lp_escalate_below)
+
+    def escalate(self, contexts: list, lp_action_probs: list) -> np.ndarray:
+        """[B] bool: LP's max action probability < ``lp_escalate_below`` (LP unsure: HP acts)."""
+        if not self.escalates:
+            return np.zeros(len(contexts), dtype=bool)
+        if len(lp_action_probs) != len(contexts):
+            raise ValueError(f"escalate: {len(contexts)} contexts but {len(lp_action_probs)} LP distributions")
+        return np.array([float(np.max(p)) < self.lp_escalate_below for p in lp_action_probs], dtype=bool)
 
     @property
     def hidden_layer(self) -> int:
