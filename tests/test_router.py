@@ -133,6 +133,13 @@ def test_weights_round_trip_rlmodule_keys_and_save_load(router, tmp_path):
                                router.route(contexts, np.random.default_rng(0)).p_hp, rtol=1e-6)
     with pytest.raises(FileNotFoundError, match="no router checkpoint"):
         make_router("transformer", path=str(tmp_path / "missing"))
+    import json
+
+    meta = json.loads((tmp_path / "r" / "router.json").read_text())
+    meta["config"]["hp_first_stepz"] = 1  # a rule this code does not know is not dropped silently
+    (tmp_path / "r" / "router.json").write_text(json.dumps(meta))
+    with pytest.raises(ValueError, match=r"unknown router config key\(s\) \['hp_first_stepz'\]"):
+        make_router("transformer", path=str(tmp_path / "r"))
 
 
 def test_lp_hidden_features_feed_the_decision():

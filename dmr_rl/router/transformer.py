@@ -259,6 +259,10 @@ class TransformerRouter(Router):
         if not (d / "router.json").is_file() or not (d / "router.pt").is_file():
             raise FileNotFoundError(f"no router checkpoint (router.json + router.pt) in {d}")
         meta = json.loads((d / "router.json").read_text())
+        unknown = sorted(set(meta.get("config", {})) - set(DEFAULT_NET))
+        if unknown:  # a rule this code does not know would otherwise be dropped without a word
+            raise ValueError(f"{d / 'router.json'}: unknown router config key(s) {unknown}; this code knows "
+                             f"{sorted(DEFAULT_NET)} (a checkpoint from another version of dmr-rl?)")
         state = torch.load(d / "router.pt", map_location="cpu", weights_only=True)
         return cls(meta["config"], threshold=meta["threshold"] if threshold is None else threshold,
                    weights=state, **kw)
