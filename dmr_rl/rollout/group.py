@@ -12,8 +12,8 @@ from pathlib import Path
 from typing import Optional
 
 from dmr_rl.errors import ActorError
-from dmr_rl.rollout.records import TrajectoryStore
-from dmr_rl.rollout.worker import ActingSpec, with_rates
+from dmr_rl.rollout.records import TrajectoryStore, with_rates
+from dmr_rl.rollout.worker import ActingSpec
 from dmr_rl.seeding import occurrence_draws
 
 

@@ -3,7 +3,8 @@
 One :class:`StepRecord` is what happened at a decision step (its context is a
 :class:`dmr_rl.step.StepContext`); one :class:`EpisodeRecord` is a whole trajectory.
 Finished episodes are appended, one JSON line each, to a per-worker shard and flushed to disk
-at once (``fsync``), so a worker that dies loses no finished trajectory.
+at once (``fsync``), so a worker that dies loses no finished trajectory. :func:`summarise_episodes`
+gives the mergeable sums (and rates) a rollout call returns about its episodes.
 """
 from __future__ import annotations
 
@@ -164,3 +165,22 @@ def cut_torn_tail(path: Path) -> None:
             return
         data = f.seek(0) or f.read()
         f.truncate(data.rfind(b"\n") + 1)
+
+
+def summarise_episodes(episodes: list, seconds: float = 0.0) -> dict:
+    """Sums over episodes (mergeable) plus the rates they give."""
+    steps = sum(e.length for e in episodes)
+    s = {"episodes": len(episodes), "won": sum(e.won for e in episodes),
+         "score_sum": float(sum(e.score for e in episodes)), "steps": steps,
+         "hp_steps": sum(st.tier == HP for e in episodes for st in e.steps),
+         "weight_bytes": float(sum(st.weight_bytes for e in episodes for st in e.steps)),
+         "prompt_tokens": int(sum(st.prompt_tokens for e in episodes for st in e.steps)),
+         "seconds": float(seconds)}
+    return with_rates(s)
+
+
+def with_rates(s: dict) -> dict:
+    n, steps = max(1, s["episodes"]), max(1, s["steps"])
+    s.update(success_rate=s["won"] / n, mean_score=s["score_sum"] / n, hp_ratio=s["hp_steps"] / steps,
+             mean_steps=s["steps"] / n, seconds_per_step=s["seconds"] / steps)
+    return s

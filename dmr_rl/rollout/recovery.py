@@ -18,7 +18,7 @@ from pathlib import Path
 
 from dmr_rl.errors import USER_ERRORS, ActorError
 from dmr_rl.rollout.records import TrajectoryStore
-from dmr_rl.rollout.worker import summarise_episodes
+from dmr_rl.rollout.records import summarise_episodes
 
 READY_TIMEOUT_S = 600.0  # how long a restarting worker may take to come back
 

@@ -36,7 +36,8 @@ from typing import Optional
 
 import numpy as np
 
-from dmr_rl.rollout.records import HP, LP, TIER_NAMES, EpisodeRecord, StepRecord, TrajectoryStore
+from dmr_rl.rollout.records import (HP, LP, TIER_NAMES, EpisodeRecord, StepRecord, TrajectoryStore,
+                                    summarise_episodes)
 from dmr_rl.seeding import RowRngs
 from dmr_rl.step import StepContext
 
@@ -410,21 +411,3 @@ class RolloutWorker:
             kls[k] = float(v)
         return kls
 
-
-def summarise_episodes(episodes: list, seconds: float = 0.0) -> dict:
-    """Sums over episodes (mergeable) plus the rates they give."""
-    steps = sum(e.length for e in episodes)
-    s = {"episodes": len(episodes), "won": sum(e.won for e in episodes),
-         "score_sum": float(sum(e.score for e in episodes)), "steps": steps,
-         "hp_steps": sum(st.tier == HP for e in episodes for st in e.steps),
-         "weight_bytes": float(sum(st.weight_bytes for e in episodes for st in e.steps)),
-         "prompt_tokens": int(sum(st.prompt_tokens for e in episodes for st in e.steps)),
-         "seconds": float(seconds)}
-    return with_rates(s)
-
-
-def with_rates(s: dict) -> dict:
-    n, steps = max(1, s["episodes"]), max(1, s["steps"])
-    s.update(success_rate=s["won"] / n, mean_score=s["score_sum"] / n, hp_ratio=s["hp_steps"] / steps,
-             mean_steps=s["steps"] / n, seconds_per_step=s["seconds"] / steps)
-    return s
