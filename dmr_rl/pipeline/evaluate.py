@@ -6,7 +6,8 @@ Phases, each (operating point, seed) written as it finishes so an interrupted ev
    the validation split to hit ``eval.target_hp_ratios``; the test split is only measured.
 2. **Routers** at their calibrated thresholds (points ``r0.20``...), and a GRPO router also as the
    sampled policy it was trained as (point ``sampled``); with ``eval.escalate_shares`` each also
-   with its LP-confidence floor (``grpo_escalate/r0.40``..., :mod:`dmr_rl.pipeline.escalation`). ``eval.calibrated_baselines`` (the
+   with its LP-confidence floor (``grpo_escalate/r0.40``..., :mod:`dmr_rl.pipeline.escalation`).
+   ``eval.calibrated_baselines`` (the
    cascade) are calibrated the same way and play here as ``cascade_calibrated/r0.20``..., kind
    router: they get matched baselines and paired comparisons like a learned router.
 3. **Fixed baselines**: HP-only, LP-only, the LP-confidence cascade and the KL oracle at their sweeps

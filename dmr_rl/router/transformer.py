@@ -142,7 +142,9 @@ def _strip_prefix(weights: dict) -> dict:
 
 
 class TransformerRouter(Router):
-    """The learned router. ``route(contexts, rng, sample=False, lp_hidden=None)``."""
+    """The learned router. ``route(contexts, rng, sample=False, lp_hidden=None)``; with
+    ``lp_escalate_below`` it also hands on to HP the steps it gave LP where LP's max action
+    probability is below that floor (``escalate``; :mod:`dmr_rl.pipeline.escalation` calibrates it)."""
 
     name = "transformer"
 
