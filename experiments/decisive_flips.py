@@ -10,7 +10,10 @@ there (``causal.ForcedLPRouter``), shows whether that one LP action costs the ta
 episode (one forced step per replay). The script prints how many flips are decisive, by step
 bucket and task type, and how well what stage 1 learns from ranks the decisive flips among all
 flips (AUROC): the KL over the actions, the top-``rho`` KL label, and the GRPO router's P(HP) on
-the step (from the LP layer state recorded in ``RUN_DIR/labels/steps.jsonl``).
+the step (from the LP layer state recorded in ``RUN_DIR/labels/steps.jsonl``); and, among all
+labelled steps, whether a ridge probe on that LP state finds the decisive flips when trained on the
+KL labels or on the decisive flips themselves (out of fold, by task). Rounds already played under
+``RUN_DIR/decisive/`` are read, not played again.
 """
 from __future__ import annotations
 
@@ -75,6 +78,42 @@ def summarise(flips: list) -> dict:
     return out
 
 
+def cv_probe_scores(x: np.ndarray, y: np.ndarray, groups: np.ndarray, folds: int = 5, alpha: float = 100.0) -> np.ndarray:
+    """Out-of-fold scores of a ridge probe (standardised features, closed form) trained to predict
+    ``y``: [N] scores for x [N, D], y [N] {0,1}, groups [N] (whole groups, e.g. tasks, per fold)."""
+    x, y, groups = np.asarray(x, dtype=np.float64), np.asarray(y, dtype=np.float64), np.asarray(groups)
+    uniq = np.unique(groups)
+    fold_of = {g: i % folds for i, g in enumerate(np.random.default_rng(0).permutation(uniq))}
+    fold = np.array([fold_of[g] for g in groups])
+    out = np.zeros(len(y))
+    for f in range(folds):
+        tr, te = fold != f, fold == f
+        if not te.any():
+            continue
+        mu, sd = x[tr].mean(0), x[tr].std(0) + 1e-6
+        a, b = (x[tr] - mu) / sd, (x[te] - mu) / sd
+        w = np.linalg.solve(a.T @ a + alpha * np.eye(a.shape[1]), a.T @ (y[tr] - y[tr].mean()))
+        out[te] = b @ w
+    return out
+
+
+def probe_comparison(rows: list, decisive: set) -> dict:
+    """AUROC for decisive flips among all labelled steps: the same ridge probe on the recorded LP
+    state trained (out of fold, by task) on the KL labels and on the decisive flips, and the KL.
+    rows: labelled steps (``episode_id``, ``step``, ``label``, ``kl``, ``lp_hidden``, ``task_index``);
+    decisive: {(episode id, step)}."""
+    from dmr_rl.algos.router_losses import auroc
+
+    x = np.array([r["lp_hidden"] for r in rows], dtype=np.float64)
+    y = np.array([(r["episode_id"], r["step"]) in decisive for r in rows], dtype=float)
+    groups = np.array([r["task_index"] for r in rows])
+    kl_label = np.array([r["label"] for r in rows], dtype=float)
+    return {"steps": len(rows), "decisive": int(y.sum()),
+            "probe_on_kl_labels": auroc(cv_probe_scores(x, kl_label, groups), y),
+            "probe_on_decisive": auroc(cv_probe_scores(x, y, groups), y),
+            "kl": auroc(np.array([r["kl"] for r in rows], dtype=float), y)}
+
+
 def _router_scores(run_dir: Path) -> dict:
     """{(episode id, step): the GRPO router's P(HP)} on the labelled steps (their recorded LP state)."""
     from dmr_rl.router.transformer import TransformerRouter
@@ -92,6 +131,8 @@ def _router_scores(run_dir: Path) -> dict:
 
 
 def replay(run_dir: Path, config: str, max_episodes: int = 0, progress: bool = True) -> dict:
+    """Play (or, where ``RUN_DIR/decisive/round<j>`` holds a round's replays already, read) every
+    round; return the summary, the probe comparison and the per-flip rows."""
     from dmr_rl.config import load_config
     from dmr_rl.pipeline.causal import ForcedLPRouter
     from dmr_rl.rollout.records import TrajectoryStore
@@ -102,28 +143,41 @@ def replay(run_dir: Path, config: str, max_episodes: int = 0, progress: bool = T
     rounds, counts = flip_rounds(collected, max_episodes)
     by_task = {e.task_index: e for e in collected}
     scores = _router_scores(run_dir)
-    launcher.ray_init(cfg.ray, cfg.run_dir)
-    clients = launcher.create_tier_clients(cfg, ("hp", "lp"))
-    group = launcher.create_rollout_group(cfg, clients, run_dir / "decisive" / "_worker_shards",
-                                          split=cfg.env.train_split)
+    group = clients = None
     flips = []
     try:
         for j, forced in enumerate(rounds):
-            group.set_router(ForcedLPRouter({text: [step] for text, step in forced.values()}))
-            eps = group.run_episodes(sorted(forced), "router", seed=0, return_episodes=True,
-                                     rng_key=(int(cfg.seed), "decisive", f"round{j}"))["episode_records"]
-            TrajectoryStore(run_dir / "decisive" / f"round{j}", "driver").append(eps)
+            out = run_dir / "decisive" / f"round{j}"
+            eps = TrajectoryStore.read(out) if out.is_dir() else []
+            if len(eps) != len(forced):
+                if group is None:
+                    launcher.ray_init(cfg.ray, cfg.run_dir)
+                    clients = launcher.create_tier_clients(cfg, ("hp", "lp"))
+                    group = launcher.create_rollout_group(cfg, clients, run_dir / "decisive" / "_worker_shards",
+                                                          split=cfg.env.train_split)
+                group.set_router(ForcedLPRouter({text: [step] for text, step in forced.values()}))
+                eps = group.run_episodes(sorted(forced), "router", seed=0, return_episodes=True,
+                                         rng_key=(int(cfg.seed), "decisive", f"round{j}"))["episode_records"]
+                if out.exists():
+                    import shutil
+
+                    shutil.rmtree(out)  # a partial earlier attempt
+                TrajectoryStore(out, "driver").append(eps)
             for ep in eps:
                 step = forced[ep.task_index][1]
                 ref = by_task[ep.task_index]
                 p_hp, kl, label = scores.get((ref.episode_id, step), (np.nan, np.nan, np.nan))
-                flips.append({"task": ep.task_index, "task_type": ep.task_type, "step": step,
-                              "decisive": not ep.won, "kl": kl, "label": label, "p_hp": p_hp})
+                flips.append({"task": ep.task_index, "episode_id": ref.episode_id, "task_type": ep.task_type,
+                              "step": step, "decisive": not ep.won, "kl": kl, "label": label, "p_hp": p_hp})
             if progress:
                 print(f"round {j}: {len(eps)} replays, {sum(not e.won for e in eps)} lost", flush=True)
     finally:
-        launcher.shutdown_all(group, clients)
-    return {"run_dir": str(run_dir), **counts, **summarise(flips), "per_flip": flips}
+        if group is not None:
+            launcher.shutdown_all(group, clients)
+    rows = [json.loads(line) for line in (run_dir / "labels" / "steps.jsonl").read_text().splitlines() if line]
+    decisive = {(f["episode_id"], f["step"]) for f in flips if f["decisive"]}
+    return {"run_dir": str(run_dir), **counts, **summarise(flips),
+            "among_all_steps": probe_comparison(rows, decisive), "per_flip": flips}
 
 
 def main(argv=None) -> dict:
@@ -144,6 +198,10 @@ def main(argv=None) -> dict:
     for name, r in out["by_task_type"].items():
         print(f"  {name}: {r['decisive']} of {r['flips']}")
     print("AUROC, decisive among flips: " + ", ".join(f"{k} {v:.3f}" for k, v in out["auroc_decisive_among_flips"].items()))
+    a = out["among_all_steps"]
+    print(f"AUROC, decisive flips among all {a['steps']} labelled steps: ridge probe on the LP state trained on the "
+          f"KL labels {a['probe_on_kl_labels']:.3f}, on the decisive flips {a['probe_on_decisive']:.3f} (out of "
+          f"fold, by task); the KL {a['kl']:.3f}")
     return out
 
 

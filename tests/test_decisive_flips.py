@@ -39,3 +39,30 @@ def test_summary_counts_decisive_flips_and_ranks_scores_against_them():
     a = out["auroc_decisive_among_flips"]
     assert a["kl"] == 1.0 and a["label"] == 0.5
     assert a["p_hp"] == pytest.approx(0.5)  # the nan step is left out: 0.2 (decisive) vs 0.8, 0.1
+
+
+def test_the_cross_validated_probe_finds_a_signal_that_is_there_and_not_one_that_is_not():
+    from dmr_rl.algos.router_losses import auroc
+
+    rng = np.random.default_rng(0)
+    groups = np.repeat(np.arange(40), 10)
+    x = rng.normal(size=(400, 8))
+    y = (x[:, 0] + 0.5 * rng.normal(size=400) > 1.0).astype(float)
+    assert auroc(decisive_flips.cv_probe_scores(x, y, groups, alpha=1.0), y) > 0.85
+    noise = (rng.random(400) < 0.2).astype(float)
+    assert abs(auroc(decisive_flips.cv_probe_scores(x, noise, groups, alpha=1.0), noise) - 0.5) < 0.15
+
+
+def test_probe_comparison_reads_labelled_steps_and_scores_each_rule_against_the_decisive_flips():
+    rng = np.random.default_rng(1)
+    rows = []
+    for t in range(30):
+        for s in range(8):
+            h = rng.normal(size=4)
+            rows.append({"episode_id": f"e{t}", "step": s, "task_index": t, "lp_hidden": list(h),
+                         "kl": float(h[1] + 3), "label": int(h[1] > 0.7)})
+    decisive = {(r["episode_id"], r["step"]) for r in rows if r["lp_hidden"][0] > 1.0}
+    out = decisive_flips.probe_comparison(rows, decisive)
+    assert out["steps"] == 240 and out["decisive"] == len(decisive) > 10
+    assert out["probe_on_decisive"] > 0.9  # the decisive steps are where feature 0 is high
+    assert abs(out["probe_on_kl_labels"] - 0.5) < 0.15 and abs(out["kl"] - 0.5) < 0.15  # the KL follows feature 1
