@@ -114,12 +114,12 @@ def probe_comparison(rows: list, decisive: set) -> dict:
             "kl": auroc(np.array([r["kl"] for r in rows], dtype=float), y)}
 
 
-def _router_scores(run_dir: Path) -> dict:
-    """{(episode id, step): the GRPO router's P(HP)} on the labelled steps (their recorded LP state)."""
+def _router_scores(run_dir: Path, rows: list) -> dict:
+    """{(episode id, step): (the GRPO router's P(HP), KL, label)} on the labelled steps ``rows`` (from
+    their recorded LP state)."""
     from dmr_rl.router.transformer import TransformerRouter
     from dmr_rl.step import StepContext
 
-    rows = [json.loads(line) for line in (run_dir / "labels" / "steps.jsonl").read_text().splitlines() if line]
     router = TransformerRouter.load(run_dir / "router_grpo" / "router", num_threads=1)
     ctxs = [StepContext(task=r["task"], obs=r["obs"], history=[tuple(h) for h in r["history"]],
                         admissible=r["admissible"], step=r["step"], task_type=r.get("task_type", "")) for r in rows]
@@ -142,7 +142,8 @@ def replay(run_dir: Path, config: str, max_episodes: int = 0, progress: bool = T
     collected = sorted(TrajectoryStore.read(run_dir / "trajectories" / "collect"), key=lambda e: e.task_index)
     rounds, counts = flip_rounds(collected, max_episodes)
     by_task = {e.task_index: e for e in collected}
-    scores = _router_scores(run_dir)
+    rows = [json.loads(line) for line in (run_dir / "labels" / "steps.jsonl").read_text().splitlines() if line]
+    scores = _router_scores(run_dir, rows)
     group = clients = None
     flips = []
     try:
@@ -174,7 +175,6 @@ def replay(run_dir: Path, config: str, max_episodes: int = 0, progress: bool = T
     finally:
         if group is not None:
             launcher.shutdown_all(group, clients)
-    rows = [json.loads(line) for line in (run_dir / "labels" / "steps.jsonl").read_text().splitlines() if line]
     decisive = {(f["episode_id"], f["step"]) for f in flips if f["decisive"]}
     return {"run_dir": str(run_dir), **counts, **summarise(flips),
             "among_all_steps": probe_comparison(rows, decisive), "per_flip": flips}
