@@ -19,12 +19,15 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import sys
 from pathlib import Path
 
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import router_inputs as ri  # noqa: E402  (task_folds: whole tasks to a fold)
 
 BUCKETS = (("step 0", 0, 1), ("steps 1-4", 1, 5), ("steps 5+", 5, 10**9))
 
@@ -82,9 +85,7 @@ def cv_probe_scores(x: np.ndarray, y: np.ndarray, groups: np.ndarray, folds: int
     """Out-of-fold scores of a ridge probe (standardised features, closed form) trained to predict
     ``y``: [N] scores for x [N, D], y [N] {0,1}, groups [N] (whole groups, e.g. tasks, per fold)."""
     x, y, groups = np.asarray(x, dtype=np.float64), np.asarray(y, dtype=np.float64), np.asarray(groups)
-    uniq = np.unique(groups)
-    fold_of = {g: i % folds for i, g in enumerate(np.random.default_rng(0).permutation(uniq))}
-    fold = np.array([fold_of[g] for g in groups])
+    fold = ri.task_folds(groups, folds, seed=0)
     out = np.zeros(len(y))
     for f in range(folds):
         tr, te = fold != f, fold == f
@@ -160,8 +161,6 @@ def replay(run_dir: Path, config: str, max_episodes: int = 0, progress: bool = T
                 eps = group.run_episodes(sorted(forced), "router", seed=0, return_episodes=True,
                                          rng_key=(int(cfg.seed), "decisive", f"round{j}"))["episode_records"]
                 if out.exists():
-                    import shutil
-
                     shutil.rmtree(out)  # a partial earlier attempt
                 TrajectoryStore(out, "driver").append(eps)
             for ep in eps:

@@ -20,7 +20,7 @@ import json
 
 import numpy as np
 
-from dmr_rl.pipeline.calibrate import weighted_threshold
+from dmr_rl.pipeline.calibrate import _task_index, weighted_threshold
 
 
 def escalation_method(name: str) -> str:
@@ -61,7 +61,7 @@ def choose_escalation(p_hp, lp_max, flip, task_ids, target: float, shares) -> di
         raise ValueError("p_hp, lp_max, flip and task_ids must be non-empty vectors of one length")
     if not np.isfinite(lp_max).all():
         raise ValueError("lp_max has missing values: the validation play must score LP at every step")
-    _, inverse, counts = np.unique(np.asarray([str(t) for t in task_ids]), return_inverse=True, return_counts=True)
+    inverse, counts = _task_index(task_ids)
     weights = 1.0 / counts[inverse] / len(counts)
     best, candidates = None, {}
     for e in sorted({0.0, *(float(s) for s in shares)}):
@@ -103,6 +103,7 @@ def calibrate_escalation(cfg, calibration: dict, router_names, progress: bool = 
 
     shares = sorted(float(x) for x in cfg.eval.escalate_shares)
     targets = [float(r) for r in cfg.eval.target_hp_ratios]
+    added = False
     for name in router_names:
         base = calibration[name]
         if not base.get("both_tiers"):
@@ -122,9 +123,11 @@ def calibrate_escalation(cfg, calibration: dict, router_names, progress: bool = 
         calibration[method] = {"checkpoint": base["checkpoint"], "split": base["split"], "shares": shares,
                                "targets": targets, "choices": choices, "flips": int(arrays["flip"].sum()),
                                "n_steps": int(len(arrays["task"]))}
+        added = True
         if progress:
             print(f"calibrated {method}: " + ", ".join(
                 f"{r}: share {c['share']:g}, threshold {c['threshold']:.3f}, LP floor {c['lp_floor']:.3f}, "
                 f"flip recall {c['flip_recall']:.3f}" for r, c in choices.items()), flush=True)
-    write_atomic(layout.eval_dir(cfg.run_dir) / "calibration.json", json.dumps(calibration, indent=1))
+    if added:  # calibrate() wrote the rest; an unchanged file is not written again
+        write_atomic(layout.eval_dir(cfg.run_dir) / "calibration.json", json.dumps(calibration, indent=1))
     return calibration
