@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import re
 import typing
 from pathlib import Path
 from typing import Any, Optional
@@ -139,6 +140,13 @@ def check_quantization_and_paths(cfg: DMRConfig) -> None:
             if t.group_size <= 0 or t.group_size % 8:
                 raise ConfigError(f"{tier}.group_size={t.group_size} must be a positive multiple of 8 "
                                   f"({t.quant_method} stores one scale per group of weights)")
+            for pat, g in t.group_size_overrides.items():
+                if not isinstance(g, int) or isinstance(g, bool) or g <= 0 or g % 8:
+                    raise ConfigError(f"{tier}.group_size_overrides[{pat!r}]={g!r} must be a positive multiple of 8")
+                try:
+                    re.compile(str(pat))
+                except re.error as e:
+                    raise ConfigError(f"{tier}.group_size_overrides: {pat!r} is not a regular expression ({e})") from None
     local = not cfg.ray.address
     if local:
         for key, value in (("env.data_dir", cfg.env.data_dir), ("hp.model_path", cfg.hp.model_path),

@@ -50,6 +50,10 @@ class TierConfig:
     quant_method: str = doc("none", "Quantization applied when the checkpoint is produced: none, awq, rtn.")
     bits: int = doc(16, "Weight bits for quant_method (2, 3, 4, 8; 16 means unquantized).")
     group_size: int = doc(64, "Quantization group size (must divide the hidden size).")
+    group_size_overrides: dict = doc({}, "Other group sizes for some Linears: a regular expression searched in the "
+                                         "module name -> group size, first match wins; e.g. "
+                                         "{'layers\\.(2[2-9])\\.': 32} quantizes the top 8 of 30 layers in finer "
+                                         "groups. Each must be a positive multiple of 8 dividing those Linears' widths.")
     device: str = doc("cpu", "torch device for this tier's server: cpu, cuda.")
     num_replicas: int = doc(1, "Model-server replicas for this tier (requests are load-balanced).")
     num_gpus: float = doc(0.0, "GPUs per replica (fractional allowed).")

@@ -102,3 +102,12 @@ def test_stage_commands_use_the_run_directorys_own_config(tmp_path, capsys):
     assert stage_config(args(str(preset))).grpo.iterations == DMRConfig().grpo.iterations
     other = argparse.Namespace(config=None, overrides=[f"run_dir={tmp_path / 'new'}"])
     assert stage_config(other).grpo.iterations == DMRConfig().grpo.iterations
+
+
+def test_group_size_overrides_checked_at_load():
+    with pytest.raises(ConfigError, match=r"lp.group_size_overrides\['x'\]=12 must be a positive multiple of 8"):
+        load_config(None, ["lp.quant_method=awq", "lp.bits=4", "lp.group_size_overrides={x: 12}"])
+    with pytest.raises(ConfigError, match="is not a regular expression"):
+        load_config(None, ["lp.quant_method=awq", "lp.bits=4", "lp.group_size_overrides={'layers[': 32}"])
+    cfg = load_config(None, ["lp.quant_method=awq", "lp.bits=4", r"lp.group_size_overrides={'layers\.1\.': 32}"])
+    assert cfg.lp.group_size_overrides == {r"layers\.1\.": 32}

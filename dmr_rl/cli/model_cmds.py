@@ -35,6 +35,9 @@ def register(sub, groups) -> None:
     q.add_argument("--calib-samples", type=int, default=64, help="calibration prompts used")
     q.add_argument("--max-seq-length", type=int, default=256, help="tokens per calibration prompt")
     q.add_argument("--dtype", default="bfloat16", help="storage dtype of scales and unquantized weights")
+    q.add_argument("--group-size-override", action="append", default=[], metavar="REGEX=G",
+                   help="another group size G for the Linears whose name REGEX finds (repeatable; first match "
+                        "wins), e.g. 'layers\\.(2[2-9])\\.=32'")
     q.add_argument("--symmetric", action="store_true", help="symmetric quantization (no zero points)")
     q.add_argument("--engine", default="llmcompressor",
                    help="AWQ scale search: llmcompressor (AWQModifier) or torch (dmr_rl.models.awq_torch, ~10x faster on CPU)")
@@ -75,10 +78,17 @@ def _info(args) -> int:
 
 
 def _quantize(args) -> int:
+    from dmr_rl.errors import ModelError
     from dmr_rl.models.quantize import (calib_prompts_from_env, quantize_checkpoint, read_calib_prompts,
                                         validate_request)
 
     validate_request(args.method, args.bits, args.group_size)  # fail before any slow step
+    overrides = {}
+    for item in args.group_size_override:
+        pat, sep, size = item.rpartition("=")
+        if not sep or not pat or not size.strip().isdigit():
+            raise ModelError(f"--group-size-override {item!r}: expected REGEX=G with G a whole number")
+        overrides[pat] = int(size)
     model = args.model
     if model in ("smollm2", "smollm2-135m-instruct"):
         from dmr_rl.models.smollm2 import fetch_smollm2
@@ -92,6 +102,6 @@ def _quantize(args) -> int:
     info = quantize_checkpoint(model, args.out, args.method, args.bits, args.group_size, prompts,
                                dtype=args.dtype, max_seq_length=args.max_seq_length,
                                num_samples=args.calib_samples, symmetric=args.symmetric,
-                               n_grid=args.n_grid, engine=args.engine)
+                               n_grid=args.n_grid, engine=args.engine, group_size_overrides=overrides)
     print(json.dumps(info, indent=2))
     return 0

@@ -245,11 +245,14 @@ def resolve_agent_dir(model_dir) -> Path:
 
 def lp_spec(model_dir) -> dict:
     """The low-bit copy the agent's ``training.json`` asks for (defaults: AWQ 3 bits, group 32)."""
+    from dmr_rl.models.quantize import copy_dir_name
+
     info_path = Path(model_dir) / TRAINING_INFO
     info = json.loads(info_path.read_text()) if info_path.exists() else {}
-    spec = {"method": "awq", "bits": 3, "group_size": 32, "engine": "llmcompressor"}
+    spec = {"method": "awq", "bits": 3, "group_size": 32, "engine": "llmcompressor", "group_size_overrides": {}}
     spec.update(info.get("lp", {}))
-    spec.setdefault("dir", f"lp-{spec['method']}-w{spec['bits']}g{spec['group_size']}")
+    spec.setdefault("dir", copy_dir_name(spec["method"], int(spec["bits"]), int(spec["group_size"]),
+                                         spec["group_size_overrides"]))
     return spec
 
 
@@ -268,7 +271,8 @@ def lp_checkpoint(model_dir, env_name: str = "") -> Path:
     calib = calibration_prompts(model_dir)
     out.parent.mkdir(parents=True, exist_ok=True)
     quantize_checkpoint(str(model_dir), str(out), spec["method"], int(spec["bits"]),
-                        int(spec["group_size"]), calib, engine=spec["engine"])
+                        int(spec["group_size"]), calib, engine=spec["engine"],
+                        group_size_overrides=spec["group_size_overrides"])
     return out
 
 

@@ -43,14 +43,17 @@ def group_fake_quant(w, bits: int, group_size: int):
     return ((q - zp) * scale).reshape(o, i)
 
 
-def search_scale(x, weights: list, bits: int, group_size: int, n_grid: int = 20):
+def search_scale(x, weights: list, bits: int, group_size, n_grid: int = 20):
     """Best AWQ scale for Linears sharing input ``x``.
 
-    x: [N, in]; weights: list of [out_k, in]. Returns (s [in], alpha, error of s, error of s=1).
+    x: [N, in]; weights: list of [out_k, in]; group_size: one for all, or one per weight.
+    Returns (s [in], alpha, error of s, error of s=1).
     """
     import torch
 
-    w = torch.cat(weights, 0).float()
+    sizes = [group_size] * len(weights) if isinstance(group_size, int) else list(group_size)
+    ws = [wk.float() for wk in weights]
+    w = torch.cat(ws, 0)
     x = x.float()
     ref = x @ w.T
     x_mean = x.abs().mean(0).clamp(min=1e-6)
@@ -60,7 +63,8 @@ def search_scale(x, weights: list, bits: int, group_size: int, n_grid: int = 20)
         alpha = k / n_grid
         s = x_mean.pow(alpha)
         s = s / (s.max() * s.min()).sqrt()
-        err = float((x @ (group_fake_quant(w * s, bits, group_size) / s).T - ref).pow(2).mean())
+        q = torch.cat([group_fake_quant(wk * s, bits, g) for wk, g in zip(ws, sizes)], 0)
+        err = float((x @ (q / s).T - ref).pow(2).mean())
         if k == 0:
             base_err = err
         if err < best[0]:
@@ -119,10 +123,13 @@ def capture_inputs(model, tokenizer, prompts: list, max_rows: int = 512, max_seq
 
 
 def apply_awq_scales(model, tokenizer, prompts: list, bits: int, group_size: int, n_grid: int = 20,
-                     max_rows: int = 512, max_seq_length: int = 256) -> list:
+                     max_rows: int = 512, max_seq_length: int = 256, sizes: Optional[dict] = None) -> list:
     """Search and fold AWQ scales into ``model`` in place (function-preserving); return a report
-    row per scaled group: layer, group, alpha, error with the scale, error without."""
+    row per scaled group: layer, group, alpha, error with the scale, error without. ``sizes``:
+    Linear name -> group size where it is not ``group_size`` (quantize.module_group_sizes)."""
     import torch
+
+    names = {id(m): n for n, m in model.named_modules()}
 
     if not prompts:
         raise ModelError("AWQ needs calibration prompts (--calib FILE or --calib-from-env ENV)")
@@ -137,7 +144,8 @@ def apply_awq_scales(model, tokenizer, prompts: list, bits: int, group_size: int
             if att.v_proj.out_features == att.o_proj.in_features:  # not with grouped-query attention
                 groups.insert(1, ("o", acts[i]["o"], att.v_proj, [att.o_proj]))
             for name, x, prev, linears in groups:
-                s, alpha, err, base = search_scale(x, [lin.weight for lin in linears], bits, group_size, n_grid)
+                gs = [(sizes or {}).get(names[id(lin)], group_size) for lin in linears]
+                s, alpha, err, base = search_scale(x, [lin.weight for lin in linears], bits, gs, n_grid)
                 s = s.to(prev.weight.dtype)
                 if isinstance(prev, torch.nn.Linear):  # prev's output channels feed x
                     prev.weight.div_(s[:, None])
@@ -153,9 +161,13 @@ def apply_awq_scales(model, tokenizer, prompts: list, bits: int, group_size: int
 
 def awq_torch_quantize(model, tokenizer, prompts: list, bits: int, group_size: int, n_grid: int = 20,
                        max_rows: int = 512, max_seq_length: int = 256, symmetric: bool = False,
-                       quantize_fn: Optional[callable] = None):
+                       quantize_fn: Optional[callable] = None, group_size_overrides: Optional[dict] = None):
     """Scale search (here) + round-to-nearest and packing (llm-compressor) on ``model`` in place."""
-    apply_awq_scales(model, tokenizer, prompts, bits, group_size, n_grid, max_rows, max_seq_length)
+    from dmr_rl.models.quantize import module_group_sizes
+
+    sizes = module_group_sizes(model, group_size, group_size_overrides)
+    apply_awq_scales(model, tokenizer, prompts, bits, group_size, n_grid, max_rows, max_seq_length, sizes)
     if quantize_fn is None:
         from dmr_rl.models.quantize import quantize_model as quantize_fn
-    return quantize_fn(model, tokenizer, "rtn", bits, group_size, symmetric=symmetric)
+    return quantize_fn(model, tokenizer, "rtn", bits, group_size, symmetric=symmetric,
+                       group_size_overrides=group_size_overrides)

@@ -55,11 +55,51 @@ def linear_layers(model) -> dict:
     return {n: m for n, m in model.named_modules() if isinstance(m, torch.nn.Linear) and not n.endswith("lm_head")}
 
 
-def check_group_size(model, group_size: int) -> None:
+def module_group_sizes(model, group_size: int, overrides: Optional[dict] = None) -> dict:
+    """name -> group size for every Linear that gets quantized: ``group_size``, unless a pattern of
+    ``overrides`` (a regular expression searched in the module's name -> group size; the first
+    pattern that matches wins) gives another, e.g. ``{r"layers\\.(2[2-9])\\.": 32}`` for finer groups
+    in the top 8 of 30 layers. Every size must divide its Linear's input width; a pattern that
+    matches no Linear is an error, not a no-op."""
+    import re
+
+    patterns = []
+    for pat, size in (overrides or {}).items():
+        try:
+            patterns.append((re.compile(str(pat)), pat, size))
+        except re.error as e:
+            raise ModelError(f"group-size override {pat!r} is not a regular expression ({e})") from None
+        if not isinstance(size, int) or isinstance(size, bool) or size <= 0 or size % 8:
+            raise ModelError(f"group-size override {pat!r}: {size!r} must be a positive multiple of 8")
+    sizes, used = {}, set()
     for name, lin in linear_layers(model).items():
-        if lin.in_features % group_size:
-            raise ModelError(f"group size {group_size} does not divide {name}.in_features={lin.in_features} "
+        size = group_size
+        for rx, pat, g in patterns:
+            if rx.search(name):
+                size = g
+                used.add(pat)
+                break
+        if lin.in_features % size:
+            raise ModelError(f"group size {size} does not divide {name}.in_features={lin.in_features} "
                              f"(try {', '.join(str(g) for g in (128, 64, 32) if lin.in_features % g == 0)})")
+        sizes[name] = size
+    unused = [pat for _, pat, _ in patterns if pat not in used]
+    if unused:
+        raise ModelError(f"group-size override(s) {unused} match no quantized Linear of this model "
+                         f"(names look like {next(iter(sizes), '?')!r})")
+    return sizes
+
+
+def copy_dir_name(method: str, bits: int, group_size: int, overrides: Optional[dict] = None) -> str:
+    """Directory name of a low-bit copy: ``lp-awq-w3g48``, plus a short hash of the group-size
+    overrides when there are any (``lp-awq-w3g48-mixed-1a2b3c``), so two recipes never share one."""
+    name = f"lp-{method}-w{bits}g{group_size}"
+    if overrides:
+        import hashlib
+
+        key = json.dumps({str(k): int(v) for k, v in overrides.items()}, sort_keys=True)
+        name += "-mixed-" + hashlib.sha1(key.encode()).hexdigest()[:6]
+    return name
 
 
 def read_calib_prompts(path) -> list:
@@ -108,27 +148,39 @@ def _cpu_patches():
         cache.IntermediatesCache.pin_memory = original
 
 
-def quantization_scheme(bits: int, group_size: int, symmetric: bool = False) -> dict:
+def quantization_scheme(bits: int, group_size: int, symmetric: bool = False,
+                        sizes: Optional[dict] = None) -> dict:
+    """compressed-tensors config groups: every Linear at ``group_size``, and the modules ``sizes``
+    (name -> group size, from :func:`module_group_sizes`) puts at another size in a group of their
+    own (exact names take precedence over the class target)."""
     from compressed_tensors.quantization import QuantizationArgs, QuantizationScheme
 
-    args = QuantizationArgs(num_bits=bits, type="int", symmetric=symmetric, strategy="group",
-                            group_size=group_size)
-    return {"group_0": QuantizationScheme(targets=["Linear"], weights=args)}
+    def scheme(targets, g):
+        args = QuantizationArgs(num_bits=bits, type="int", symmetric=symmetric, strategy="group", group_size=g)
+        return QuantizationScheme(targets=targets, weights=args)
+
+    other = sorted({g for g in (sizes or {}).values() if g != group_size})
+    # the named groups first: compressed-tensors stops at a module's first matching target when it
+    # checks that every target matched, and would warn about names that a "Linear" group shadowed
+    groups = {f"group_{k}": scheme(sorted(n for n, v in sizes.items() if v == g), g) for k, g in enumerate(other, 1)}
+    groups["group_0"] = scheme(["Linear"], group_size)
+    return groups
 
 
 def quantize_model(model, tokenizer, method: str, bits: int, group_size: int = 64,
                    calib_prompts: Optional[Iterable[str]] = None, max_seq_length: int = 256,
                    num_samples: int = 64, symmetric: bool = False, n_grid: int = 20,
-                   engine: str = "llmcompressor"):
+                   engine: str = "llmcompressor", group_size_overrides: Optional[dict] = None):
     """Quantize ``model`` in place (fake-quantized: its forward applies the quantization).
 
     ``engine`` (awq only): ``llmcompressor`` (AWQModifier) or ``torch`` (our scale search, then
     llm-compressor's round-to-nearest packs; ~10x faster on CPU, see ``awq_torch``).
+    ``group_size_overrides``: other group sizes for some Linears (see :func:`module_group_sizes`).
 
     Returns the model, ready for ``save_pretrained(dir, save_compressed=True)``.
     """
     validate_request(method, bits, group_size)
-    check_group_size(model, group_size)
+    sizes = module_group_sizes(model, group_size, group_size_overrides)
     if engine not in ENGINES:
         raise ModelError(f"unknown quantization engine {engine!r}; expected one of {list(ENGINES)}")
     if method == "awq" and engine == "torch":
@@ -136,10 +188,11 @@ def quantize_model(model, tokenizer, method: str, bits: int, group_size: int = 6
 
         prompts = [p for p in (calib_prompts or []) if p and p.strip()][:num_samples]
         return awq_torch_quantize(model, tokenizer, prompts, bits, group_size, n_grid=n_grid,
-                                  max_seq_length=max_seq_length, symmetric=symmetric)
+                                  max_seq_length=max_seq_length, symmetric=symmetric,
+                                  group_size_overrides=group_size_overrides)
     from llmcompressor import oneshot
 
-    scheme = quantization_scheme(bits, group_size, symmetric)
+    scheme = quantization_scheme(bits, group_size, symmetric, sizes)
     with _cpu_patches(), _quiet():
         if method == "rtn":
             from llmcompressor.modifiers.quantization import QuantizationModifier
@@ -193,13 +246,15 @@ def save_quantized(model, tokenizer, out_dir, info: dict) -> dict:
 def quantize_checkpoint(src_dir, out_dir, method: str, bits: int, group_size: int = 64,
                         calib_prompts: Optional[Iterable[str]] = None, dtype: str = "bfloat16",
                         max_seq_length: int = 256, num_samples: int = 64, symmetric: bool = False,
-                        n_grid: int = 20, engine: str = "llmcompressor") -> dict:
+                        n_grid: int = 20, engine: str = "llmcompressor",
+                        group_size_overrides: Optional[dict] = None) -> dict:
     """Quantize the checkpoint in ``src_dir`` into ``out_dir``; returns what ``dmr_quant.json`` holds.
 
     ``dtype`` is the storage dtype of what stays unquantized (embeddings, norms, lm_head) and of
     the scales: bfloat16 by default, the usual deployment; calibration always runs in float32.
     ``n_grid``: AWQ's scale-search grid points per layer group (llm-compressor's default 20).
     ``engine``: who searches the AWQ scales, ``llmcompressor`` or ``torch`` (see quantize_model).
+    ``group_size_overrides``: regex over Linear names -> group size (see :func:`module_group_sizes`).
     """
     from dmr_rl.models.checkpoints import load_causal_lm, load_tokenizer, safetensors_bytes, torch_dtype
 
@@ -208,13 +263,15 @@ def quantize_checkpoint(src_dir, out_dir, method: str, bits: int, group_size: in
     td = torch_dtype(dtype)
     tok = load_tokenizer(src_dir)
     model = load_causal_lm(src_dir, "float32")
-    check_group_size(model, group_size)
+    module_group_sizes(model, group_size, group_size_overrides)  # fail before calibration
     t0 = time.perf_counter()
     quantize_model(model, tok, method, bits, group_size, calib_prompts, max_seq_length=max_seq_length,
-                   num_samples=num_samples, symmetric=symmetric, n_grid=n_grid, engine=engine)
+                   num_samples=num_samples, symmetric=symmetric, n_grid=n_grid, engine=engine,
+                   group_size_overrides=group_size_overrides)
     seconds = time.perf_counter() - t0
     model.to(td)
-    info = {"method": method, "bits": bits, "group_size": group_size, "symmetric": symmetric,
+    info = {"method": method, "bits": bits, "group_size": group_size,
+            "group_size_overrides": dict(group_size_overrides or {}), "symmetric": symmetric,
             "dtype": dtype, "source": str(Path(src_dir).resolve()), "source_bytes": safetensors_bytes(src_dir),
             "format": "compressed-tensors/pack-quantized",
             "engine": "llmcompressor" if method == "rtn" else engine, "n_grid": n_grid if method == "awq" else 0,

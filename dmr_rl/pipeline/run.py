@@ -93,7 +93,7 @@ class MainJob:
         import shutil
 
         from dmr_rl.models.agent import AGENT_CONFIG, calibration_prompts, lp_spec
-        from dmr_rl.models.quantize import quantize_checkpoint
+        from dmr_rl.models.quantize import copy_dir_name, quantize_checkpoint
 
         lp, src = self.cfg.lp, Path(self.cfg.hp.model_path)
         if lp.model_path:
@@ -101,16 +101,18 @@ class MainJob:
         if lp.quant_method == "none":
             lp.model_path = str(src)
             return {"lp_model": lp.model_path}
-        out = self.run_dir / "models" / f"lp-{lp.quant_method}-w{lp.bits}g{lp.group_size}"
+        out = self.run_dir / "models" / copy_dir_name(lp.quant_method, lp.bits, lp.group_size, lp.group_size_overrides)
         import torch
 
         threads = torch.get_num_threads()
         torch.set_num_threads(1)  # small models: 1 thread is several times faster than 2 here
         try:
             spec = lp_spec(src)  # the agent's own LP recipe names the AWQ engine when it is this one
-            same = (spec["method"], int(spec["bits"]), int(spec["group_size"])) == (lp.quant_method, lp.bits, lp.group_size)
+            same = (spec["method"], int(spec["bits"]), int(spec["group_size"]), spec["group_size_overrides"]) == \
+                (lp.quant_method, lp.bits, lp.group_size, dict(lp.group_size_overrides))
             info = quantize_checkpoint(str(src), str(out), lp.quant_method, lp.bits, lp.group_size,
-                                       calibration_prompts(src), engine=spec["engine"] if same else "llmcompressor")
+                                       calibration_prompts(src), engine=spec["engine"] if same else "llmcompressor",
+                                       group_size_overrides=lp.group_size_overrides)
         finally:
             torch.set_num_threads(threads)
         if (src / AGENT_CONFIG).is_file():  # the copy acts with its agent's prompt settings

@@ -36,6 +36,7 @@ class CompressedBackend(TransformersBackend):
         tok = load_tokenizer(model_path)
         model = load_causal_lm(model_path, dtype, device)
         label = f"compressed:{info.get('method', '?')}-w{info.get('bits', '?')}g{info.get('group_size', '?')}"
+        label += "".join(f" [{pat}]g{g}" for pat, g in (info.get("group_size_overrides") or {}).items())
         be = cls(model, tok, device=device, weight_bytes=safetensors_bytes(model_path), label=label, engine=engine,
                  max_sessions=max_sessions)
         be.quant_info = info
