@@ -343,5 +343,6 @@ def test_copy_dir_name_tells_recipes_apart():
 
     assert copy_dir_name("awq", 3, 48) == copy_dir_name("awq", 3, 48, {}) == "lp-awq-w3g48"
     a = copy_dir_name("awq", 3, 48, {"x": 32, "y": 16})
-    assert a.startswith("lp-awq-w3g48-mixed-") and a == copy_dir_name("awq", 3, 48, {"y": 16, "x": 32})
+    assert a.startswith("lp-awq-w3g48-mixed-") and a == copy_dir_name("awq", 3, 48, {"x": 32, "y": 16})
+    assert a != copy_dir_name("awq", 3, 48, {"y": 16, "x": 32})  # first match wins: the order is the recipe
     assert a != copy_dir_name("awq", 3, 48, {"x": 32}) != copy_dir_name("awq", 3, 48, {"x": 16})

@@ -92,12 +92,13 @@ def module_group_sizes(model, group_size: int, overrides: Optional[dict] = None)
 
 def copy_dir_name(method: str, bits: int, group_size: int, overrides: Optional[dict] = None) -> str:
     """Directory name of a low-bit copy: ``lp-awq-w3g48``, plus a short hash of the group-size
-    overrides when there are any (``lp-awq-w3g48-mixed-1a2b3c``), so two recipes never share one."""
+    overrides when there are any (``lp-awq-w3g48-mixed-1a2b3c``), so two recipes never share one
+    (in their order: the first matching pattern wins, so order is part of the recipe)."""
     name = f"lp-{method}-w{bits}g{group_size}"
     if overrides:
         import hashlib
 
-        key = json.dumps({str(k): int(v) for k, v in overrides.items()}, sort_keys=True)
+        key = json.dumps([[str(k), int(v)] for k, v in overrides.items()])
         name += "-mixed-" + hashlib.sha1(key.encode()).hexdigest()[:6]
     return name
 
