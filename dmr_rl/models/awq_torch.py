@@ -126,13 +126,12 @@ def apply_awq_scales(model, tokenizer, prompts: list, bits: int, group_size: int
                      max_rows: int = 512, max_seq_length: int = 256, sizes: Optional[dict] = None) -> list:
     """Search and fold AWQ scales into ``model`` in place (function-preserving); return a report
     row per scaled group: layer, group, alpha, error with the scale, error without. ``sizes``:
-    Linear name -> group size where it is not ``group_size`` (quantize.module_group_sizes)."""
+    Linear name -> group size (quantize.module_group_sizes); a Linear it does not name uses ``group_size``."""
     import torch
-
-    names = {id(m): n for n, m in model.named_modules()}
 
     if not prompts:
         raise ModelError("AWQ needs calibration prompts (--calib FILE or --calib-from-env ENV)")
+    names = {id(m): n for n, m in model.named_modules()}
     acts = capture_inputs(model, tokenizer, prompts, max_rows, max_seq_length)
     report = []
     with torch.no_grad():

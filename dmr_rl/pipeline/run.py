@@ -108,8 +108,9 @@ class MainJob:
         torch.set_num_threads(1)  # small models: 1 thread is several times faster than 2 here
         try:
             spec = lp_spec(src)  # the agent's own LP recipe names the AWQ engine when it is this one
-            same = (spec["method"], int(spec["bits"]), int(spec["group_size"]), spec["group_size_overrides"]) == \
-                (lp.quant_method, lp.bits, lp.group_size, dict(lp.group_size_overrides))
+            recipe = (lp.quant_method, lp.bits, lp.group_size, list(lp.group_size_overrides.items()))
+            same = recipe == (spec["method"], int(spec["bits"]), int(spec["group_size"]),
+                              list(spec["group_size_overrides"].items()))  # in order: the first match wins
             info = quantize_checkpoint(str(src), str(out), lp.quant_method, lp.bits, lp.group_size,
                                        calibration_prompts(src), engine=spec["engine"] if same else "llmcompressor",
                                        group_size_overrides=lp.group_size_overrides)
