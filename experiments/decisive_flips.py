@@ -28,8 +28,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import router_inputs as ri  # noqa: E402  (task_folds: whole tasks to a fold)
-
-BUCKETS = (("step 0", 0, 1), ("steps 1-4", 1, 5), ("steps 5+", 5, 10**9))
+from divergence import BUCKETS  # noqa: E402  (the step buckets divergence.py reports flips by)
 
 
 def flip_rounds(episodes, max_episodes: int = 0) -> tuple[list, dict]:

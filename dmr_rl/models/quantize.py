@@ -264,8 +264,7 @@ def quantize_checkpoint(src_dir, out_dir, method: str, bits: int, group_size: in
     td = torch_dtype(dtype)
     tok = load_tokenizer(src_dir)
     model = load_causal_lm(src_dir, "float32")
-    module_group_sizes(model, group_size, group_size_overrides)  # fail before calibration
-    t0 = time.perf_counter()
+    t0 = time.perf_counter()  # quantize_model checks the group sizes before it calibrates
     quantize_model(model, tok, method, bits, group_size, calib_prompts, max_seq_length=max_seq_length,
                    num_samples=num_samples, symmetric=symmetric, n_grid=n_grid, engine=engine,
                    group_size_overrides=group_size_overrides)

@@ -60,7 +60,7 @@ def weighted_threshold(scores: np.ndarray, weights: np.ndarray, target: float) -
     return float(values[int(np.argmin(np.abs(share - target)))])
 
 
-def _task_index(task_ids) -> tuple:
+def task_index(task_ids) -> tuple:
     """([n_steps] index of each step's task, [n_tasks] steps per task)."""
     _, inverse, counts = np.unique(np.asarray([str(t) for t in task_ids]), return_inverse=True, return_counts=True)
     return inverse, counts
@@ -84,7 +84,7 @@ def thresholds_for_targets(scores, task_ids, targets, lp_first: bool = False) ->
     score whose mean over tasks of that ratio is nearest each target.
     """
     scores = np.asarray(scores, dtype=float)
-    inverse, counts = _task_index(task_ids)
+    inverse, counts = task_index(task_ids)
     if not lp_first:
         weights = 1.0 / counts[inverse]
         return {float(r): weighted_threshold(scores, weights, float(r)) for r in targets}
@@ -96,7 +96,7 @@ def thresholds_for_targets(scores, task_ids, targets, lp_first: bool = False) ->
 def share_at(scores, task_ids, threshold: float, lp_first: bool = False) -> float:
     """Mean over tasks of the share of steps with score >= threshold (the realised calibration share;
     ``lp_first``: of the HP ratio k / (n + k), see :func:`thresholds_for_targets`)."""
-    return _mean_task_share(np.asarray(scores, dtype=float), *_task_index(task_ids), threshold, lp_first)
+    return _mean_task_share(np.asarray(scores, dtype=float), *task_index(task_ids), threshold, lp_first)
 
 
 def calibrated_method(name: str) -> str:

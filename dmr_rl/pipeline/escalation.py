@@ -20,7 +20,7 @@ import json
 
 import numpy as np
 
-from dmr_rl.pipeline.calibrate import _task_index, weighted_threshold
+from dmr_rl.pipeline.calibrate import task_index, weighted_threshold
 
 
 def escalation_method(name: str) -> str:
@@ -61,7 +61,7 @@ def choose_escalation(p_hp, lp_max, flip, task_ids, target: float, shares) -> di
         raise ValueError("p_hp, lp_max, flip and task_ids must be non-empty vectors of one length")
     if not np.isfinite(lp_max).all():
         raise ValueError("lp_max has missing values: the validation play must score LP at every step")
-    inverse, counts = _task_index(task_ids)
+    inverse, counts = task_index(task_ids)
     weights = 1.0 / counts[inverse] / len(counts)
     best, candidates = None, {}
     for e in sorted({0.0, *(float(s) for s in shares)}):
