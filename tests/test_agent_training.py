@@ -278,3 +278,31 @@ def test_packed_candidates_score_like_separate_sequences():
             assert abs(packed_sums[by_tokens[tuple(cand)]] - alone) < 1e-4
     assert ex.cands[ex.target] == [t for t, j in zip(packed["tgt"].tolist(), packed["cand_j"].tolist())
                                    if j == int(packed["target"][0])]
+
+
+def test_evaluate_tiers_quantizes_with_the_group_size_overrides(trained, tmp_path, monkeypatch):
+    """``dmr train agent --eval-data ... --lp-group-size-override R=G``: training.json keeps the overrides
+    and the low-bit copy it plays is quantized with them (not only named after them)."""
+    import shutil
+
+    import environments
+    from dmr_rl.models.agent import lp_spec
+    from dmr_rl.models.quantize import parse_group_size_overrides
+    from dmr_rl.models.train_agent import evaluate_tiers
+
+    out, _ = trained
+    d = tmp_path / "agent"
+    shutil.copytree(out, d, ignore=shutil.ignore_patterns("snapshots", "lp-*"))
+    monkeypatch.setattr(environments, "make_env", lambda name, data, split: BoxEnv(4))
+    over = parse_group_size_overrides([r"mlp\.=16"])
+    lp = {"method": "awq", "bits": 3, "group_size": 32, "group_size_overrides": over, "engine": "torch"}
+    result = evaluate_tiers(d, "box", "unused", "valid", 2, lp, progress=lambda *_: None)
+    assert result["games"] == 2 and 0.0 <= result["lp"]["success"] <= 1.0
+    spec = lp_spec(d)
+    assert spec["group_size_overrides"] == over and spec["dir"].startswith("lp-awq-w3g32-mixed-")
+    quant = json.loads((d / spec["dir"] / "dmr_quant.json").read_text())
+    assert quant["group_size_overrides"] == over
+    from dmr_rl.errors import ModelError
+
+    with pytest.raises(ModelError, match="expected REGEX=G"):
+        parse_group_size_overrides(["mlp.16"])

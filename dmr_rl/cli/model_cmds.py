@@ -78,17 +78,11 @@ def _info(args) -> int:
 
 
 def _quantize(args) -> int:
-    from dmr_rl.errors import ModelError
-    from dmr_rl.models.quantize import (calib_prompts_from_env, quantize_checkpoint, read_calib_prompts,
-                                        validate_request)
+    from dmr_rl.models.quantize import (calib_prompts_from_env, parse_group_size_overrides, quantize_checkpoint,
+                                        read_calib_prompts, validate_request)
 
     validate_request(args.method, args.bits, args.group_size)  # fail before any slow step
-    overrides = {}
-    for item in args.group_size_override:
-        pat, sep, size = item.rpartition("=")
-        if not sep or not pat or not size.strip().isdigit():
-            raise ModelError(f"--group-size-override {item!r}: expected REGEX=G with G a whole number")
-        overrides[pat] = int(size)
+    overrides = parse_group_size_overrides(args.group_size_override)
     model = args.model
     if model in ("smollm2", "smollm2-135m-instruct"):
         from dmr_rl.models.smollm2 import fetch_smollm2

@@ -61,6 +61,9 @@ def register_train_agent(train_sub) -> None:
     p.add_argument("--lp-method", default="awq", help="low-bit copy: awq | rtn")
     p.add_argument("--lp-bits", type=int, default=3)
     p.add_argument("--lp-group-size", type=int, default=32, help="must divide the hidden size")
+    p.add_argument("--lp-group-size-override", action="append", default=[], metavar="REGEX=G",
+                   help="another group size G for the Linears whose name REGEX finds (repeatable; first match wins; "
+                        "see dmr quantize --group-size-override)")
     p.add_argument("--lp-engine", default="llmcompressor", help="who searches the AWQ scales: llmcompressor "
                    "or torch (same checkpoint format, ~6x faster on CPU; see dmr quantize --engine)")
     p.set_defaults(func=_cmd_train_agent)
@@ -105,8 +108,10 @@ def _cmd_train_agent(args) -> int:
         import torch
 
         torch.set_num_threads(max(1, args.threads))
+        from dmr_rl.models.quantize import parse_group_size_overrides
+
         lp = {"method": args.lp_method, "bits": args.lp_bits, "group_size": args.lp_group_size,
-              "engine": args.lp_engine}
+              "group_size_overrides": parse_group_size_overrides(args.lp_group_size_override), "engine": args.lp_engine}
         result = evaluate_tiers(args.out, args.env, args.eval_data, args.eval_split, args.eval_games, lp, args.seed)
         print(json.dumps({t: result[t]["success"] for t in ("hp", "lp")}))
     return 0

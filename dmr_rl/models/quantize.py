@@ -55,6 +55,18 @@ def linear_layers(model) -> dict:
     return {n: m for n, m in model.named_modules() if isinstance(m, torch.nn.Linear) and not n.endswith("lm_head")}
 
 
+def parse_group_size_overrides(items) -> dict:
+    """``["REGEX=G", ...]`` (command-line flags, in order) -> {REGEX: G}, the order kept (the first
+    matching pattern wins in :func:`module_group_sizes`); a ModelError names a malformed item."""
+    overrides: dict = {}
+    for item in items:
+        pat, sep, size = str(item).rpartition("=")
+        if not sep or not pat or not size.strip().isdigit():
+            raise ModelError(f"group-size override {item!r}: expected REGEX=G with G a whole number")
+        overrides[pat] = int(size)
+    return overrides
+
+
 def module_group_sizes(model, group_size: int, overrides: Optional[dict] = None) -> dict:
     """name -> group size for every Linear that gets quantized: ``group_size``, unless a pattern of
     ``overrides`` (a regular expression searched in the module's name -> group size; the first

@@ -335,13 +335,14 @@ def evaluate_tiers(model_dir, env_name: str, data: str, split: str = "valid_unse
     info_path = model_dir / TRAINING_INFO
     info = json.loads(info_path.read_text())
     if lp:
-        info["lp"] = {k: lp[k] for k in ("method", "bits", "group_size", "engine") if k in lp}
+        info["lp"] = {k: lp[k] for k in ("method", "bits", "group_size", "group_size_overrides", "engine") if k in lp}
         info_path.write_text(json.dumps(info, indent=1))
     spec = lp_spec(model_dir)
     lp_dir = model_dir / spec["dir"]
     if not (lp_dir / "config.json").exists():
         q = quantize_checkpoint(str(model_dir), str(lp_dir), spec["method"], int(spec["bits"]),
-                                int(spec["group_size"]), calibration_prompts(model_dir), engine=spec["engine"])
+                                int(spec["group_size"]), calibration_prompts(model_dir), engine=spec["engine"],
+                                group_size_overrides=spec["group_size_overrides"])
         progress(f"quantized {spec['dir']}: {q.get('packed_bytes')} packed bytes")
     env = make_env(env_name, data, split)
     n = min(games or env.num_tasks, env.num_tasks)
