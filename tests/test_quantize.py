@@ -314,6 +314,7 @@ def test_group_size_overrides_quantize_those_layers_finer(src, tmp_path, engine)
                                    engine=engine, group_size_overrides=over)
         assert info["group_size_overrides"] == over
         be = load_backend(model_path=str(tmp_path / tag))
+        assert be.label == "compressed:awq-w3g32" + ("".join(f" [{p}]g{g}" for p, g in over.items()))
         kl[tag] = mean_kl(ref, logits(be.model, tok, HELD_OUT))
         if over:
             cfg = json.loads((tmp_path / tag / "config.json").read_text())["quantization_config"]["config_groups"]
@@ -346,3 +347,11 @@ def test_copy_dir_name_tells_recipes_apart():
     assert a.startswith("lp-awq-w3g48-mixed-") and a == copy_dir_name("awq", 3, 48, {"x": 32, "y": 16})
     assert a != copy_dir_name("awq", 3, 48, {"y": 16, "x": 32})  # first match wins: the order is the recipe
     assert a != copy_dir_name("awq", 3, 48, {"x": 32}) != copy_dir_name("awq", 3, 48, {"x": 16})
+
+
+def test_quant_label_names_the_overrides_in_order():
+    from dmr_rl.models.quantize import quant_label
+
+    info = {"method": "awq", "bits": 3, "group_size": 48, "group_size_overrides": {r"layers\.1\.": 16, "mlp": 32}}
+    assert quant_label("compressed", info) == r"compressed:awq-w3g48 [layers\.1\.]g16 [mlp]g32"
+    assert quant_label("vllm", {"method": "awq", "group_size": 64}, bits=4) == "vllm:awq-w4g64"

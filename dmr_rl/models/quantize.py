@@ -302,6 +302,13 @@ def read_quant_info(model_dir) -> Optional[dict]:
         raise ModelError(f"corrupt checkpoint: {p} is not valid JSON ({e})") from None
 
 
+def quant_label(engine: str, info: dict, bits=None) -> str:
+    """A low-bit copy's name in tier labels: ``<engine>:<method>-w<bits>g<group>``, then each
+    group-size override (``[REGEX]g<G>``, in order), e.g. ``compressed:awq-w3g48 [layers\\.[0-7]\\.]g32``."""
+    label = f"{engine}:{info.get('method', '?')}-w{info.get('bits', '?') if bits is None else bits}g{info.get('group_size', '?')}"
+    return label + "".join(f" [{pat}]g{g}" for pat, g in (info.get("group_size_overrides") or {}).items())
+
+
 def calib_prompts_from_env(env_name: str, n_prompts: int = 64, seed: int = 0, data_dir: str = "") -> list:
     """The agent's own prompts on expert trajectories of ``env_name`` (each prompt + the expert's
     action, so calibration sees action tokens too). Without ``data_dir``, small offline games are

@@ -24,7 +24,7 @@ class CompressedBackend(TransformersBackend):
         from dmr_rl.models.backends.base import resolve_dtype
         from dmr_rl.models.checkpoints import (load_causal_lm, load_tokenizer, quantization_format,
                                                safetensors_bytes)
-        from dmr_rl.models.quantize import read_quant_info
+        from dmr_rl.models.quantize import quant_label, read_quant_info
 
         dtype = resolve_dtype(dtype, device)
 
@@ -35,8 +35,7 @@ class CompressedBackend(TransformersBackend):
         info = read_quant_info(model_path) or {}
         tok = load_tokenizer(model_path)
         model = load_causal_lm(model_path, dtype, device)
-        label = f"compressed:{info.get('method', '?')}-w{info.get('bits', '?')}g{info.get('group_size', '?')}"
-        label += "".join(f" [{pat}]g{g}" for pat, g in (info.get("group_size_overrides") or {}).items())
+        label = quant_label("compressed", info)
         be = cls(model, tok, device=device, weight_bytes=safetensors_bytes(model_path), label=label, engine=engine,
                  max_sessions=max_sessions)
         be.quant_info = info

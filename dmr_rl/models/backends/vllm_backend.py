@@ -78,7 +78,7 @@ class VLLMBackend(Backend):
                  tensor_parallel_size: int = 1, gpu_memory_utilization: float = 0.4,
                  enforce_eager: bool = False, max_model_len: int = 0, seed: int = 0, **_):
         from dmr_rl.models.checkpoints import check_model_dir, load_tokenizer, read_config, safetensors_bytes
-        from dmr_rl.models.quantize import read_quant_info
+        from dmr_rl.models.quantize import quant_label, read_quant_info
 
         path = str(check_model_dir(model_path))
         info = read_quant_info(path) or {}
@@ -122,8 +122,7 @@ class VLLMBackend(Backend):
         if free_before is not None:
             memory = {"gpu_bytes_taken": float(free_before - _cuda_free()),
                       "gpu_memory_utilization": float(gpu_memory_utilization)}
-        label = (f"vllm:{info.get('method', '?')}-w{bits}g{info.get('group_size', '?')}" if bits < 16
-                 else f"vllm:{dtype}")
+        label = quant_label("vllm", info, bits) if bits < 16 else f"vllm:{dtype}"
         return cls(llm, tok, weight_bytes=safetensors_bytes(path), label=label, device=device,
                    quant_info=info, memory=memory)
 
