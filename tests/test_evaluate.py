@@ -274,6 +274,13 @@ def test_a_calibrated_cascade_stands_where_a_router_point_stands(setup, tmp_path
                                                       ("cascade_calibrated", "hp_only")}
     on_cost = [c for c in comps if c["method"] == "cascade_calibrated" and c["matched_on"] == "cost"]
     assert len(on_cost) == 1 and on_cost[0]["vs_hp_ratio"] > r + 0.05
+    # against HP-only the row carries the share of its success kept; the fake HP tier wins no task here,
+    # so there is no share to keep: NaN, and the report says nothing rather than dividing by zero
+    kept = next(c for c in comps if c["method"] == "cascade_calibrated" and c["vs"] == "hp_only")
+    assert kept["vs_success"] == 0.0 and kept["share_of_vs"] is None  # NaN is written as null
+    from dmr_rl.report.tables import markdown, summarise
+
+    assert "cascade_calibrated r0.30 keeps" not in markdown(summarise(cfg.run_dir, n_boot=50))
 
 
 def test_plan_and_errors(setup, tmp_path):

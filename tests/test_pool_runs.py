@@ -11,7 +11,7 @@ import pool_runs  # noqa: E402
 from dmr_rl.rollout.records import EpisodeRecord, StepRecord, TrajectoryStore  # noqa: E402
 
 
-def _run(root: Path, router_won: list, random_won: dict) -> Path:
+def _run(root: Path, router_won: list, random_won: dict, hp_won: list) -> Path:
     """A run directory holding what pool_runs reads: results.json's comparison and both points' shards."""
     def write(method, point, seed, won):
         eps = [EpisodeRecord(episode_id=f"{method}-{seed}-{t}", task_index=t, task_id=str(t), task_type="x", task="",
@@ -20,6 +20,7 @@ def _run(root: Path, router_won: list, random_won: dict) -> Path:
         TrajectoryStore(root / "eval" / method / point / f"seed_{seed}", "driver").append(eps)
 
     write("grpo", "r0.40", 0, router_won)
+    write("hp_only", "default", 0, hp_won)
     for seed, won in random_won.items():
         write("random", "ratio0.400", seed, won)
     comp = {"method": "grpo", "point": "r0.40", "vs": "random", "vs_point": "ratio0.400", "matched_on": "hp_ratio",
@@ -30,8 +31,8 @@ def _run(root: Path, router_won: list, random_won: dict) -> Path:
 
 
 def test_pooled_pairs_keep_each_runs_tasks_apart(tmp_path, capsys):
-    a = _run(tmp_path / "a", [1, 1, 0, 1], {0: [0, 1, 0, 0], 1: [0, 0, 0, 1]})
-    b = _run(tmp_path / "b", [1, 0, 1], {0: [1, 0, 0], 1: [0, 0, 0]})
+    a = _run(tmp_path / "a", [1, 1, 0, 1], {0: [0, 1, 0, 0], 1: [0, 0, 0, 1]}, [1, 1, 1, 1])
+    b = _run(tmp_path / "b", [1, 0, 1], {0: [1, 0, 0], 1: [0, 0, 0]}, [1, 1, 0])
     out = pool_runs.main([str(a), str(b), "--n-boot", "200"])
     assert out["n_tasks"] == 7  # task 0 of run a and task 0 of run b are two clusters
     # per task: router won - mean of random's two draws
@@ -39,6 +40,9 @@ def test_pooled_pairs_keep_each_runs_tasks_apart(tmp_path, capsys):
     assert out["diff_mean"] == pytest.approx(sum(diffs) / 7)
     assert out["diff_ci"][0] <= out["diff_mean"] <= out["diff_ci"][1]
     assert "pooled:" in capsys.readouterr().out
+    # HP-only wins 6 of the 7 tasks, the router 5: it keeps 5/6 of HP-only's success
+    assert out["share_of_hp_only"] == pytest.approx(5 / 6)
+    assert out["share_of_hp_only_ci"][0] <= 5 / 6 <= out["share_of_hp_only_ci"][1]
 
 
 def test_a_run_without_results_is_named(tmp_path):

@@ -121,6 +121,28 @@ def test_sign_test_and_paired_comparison_by_hand():
     assert c2["diff_mean"] == pytest.approx(0.5)
 
 
+def test_share_of_reference_by_hand():
+    def table(tasks, won):
+        n = len(won)
+        return {"seed": np.zeros(n, np.int64), "task": np.array(tasks), "won": np.array(won, float),
+                "score": np.array(won, float), "hp_calls": np.zeros(n), "calls": np.ones(n),
+                "hp_acts": np.zeros(n), "steps": np.ones(n)}
+    # the reference wins 4 of 5 tasks, A 3 of them plus the one the reference lost: 4 / 4
+    ref = table([0, 1, 2, 3, 4], [1, 1, 1, 1, 0])
+    a = table([0, 1, 2, 3, 4], [1, 1, 0, 1, 1])
+    k = M.share_of(a, ref, n_boot=1000)
+    assert k["n_tasks"] == 5 and k["share"] == pytest.approx(1.0)
+    assert k["share_ci"][0] <= k["share"] <= k["share_ci"][1] and k["share_ci"][0] < 1.0
+    # A's episodes on a task are averaged first (two draws on task 0: 0.5); tasks only one side played are left out
+    a2 = table([0, 0, 1, 2, 9], [1, 0, 1, 0, 1])
+    k2 = M.share_of(a2, ref, n_boot=500)
+    assert k2["n_tasks"] == 3 and k2["share"] == pytest.approx(1.5 / 3)
+    assert k2["share_ci"][0] <= k2["share"] <= k2["share_ci"][1]
+    # a reference that wins nothing has no share to keep
+    nothing = M.share_of(a, table([0, 1, 2, 3, 4], [0] * 5), n_boot=100)
+    assert np.isnan(nothing["share"]) and all(np.isnan(nothing["share_ci"]))
+
+
 def test_bootstrap_ci_covers_and_is_seeded():
     rng = np.random.default_rng(1)
     x = rng.binomial(1, 0.6, size=200).astype(float)

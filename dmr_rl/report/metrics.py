@@ -294,6 +294,26 @@ def paired_comparison(a: dict, b: dict, n_boot: int = 2000, seed: int = 0, level
     return out
 
 
+def share_of(a: dict, ref: dict, n_boot: int = 2000, seed: int = 0, level: float = LEVEL) -> dict:
+    """How much of ``ref``'s success point A keeps (e.g. a router's share of HP-only's), both given as
+    :func:`point_table` columns, over the tasks both played: ``share`` = mean over tasks of A's
+    success / the same mean of ref's (each task's episodes averaged first), ``share_ci`` its
+    task-resampling percentile bootstrap CI (the ratio recomputed on each resample; resamples where
+    ref wins nothing are dropped), ``n_tasks``. NaN when ref wins no task."""
+    ta, tr = per_task(a), per_task(ref)
+    tasks, xa, xr = np.intersect1d(ta["tasks"], tr["tasks"], assume_unique=True, return_indices=True)
+    va, vr = ta["won"][xa], tr["won"][xr]
+    out = {"n_tasks": int(len(tasks)), "share": float("nan"), "share_ci": [float("nan"), float("nan")]}
+    if not len(tasks) or vr.sum() <= 0:
+        return out
+    w = resample_weights(len(tasks), n_boot, seed)
+    den = w @ vr
+    ok = den > 0
+    out["share"] = float(va.sum() / vr.sum())
+    out["share_ci"] = list(interval((w @ va)[ok] / den[ok], level))
+    return out
+
+
 def normalised_cost(cost: float, cost_weak: float, cost_strong: float) -> float:
     """(cost - weak) / (strong - weak): 0 at LP-only, 1 at HP-only; > 1 for methods paying both tiers."""
     span = cost_strong - cost_weak

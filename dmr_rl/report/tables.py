@@ -120,6 +120,10 @@ def _compared(m: str, p: str, b: str, bp: str, on: str, tol: float, methods: dic
     if on != "hp_ratio":
         row["cost_norm"], row["vs_cost_norm"] = rp[on], bq[on]
     row["matched"] = bool(abs(rp[on] - bq[on]) <= tol + 1e-12)
+    if b == STRONG:  # how much of HP-only's success the router keeps, with its task-bootstrap CI
+        kept = M.share_of(tables[(m, p)], tables[(b, bp)], n_boot, boot_seed)
+        row["share_of_vs"], row["share_of_vs_ci"] = kept["share"], kept["share_ci"]
+        row["hp_acted"] = rp.get("hp_acted", math.nan)
     return {**row, **M.paired_comparison(tables[(m, p)], tables[(b, bp)], n_boot, boot_seed)}
 
 
@@ -333,6 +337,11 @@ def markdown(results: dict, plots: Optional[list] = None) -> str:
                 f"| {_p(c['mcnemar_p'])} | {_f(c.get('diff_mde'))} | {c['n_tasks']} ({c['n_pairs']}) |")
         lines += ["", "In words:", ""] + [f"- {comparison_sentence(c)}" for c in comps
                                            if c["vs"] in (RANDOM, "first_k")]
+        lines += [f"- {c['method']} {c['point']} keeps {100 * c['share_of_vs']:.1f}% "
+                  f"[{100 * c['share_of_vs_ci'][0]:.1f}%, {100 * c['share_of_vs_ci'][1]:.1f}%] of {c['vs']}'s success "
+                  f"at HP ratio {_f(c['hp_ratio'])} (acted by HP {_f(c['hp_acted'])})"
+                  for c in comps if c["vs"] == STRONG and isinstance(c.get("share_of_vs"), float)
+                  and math.isfinite(c["share_of_vs"])]
     else:
         lines.append("No learned router was evaluated: nothing to compare.")
     lines += ["", "## Methods and operating points", "",
