@@ -195,9 +195,11 @@ class EvalConfig:
                                          "ratio (point <name>_calibrated/r<target>); only 'cascade' has such a knob.")
     escalate_shares: list = doc([], "Also play every learned router with an LP-confidence floor (method <router>_escalate): "
                                     "on steps it gives LP, HP acts too where LP's max action probability is below the floor. "
-                                    "Candidate shares of the steps escalated; per target HP ratio the share (0 included), "
-                                    "probe threshold and floor that put HP on the most flips of the validation play are "
-                                    "chosen (dmr_rl.pipeline.escalation). Empty: off.")
+                                    "Candidate shares of the steps escalated; an escalated step pays both tiers, so each "
+                                    "share leaves the probe the HP share that reads the weight bytes of the probe alone at "
+                                    "the target; per target the share (0 included), probe threshold and floor that put HP "
+                                    "on the most flips of the validation play are chosen (dmr_rl.pipeline.escalation). "
+                                    "Empty: off.")
     bootstrap: int = doc(2000, "Bootstrap resamples for 95% confidence intervals.")
     baseline_sweeps: dict = doc({}, "Knob values per baseline for fixed sweeps, e.g. {cascade: [0.3, 0.5], kl_oracle: [0.1]}; "
                                     "random and first-k follow the routers' realised HP ratios when a router is evaluated; "

@@ -30,6 +30,34 @@ def test_the_floor_is_chosen_where_lp_confidence_finds_the_flips_the_probe_misse
     assert hp[flip].mean() == pytest.approx(c["flip_recall"])
 
 
+def test_priced_escalations_read_the_bytes_of_the_probe_alone():
+    """With LP at half HP's bytes an escalated step (both tiers) costs what two probe steps save:
+    e = 0.2 leaves the probe 0.4 - 0.2 / 0.5 = 0; e = 0.3 would need a negative probe share."""
+    from dmr_rl.pipeline.escalation import probe_share
+
+    p, lp, flip, task = _play()
+    c = choose_escalation(p, lp, flip, task, target=0.4, shares=[0.1, 0.2, 0.3], lp_bytes_share=0.5)
+    assert set(c["candidates"]) == {"0", "0.1", "0.2"}
+    assert c["share"] == 0.2 and c["probe_share"] == pytest.approx(0.0) and c["flip_recall"] > 0.95
+    probe, esc = p >= c["threshold"], (p < c["threshold"]) & (lp < c["lp_floor"])
+    bytes_rule = probe.mean() * 1.0 + esc.mean() * 1.5 + (~probe & ~esc).mean() * 0.5
+    assert bytes_rule == pytest.approx(0.4 + 0.6 * 0.5, abs=0.03)  # the probe alone at 40%
+    assert c["hp_share"] == pytest.approx(0.2, abs=0.03)  # fewer steps on HP for the same bytes
+    assert probe_share(0.4, 0.1, 0.5) == pytest.approx(0.2) and probe_share(0.4, 0.1, None) == pytest.approx(0.3)
+    with pytest.raises(ValueError, match="lp_bytes_share"):
+        probe_share(0.4, 0.1, 1.0)
+
+
+def test_calibrating_escalation_without_a_price_is_refused(tmp_path):
+    from dmr_rl.config import load_config
+    from dmr_rl.pipeline.escalation import calibrate_escalation
+
+    cfg = load_config(None, [f"run_dir={tmp_path}", "eval.escalate_shares=[0.1]"])
+    with pytest.raises(ValueError, match="priced against the probe"):
+        calibrate_escalation(cfg, {"grpo": {"both_tiers": True, "checkpoint": "x", "split": "valid_seen"}}, ["grpo"],
+                             progress=False, lp_bytes_share=None)
+
+
 def test_a_probe_that_already_sees_the_flips_keeps_the_whole_budget():
     p, lp, flip, task = _play(probe_sees_flips=True)
     c = choose_escalation(p, lp, flip, task, target=0.4, shares=[0.1, 0.2])

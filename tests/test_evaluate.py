@@ -283,6 +283,37 @@ def test_a_calibrated_cascade_stands_where_a_router_point_stands(setup, tmp_path
     assert "cascade_calibrated r0.30 keeps" not in markdown(summarise(cfg.run_dir, n_boot=50))
 
 
+def test_an_escalating_router_is_priced_at_the_bytes_of_the_probe_alone(setup, tmp_path):
+    """eval.escalate_shares: the router also plays as router_escalate/r<target>, its escalation share,
+    threshold and LP floor chosen on the validation play (both tiers at every step) so that it reads
+    the weight bytes of the router alone at the target (fake tiers: LP 1e6 bytes, HP 4e6, s = 0.25);
+    on the test split HP acts where P(HP) reaches the threshold, and where LP was unsure (both paid)."""
+    import dataclasses
+
+    from dmr_rl.pipeline import evaluate
+
+    cfg0, ckpt, group, clients = setup
+    cfg = dataclasses.replace(cfg0, run_dir=str(tmp_path), eval=dataclasses.replace(
+        cfg0.eval, escalate_shares=[0.1, 0.2], target_hp_ratios=[0.4]))
+    evaluate.run(cfg, str(ckpt), methods=["router", "random"], group=group, clients=clients, progress=False)
+    cal = json.loads((tmp_path / "eval" / "calibration.json").read_text())
+    assert cal["router"]["both_tiers"] and cal["router_escalate"]["lp_bytes_share"] == 0.25
+    c = cal["router_escalate"]["choices"]["0.4"]
+    assert set(c["candidates"]) == {"0", "0.1", "0.2"}  # 0.2 leaves the router 0.4 - 0.2 / 0.75 > 0
+    assert c["probe_share"] == pytest.approx(0.4 - c["share"] / 0.75)
+    eps = _eps(cfg, "router_escalate", "r0.40", 0)  # greedy on a deterministic env: played once
+    assert eps
+    for st in (st for e in eps for st in e.steps):
+        if st.router_prob >= c["threshold"]:
+            assert st.tier == HP and "lp_max_prob" not in st.extra
+        elif st.extra["lp_max_prob"] < c["lp_floor"]:
+            assert st.tier == HP and st.extra["paid"] == ["hp", "lp"] and st.extra.get("escalated")
+        else:
+            assert st.tier == LP and st.extra["paid"] == ["lp"]
+    kinds = {(st.router_prob >= c["threshold"], bool(st.extra.get("escalated"))) for e in eps for st in e.steps}
+    assert (True, False) in kinds and (False, False) in kinds  # probe steps and LP steps both played
+
+
 def test_plan_and_errors(setup, tmp_path):
     from dmr_rl.config import ConfigError
     from dmr_rl.pipeline import calibrate, evaluate

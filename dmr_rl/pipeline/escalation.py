@@ -1,22 +1,31 @@
-"""A learned router with an LP-confidence floor, calibrated on the validation split.
+"""A learned router with an LP-confidence floor, calibrated on the validation split at the probe's cost.
 
 The router (probe) hands HP the steps whose P(HP) >= t; on the others LP's full pass scores the
 candidate actions anyway, so LP's confidence there is free: where LP's max action probability is
 below a floor m, HP acts too (both tiers paid, see ``Router.escalate``). The probe misses flips
 (steps where the tiers' greedy actions differ) that LP's own uncertainty gives away.
 
-For a target HP share r, a share e of the steps goes to escalations and r - e to the probe.
+An escalated step pays both tiers, so escalations are priced in weight bytes against the probe
+alone at the same target. Per step, in HP calls' bytes with s = LP's bytes / HP's: a probe step
+reads 1, an LP step s, an escalated one 1 + s (the probe's own partial LP read is the same on every
+step). The probe alone at target HP share r reads s + r (1 - s); with a share e of steps escalated
+the probe keeps p = r - e / (1 - s) and the rule reads the same bytes (so it acts HP on fewer
+steps: p + e <= r). Without the byte price (``lp_bytes_share`` None) p = r - e: the same HP share,
+more bytes.
+
 Calibration reads one validation play of the router in which both tiers scored every step (P(HP),
 LP's max probability and whether the greedy actions differed): per candidate e, t is the
-task-weighted (1 - (r - e)) quantile of P(HP) and m the floor whose escalations on the steps under
-t come nearest a share e; the e whose (t, m) puts HP on the most of the play's flips is chosen.
-Everything here is chosen on validation steps; the test split is only measured.
-:func:`choose_escalation` is pure numpy; :func:`calibrate_escalation` reads the calibration plays
-and records its choices in ``<run_dir>/eval/calibration.json`` under ``<router>_escalate``.
+task-weighted (1 - p) quantile of P(HP) and m the floor whose escalations on the steps under t
+come nearest a share e; the e whose (t, m) puts HP on the most of the play's flips is chosen (e = 0,
+the probe alone, is always a candidate). Everything here is chosen on validation steps; the test
+split is only measured. :func:`choose_escalation` is pure numpy; :func:`calibrate_escalation`
+reads the calibration plays and records its choices in ``<run_dir>/eval/calibration.json`` under
+``<router>_escalate``.
 """
 from __future__ import annotations
 
 import json
+from typing import Optional
 
 import numpy as np
 
@@ -46,14 +55,28 @@ def floor_for_share(lp_max: np.ndarray, eligible: np.ndarray, weights: np.ndarra
     return float(floors[int(np.argmin(np.abs(got - share)))])
 
 
-def choose_escalation(p_hp, lp_max, flip, task_ids, target: float, shares) -> dict:
-    """The probe threshold and LP floor for HP share ``target``, the escalation share chosen among
+def probe_share(target: float, share: float, lp_bytes_share: Optional[float]) -> float:
+    """The probe's HP share p beside an escalation share e = ``share`` at target r: r - e / (1 - s),
+    the same weight bytes as the probe alone at r (s = ``lp_bytes_share``), or r - e without a price."""
+    if lp_bytes_share is None:
+        return target - share
+    if not 0.0 <= lp_bytes_share < 1.0:
+        raise ValueError(f"lp_bytes_share must be in [0, 1) (LP reads fewer weight bytes than HP), got {lp_bytes_share}")
+    return target - share / (1.0 - lp_bytes_share)
+
+
+def choose_escalation(p_hp, lp_max, flip, task_ids, target: float, shares,
+                      lp_bytes_share: Optional[float] = None) -> dict:
+    """The probe threshold and LP floor for target ``target``, the escalation share chosen among
     ``shares`` (0 is always a candidate: the router alone) by the flips it puts on HP.
 
     p_hp, lp_max, flip, task_ids: [n_steps] of one validation play with both tiers scored at every
-    step (flip: 1 where their greedy actions differed). Shares >= target are skipped. Returns
-    {"share", "threshold", "lp_floor", "flip_recall", "hp_share", "candidates": {share: recall}}
-    for the chosen share; ties go to the smaller share (fewer steps paying both tiers).
+    step (flip: 1 where their greedy actions differed). Each share e leaves the probe
+    :func:`probe_share` (the bytes of the probe alone at ``target`` when ``lp_bytes_share`` is given,
+    else the same HP share); a share that leaves it less than 0 or that is >= target is skipped.
+    Returns {"share", "probe_share", "threshold", "lp_floor", "flip_recall", "hp_share",
+    "candidates": {share: recall}} for the chosen share; ties go to the smaller share (fewer steps
+    paying both tiers).
     """
     p_hp, lp_max = np.asarray(p_hp, dtype=float), np.asarray(lp_max, dtype=float)
     flip = np.asarray(flip, dtype=bool)
@@ -64,17 +87,18 @@ def choose_escalation(p_hp, lp_max, flip, task_ids, target: float, shares) -> di
     inverse, counts = task_index(task_ids)
     weights = 1.0 / counts[inverse] / len(counts)
     best, candidates = None, {}
-    for e in sorted({0.0, *(float(s) for s in shares)}):
-        if e >= target:
+    for e in sorted({0.0, *(float(x) for x in shares)}):
+        p = probe_share(target, e, lp_bytes_share)
+        if e >= target or p < 0.0:
             continue
-        t = weighted_threshold(p_hp, weights, target - e)
+        t = weighted_threshold(p_hp, weights, p)
         probe = p_hp >= t
         m = floor_for_share(lp_max, ~probe, weights, e)
         hp = probe | (lp_max < m)
         recall = float(hp[flip].mean()) if flip.any() else 0.0
         candidates[e] = recall
         if best is None or recall > best["flip_recall"] + 1e-12:
-            best = {"share": e, "threshold": float(t), "lp_floor": float(m), "flip_recall": recall,
+            best = {"share": e, "probe_share": float(p), "threshold": float(t), "lp_floor": float(m), "flip_recall": recall,
                     "hp_share": float(weights[hp].sum())}
     if best is None:
         raise ValueError(f"no escalation share below the target HP ratio {target}")
@@ -92,17 +116,24 @@ def step_arrays(episodes) -> dict:
             "task": np.array([t for t, _ in steps], dtype=np.int64)}
 
 
-def calibrate_escalation(cfg, calibration: dict, router_names, progress: bool = True) -> dict:
+def calibrate_escalation(cfg, calibration: dict, router_names, progress: bool = True,
+                         lp_bytes_share: Optional[float] = None) -> dict:
     """Add ``<router>_escalate`` to ``calibration`` (and to calibration.json) for every router in
     ``router_names`` whose calibration play scored both tiers at every step: per target HP ratio
     (``eval.target_hp_ratios``) the choice of :func:`choose_escalation` among
-    ``eval.escalate_shares``. A ValueError names a router whose play lacks LP's score somewhere."""
+    ``eval.escalate_shares``, priced at the probe's bytes with ``lp_bytes_share`` (the tiers' LP
+    bytes / HP bytes; None: a ValueError, escalations cannot be priced). A ValueError names a router
+    whose play lacks LP's score somewhere."""
     from dmr_rl.atomic_io import write_atomic
     from dmr_rl.report import layout
     from dmr_rl.rollout.records import TrajectoryStore
 
+    if lp_bytes_share is None:
+        raise ValueError("eval.escalate_shares: escalated steps pay both tiers and are priced against the probe "
+                         "alone, but LP does not read fewer weight bytes than HP here (see the tier clients)")
     shares = sorted(float(x) for x in cfg.eval.escalate_shares)
     targets = [float(r) for r in cfg.eval.target_hp_ratios]
+    price = round(float(lp_bytes_share), 6)
     added = False
     for name in router_names:
         base = calibration[name]
@@ -112,22 +143,24 @@ def calibrate_escalation(cfg, calibration: dict, router_names, progress: bool = 
         method = escalation_method(name)
         done = calibration.get(method, {})
         if (done.get("checkpoint") == base["checkpoint"] and done.get("shares") == shares
-                and set(targets) <= {float(r) for r in done.get("choices", {})}):
+                and done.get("lp_bytes_share") == price and set(targets) <= {float(r) for r in done.get("choices", {})}):
             continue
         arrays = step_arrays(TrajectoryStore.read(layout.eval_dir(cfg.run_dir) / "_calib" / name))
         if np.isnan(arrays["lp_max"]).any():
             raise ValueError(f"router {name!r}: {int(np.isnan(arrays['lp_max']).sum())} steps of its calibration "
                              "play have no LP score (lp_max_prob); delete eval/calibration.json to play it again")
         choices = {f"{r:g}": choose_escalation(arrays["p_hp"], arrays["lp_max"], arrays["flip"], arrays["task"],
-                                               r, shares) for r in targets}
+                                               r, shares, price) for r in targets}
         calibration[method] = {"checkpoint": base["checkpoint"], "split": base["split"], "shares": shares,
+                               "lp_bytes_share": price,
                                "targets": targets, "choices": choices, "flips": int(arrays["flip"].sum()),
                                "n_steps": int(len(arrays["task"]))}
         added = True
         if progress:
             print(f"calibrated {method}: " + ", ".join(
-                f"{r}: share {c['share']:g}, threshold {c['threshold']:.3f}, LP floor {c['lp_floor']:.3f}, "
-                f"flip recall {c['flip_recall']:.3f}" for r, c in choices.items()), flush=True)
+                f"{r}: share {c['share']:g} (probe {c['probe_share']:.3f}), threshold {c['threshold']:.3f}, "
+                f"LP floor {c['lp_floor']:.3f}, flip recall {c['flip_recall']:.3f}, HP share {c['hp_share']:.3f}"
+                for r, c in choices.items()), flush=True)
     if added:  # calibrate() wrote the rest; an unchanged file is not written again
         write_atomic(layout.eval_dir(cfg.run_dir) / "calibration.json", json.dumps(calibration, indent=1))
     return calibration

@@ -321,7 +321,7 @@ def run(cfg, router_ckpt=None, methods: Optional[list] = None, group=None, clien
                 calibration = calibrate(cfg, routers, clients, local=group.local, progress=progress,
                                         num_workers=group.num_workers, baselines=calibrated, both_tiers=escalate)
                 if escalate:
-                    calibration = calibrate_escalation(cfg, calibration, list(routers), progress)
+                    calibration = calibrate_escalation(cfg, calibration, list(routers), progress, ev.lp_bytes_share)
         points = router_points(cfg, routers, calibration, calibrated) + sweep_points(sweep_ckpts or {}) + fixed
         ev.plan(points, [m for m in wanted if m in MATCHED] if routed else [])
         for p in points:
