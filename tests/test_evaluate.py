@@ -189,6 +189,29 @@ def test_resume_skips_finished_points(evaluated):
     assert any(k.startswith("eval/") for k in res["timers_s_earlier_calls"][0])
 
 
+def test_a_point_played_with_other_knobs_is_not_resumed_under_new_ones(evaluated, tmp_path):
+    """A finished point whose point.json says it was played with another threshold (say, a calibration
+    redone since) is refused by name, its episodes kept; the same knobs resume as before."""
+    import dataclasses
+    import shutil
+
+    from dmr_rl.pipeline import evaluate
+    from environments.errors import DataError
+
+    cfg0, ckpt, group, _ = evaluated
+    shutil.copytree(cfg0.run_dir, tmp_path / "run")
+    cfg = dataclasses.replace(cfg0, run_dir=str(tmp_path / "run"))
+    meta_path = layout.point_dir(cfg.run_dir, "cascade", "p0.60") / "point.json"
+    meta = json.loads(meta_path.read_text())
+    meta["params"]["max_prob_threshold"] = 0.5  # as if these episodes came from another knob value
+    meta_path.write_text(json.dumps(meta))
+    shard = layout.seed_dir(layout.point_dir(cfg.run_dir, "cascade", "p0.60"), 0) / "driver.jsonl"
+    before = shard.read_bytes()
+    with pytest.raises(DataError, match=r"cascade/p0.60: its episodes were played with max_prob_threshold=0.5"):
+        evaluate.run(cfg, None, group=group, methods=["cascade"], progress=False)
+    assert shard.read_bytes() == before and json.loads(meta_path.read_text())["params"]["max_prob_threshold"] == 0.5
+
+
 def test_earlier_timers_of_a_malformed_results_file(tmp_path, capsys):
     from dmr_rl.pipeline.evaluate import earlier_timers
 

@@ -46,6 +46,7 @@ from dmr_rl.pipeline.eval_points import (MATCH_TOLERANCE, MATCHED, ROUTER_METHOD
 from dmr_rl.pipeline.timing import eta_seconds, format_duration
 from dmr_rl.report import layout
 from dmr_rl.report.metrics import cost_equivalent_hp_ratio, episode_cost, realised_hp_ratio
+from environments.errors import DataError
 
 def eval_tasks(num_tasks: int, episodes: int) -> list:
     """Every task of the split (``episodes`` <= 0 or >= the split) or an evenly spread fixed subset."""
@@ -128,6 +129,21 @@ def _complete(out_dir: Path, n: int) -> list:
     return eps if len(eps) >= n else []
 
 
+def refuse_other_knobs(run_dir, method: str, point: str, params: dict) -> None:
+    """A point directory whose episodes were played with other knob values (a threshold, floor or
+    ratio recalibrated since) is never resumed under the new ones: a DataError names the point and
+    the values (its ``matched_to`` list, which only grows, is not a knob)."""
+    pdir = layout.point_dir(run_dir, method, point)
+    if not (pdir / "point.json").exists() or not any(pdir.glob("seed_*/*.jsonl")):
+        return
+    old = layout.read_json(pdir / "point.json").get("params", {})
+    keys = sorted(k for k in set(old) | set(params) if k != "matched_to" and old.get(k) != params.get(k))
+    if keys:
+        raise DataError(f"{pdir}: its episodes were played with {', '.join(f'{k}={old.get(k)!r}' for k in keys)}; "
+                        f"this evaluation asks {', '.join(f'{k}={params.get(k)!r}' for k in keys)}. Move that "
+                        "directory away (its episodes stay there) or evaluate in a fresh run directory")
+
+
 class Evaluation:
     """Plays operating points over the evaluation split, resumably; keeps what each point realised."""
 
@@ -167,6 +183,7 @@ class Evaluation:
             if (q.method, q.point) == (p.method, p.point):
                 self._match(q, p.params.get("matched_to", []))
                 return eps
+        refuse_other_knobs(self.run_dir, p.method, p.point, {**p.params, "stochastic": p.stochastic})
         layout.write_point_meta(self.run_dir, p.method, p.point, {**p.params, "stochastic": p.stochastic},
                                 default=p.default)
         episodes = []
