@@ -305,7 +305,8 @@ def read_quant_info(model_dir) -> Optional[dict]:
 def quant_label(engine: str, info: dict, bits=None) -> str:
     """A low-bit copy's name in tier labels: ``<engine>:<method>-w<bits>g<group>``, then each
     group-size override (``[REGEX]g<G>``, in order), e.g. ``compressed:awq-w3g48 [layers\\.[0-7]\\.]g32``."""
-    label = f"{engine}:{info.get('method', '?')}-w{info.get('bits', '?') if bits is None else bits}g{info.get('group_size', '?')}"
+    bits = info.get("bits", "?") if bits is None else bits
+    label = f"{engine}:{info.get('method', '?')}-w{bits}g{info.get('group_size', '?')}"
     return label + "".join(f" [{pat}]g{g}" for pat, g in (info.get("group_size_overrides") or {}).items())
 
 

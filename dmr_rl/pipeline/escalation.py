@@ -61,7 +61,8 @@ def probe_share(target: float, share: float, lp_bytes_share: Optional[float]) ->
     if lp_bytes_share is None:
         return target - share
     if not 0.0 <= lp_bytes_share < 1.0:
-        raise ValueError(f"lp_bytes_share must be in [0, 1) (LP reads fewer weight bytes than HP), got {lp_bytes_share}")
+        raise ValueError(f"lp_bytes_share must be in [0, 1) (LP reads fewer weight bytes than HP), "
+                         f"got {lp_bytes_share}")
     return target - share / (1.0 - lp_bytes_share)
 
 
@@ -98,8 +99,8 @@ def choose_escalation(p_hp, lp_max, flip, task_ids, target: float, shares,
         recall = float(hp[flip].mean()) if flip.any() else 0.0
         candidates[e] = recall
         if best is None or recall > best["flip_recall"] + 1e-12:
-            best = {"share": e, "probe_share": float(p), "threshold": float(t), "lp_floor": float(m), "flip_recall": recall,
-                    "hp_share": float(weights[hp].sum())}
+            best = {"share": e, "probe_share": float(p), "threshold": float(t), "lp_floor": float(m),
+                    "flip_recall": recall, "hp_share": float(weights[hp].sum())}
     if best is None:
         raise ValueError(f"no escalation share below the target HP ratio {target}")
     return {**best, "candidates": {f"{e:g}": r for e, r in candidates.items()}}
@@ -143,7 +144,8 @@ def calibrate_escalation(cfg, calibration: dict, router_names, progress: bool = 
         method = escalation_method(name)
         done = calibration.get(method, {})
         if (done.get("checkpoint") == base["checkpoint"] and done.get("shares") == shares
-                and done.get("lp_bytes_share") == price and set(targets) <= {float(r) for r in done.get("choices", {})}):
+                and done.get("lp_bytes_share") == price
+                and set(targets) <= {float(r) for r in done.get("choices", {})}):
             continue
         arrays = step_arrays(TrajectoryStore.read(layout.eval_dir(cfg.run_dir) / "_calib" / name))
         if np.isnan(arrays["lp_max"]).any():
