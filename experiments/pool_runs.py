@@ -6,8 +6,8 @@ evaluation matched to it, paired by task, every run's tasks kept as their own cl
 Prints each run's own comparison (from its eval/results.json) and the pooled one
 (:func:`dmr_rl.report.metrics.paired_comparison`: task-clustered bootstrap CI, exact McNemar p,
 detectable difference), and the pooled share of HP-only's success the router keeps
-(:func:`dmr_rl.report.metrics.share_of`, with its task-bootstrap CI). Runs must be independent (different games): a task in two runs would be
-counted as two clusters.
+(:func:`dmr_rl.report.metrics.share_of`, with its task-bootstrap CI). Runs must be independent
+(different games): a task in two runs would be counted as two clusters.
 """
 from __future__ import annotations
 
