@@ -76,21 +76,22 @@ def router_points(cfg, router_dirs: dict, calibration: dict, baselines=()) -> li
                                          {"name": name, "kwargs": {"score_threshold": float(t)}},
                                          {"kind": "router", "calibrated_baseline": name, "threshold": float(t),
                                           "target_hp_ratio": float(target)}, stochastic=not det))
+    def threshold_point(method: str, d, target, t: float, meta: dict, floor=None, **params) -> OperatingPoint:
+        """A learned router at threshold ``t`` (calibrated to ``target``), with LP floor ``floor`` if any."""
+        kwargs = {"path": str(d), "threshold": float(t), "num_threads": 1}
+        if floor is not None:
+            kwargs["lp_escalate_below"] = params["lp_floor"] = floor
+        return OperatingPoint(method, f"r{float(target):.2f}", {"name": "transformer", "kwargs": kwargs},
+                              {"kind": "router", "checkpoint": str(d), "threshold": float(t),
+                               "target_hp_ratio": float(target), **params, **meta}, stochastic=not det)
+
     for name, d in router_dirs.items():
         meta = _ckpt_meta(d)
-        thresholds = calibration[name]["thresholds"]
-        for target, t in thresholds.items():
-            params = {"kind": "router", "checkpoint": str(d), "threshold": float(t),
-                      "target_hp_ratio": float(target), **meta}
-            spec = {"name": "transformer", "kwargs": {"path": str(d), "threshold": float(t), "num_threads": 1}}
-            points.append(OperatingPoint(name, f"r{float(target):.2f}", spec, params, stochastic=not det))
+        for target, t in calibration[name]["thresholds"].items():
+            points.append(threshold_point(name, d, target, t, meta))
         for target, c in calibration.get(escalation_method(name), {}).get("choices", {}).items():
-            spec = {"name": "transformer", "kwargs": {"path": str(d), "threshold": c["threshold"], "num_threads": 1,
-                                                      "lp_escalate_below": c["lp_floor"]}}
-            params = {"kind": "router", "checkpoint": str(d), "threshold": c["threshold"], "lp_floor": c["lp_floor"],
-                      "escalate_share": c["share"], "target_hp_ratio": float(target), **meta}
-            points.append(OperatingPoint(escalation_method(name), f"r{float(target):.2f}", spec, params,
-                                         stochastic=not det))
+            points.append(threshold_point(escalation_method(name), d, target, c["threshold"], meta,
+                                          floor=c["lp_floor"], escalate_share=c["share"]))
         if meta.get("stage") == "grpo" and cfg.eval.sampled:
             spec = {"name": "transformer", "kwargs": {"path": str(d), "num_threads": 1}}
             points.append(OperatingPoint(name, "sampled", spec, {"kind": "router", "checkpoint": str(d),
