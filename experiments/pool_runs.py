@@ -6,7 +6,8 @@ evaluation matched to it, paired by task, every run's tasks kept as their own cl
 Prints each run's own comparison (from its eval/results.json) and the pooled one
 (:func:`dmr_rl.report.metrics.paired_comparison`: task-clustered bootstrap CI, exact McNemar p,
 detectable difference), and the pooled share of HP-only's success the router keeps
-(:func:`dmr_rl.report.metrics.share_of`, with its task-bootstrap CI). Runs must be independent
+(:func:`dmr_rl.report.metrics.share_of`, with its task-bootstrap CI; only when every run played
+HP-only). Runs must be independent
 (different games): a task in two runs would be counted as two clusters.
 """
 from __future__ import annotations
@@ -29,6 +30,7 @@ def main(argv=None) -> dict:
     ap.add_argument("--n-boot", type=int, default=4000)
     args = ap.parse_args(argv)
     pooled = {"router": {}, "random": {}, "hp_only": {}}
+    without_hp = []  # runs whose evaluation did not play HP-only: no pooled share of it then
     for k, run in enumerate(args.runs):
         path = layout.eval_dir(run) / "results.json"
         if not path.exists():
@@ -41,16 +43,23 @@ def main(argv=None) -> dict:
         print(f"{run}: {c['method']} {c['point']} {c['success']:.3f} at {c['hp_ratio']:.3f} vs random "
               f"{c['vs_success']:.3f} at {c['vs_hp_ratio']:.3f}: {c['diff_mean']:+.3f} "
               f"[{c['diff_ci'][0]:+.3f}, {c['diff_ci'][1]:+.3f}], p={c['mcnemar_p']:.2g}")
-        for side, (m, p) in (("router", (c["method"], c["point"])), ("random", ("random", c["vs_point"])),
-                             ("hp_only", ("hp_only", "default"))):
+        sides = [("router", (c["method"], c["point"])), ("random", ("random", c["vs_point"]))]
+        if layout.point_dir(run, "hp_only", "default").is_dir():
+            sides.append(("hp_only", ("hp_only", "default")))
+        else:
+            without_hp.append(str(run))
+        for side, (m, p) in sides:
             for seed, eps in layout.read_seeds(layout.point_dir(run, m, p)).items():
                 for e in eps:
                     e.task_index = int(e.task_index) + 100_000 * k  # tasks of different runs stay apart
                 pooled[side].setdefault(seed, []).extend(eps)
     c = M.paired_comparison(M.point_table(pooled["router"]), M.point_table(pooled["random"]), args.n_boot, 0)
     out = {k: c[k] for k in ("n_tasks", "diff_mean", "diff_ci", "mcnemar_p", "diff_mde")}
-    kept = M.share_of(M.point_table(pooled["router"]), M.point_table(pooled["hp_only"]), args.n_boot, 0)
-    out["share_of_hp_only"], out["share_of_hp_only_ci"] = kept["share"], kept["share_ci"]
+    if without_hp:
+        print(f"no pooled share of HP-only: {', '.join(without_hp)} did not play hp_only")
+    else:
+        kept = M.share_of(M.point_table(pooled["router"]), M.point_table(pooled["hp_only"]), args.n_boot, 0)
+        out["share_of_hp_only"], out["share_of_hp_only_ci"] = kept["share"], kept["share_ci"]
     print("pooled:", json.dumps(out))
     return out
 

@@ -2,6 +2,7 @@
 import json
 import sys
 from pathlib import Path
+from typing import Optional
 
 import pytest
 
@@ -11,7 +12,7 @@ import pool_runs  # noqa: E402
 from dmr_rl.rollout.records import EpisodeRecord, StepRecord, TrajectoryStore  # noqa: E402
 
 
-def _run(root: Path, router_won: list, random_won: dict, hp_won: list) -> Path:
+def _run(root: Path, router_won: list, random_won: dict, hp_won: Optional[list]) -> Path:
     """A run directory holding what pool_runs reads: results.json's comparison and both points' shards."""
     def write(method, point, seed, won):
         eps = [EpisodeRecord(episode_id=f"{method}-{seed}-{t}", task_index=t, task_id=str(t), task_type="x", task="",
@@ -20,7 +21,8 @@ def _run(root: Path, router_won: list, random_won: dict, hp_won: list) -> Path:
         TrajectoryStore(root / "eval" / method / point / f"seed_{seed}", "driver").append(eps)
 
     write("grpo", "r0.40", 0, router_won)
-    write("hp_only", "default", 0, hp_won)
+    if hp_won is not None:
+        write("hp_only", "default", 0, hp_won)
     for seed, won in random_won.items():
         write("random", "ratio0.400", seed, won)
     comp = {"method": "grpo", "point": "r0.40", "vs": "random", "vs_point": "ratio0.400", "matched_on": "hp_ratio",
@@ -43,6 +45,14 @@ def test_pooled_pairs_keep_each_runs_tasks_apart(tmp_path, capsys):
     # HP-only wins 6 of the 7 tasks, the router 5: it keeps 5/6 of HP-only's success
     assert out["share_of_hp_only"] == pytest.approx(5 / 6)
     assert out["share_of_hp_only_ci"][0] <= 5 / 6 <= out["share_of_hp_only_ci"][1]
+
+
+def test_a_run_without_hp_only_pools_the_difference_but_no_share(tmp_path, capsys):
+    a = _run(tmp_path / "a", [1, 1, 0, 1], {0: [0, 1, 0, 0], 1: [0, 0, 0, 1]}, [1, 1, 1, 1])
+    b = _run(tmp_path / "b", [1, 0, 1], {0: [1, 0, 0], 1: [0, 0, 0]}, None)
+    out = pool_runs.main([str(a), str(b), "--n-boot", "200"])
+    assert out["n_tasks"] == 7 and "share_of_hp_only" not in out
+    assert f"{b} did not play hp_only" in capsys.readouterr().out
 
 
 def test_a_run_without_results_is_named(tmp_path):
