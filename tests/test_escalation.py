@@ -43,7 +43,7 @@ def test_priced_escalations_read_the_bytes_of_the_probe_alone():
     bytes_rule = probe.mean() * 1.0 + esc.mean() * 1.5 + (~probe & ~esc).mean() * 0.5
     assert bytes_rule == pytest.approx(0.4 + 0.6 * 0.5, abs=0.03)  # the probe alone at 40%
     assert c["hp_share"] == pytest.approx(0.2, abs=0.03)  # fewer steps on HP for the same bytes
-    assert probe_share(0.4, 0.1, 0.5) == pytest.approx(0.2) and probe_share(0.4, 0.1, None) == pytest.approx(0.3)
+    assert probe_share(0.4, 0.1, 0.5) == pytest.approx(0.2) and probe_share(0.4, 0.1, 0.0) == pytest.approx(0.3)
     with pytest.raises(ValueError, match="lp_bytes_share"):
         probe_share(0.4, 0.1, 1.0)
 

@@ -10,8 +10,7 @@ alone at the same target. Per step, in HP calls' bytes with s = LP's bytes / HP'
 reads 1, an LP step s, an escalated one 1 + s (the probe's own partial LP read is the same on every
 step). The probe alone at target HP share r reads s + r (1 - s); with a share e of steps escalated
 the probe keeps p = r - e / (1 - s) and the rule reads the same bytes (so it acts HP on fewer
-steps: p + e <= r). Without the byte price (``lp_bytes_share`` None) p = r - e: the same HP share,
-more bytes.
+steps: p + e <= r). With s = 0 (LP's bytes taken as free) p = r - e: the same HP share, more bytes.
 
 Calibration reads one validation play of the router in which both tiers scored every step (P(HP),
 LP's max probability and whether the greedy actions differed): per candidate e, t is the
@@ -55,11 +54,10 @@ def floor_for_share(lp_max: np.ndarray, eligible: np.ndarray, weights: np.ndarra
     return float(floors[int(np.argmin(np.abs(got - share)))])
 
 
-def probe_share(target: float, share: float, lp_bytes_share: Optional[float]) -> float:
+def probe_share(target: float, share: float, lp_bytes_share: float) -> float:
     """The probe's HP share p beside an escalation share e = ``share`` at target r: r - e / (1 - s),
-    the same weight bytes as the probe alone at r (s = ``lp_bytes_share``), or r - e without a price."""
-    if lp_bytes_share is None:
-        return target - share
+    the same weight bytes as the probe alone at r (s = ``lp_bytes_share``; s = 0, LP's bytes taken
+    as free, keeps the HP share: r - e)."""
     if not 0.0 <= lp_bytes_share < 1.0:
         raise ValueError(f"lp_bytes_share must be in [0, 1) (LP reads fewer weight bytes than HP), "
                          f"got {lp_bytes_share}")
@@ -67,14 +65,14 @@ def probe_share(target: float, share: float, lp_bytes_share: Optional[float]) ->
 
 
 def choose_escalation(p_hp, lp_max, flip, task_ids, target: float, shares,
-                      lp_bytes_share: Optional[float] = None) -> dict:
+                      lp_bytes_share: float = 0.0) -> dict:
     """The probe threshold and LP floor for target ``target``, the escalation share chosen among
     ``shares`` (0 is always a candidate: the router alone) by the flips it puts on HP.
 
     p_hp, lp_max, flip, task_ids: [n_steps] of one validation play with both tiers scored at every
     step (flip: 1 where their greedy actions differed). Each share e leaves the probe
-    :func:`probe_share` (the bytes of the probe alone at ``target`` when ``lp_bytes_share`` is given,
-    else the same HP share); a share that leaves it less than 0 or that is >= target is skipped.
+    :func:`probe_share` (the bytes of the probe alone at ``target``; with ``lp_bytes_share`` 0 the
+    same HP share); a share that leaves it less than 0 or that is >= target is skipped.
     Returns {"share", "probe_share", "threshold", "lp_floor", "flip_recall", "hp_share",
     "candidates": {share: recall}} for the chosen share; ties go to the smaller share (fewer steps
     paying both tiers).
