@@ -55,6 +55,18 @@ def test_a_run_without_hp_only_pools_the_difference_but_no_share(tmp_path, capsy
     assert f"{b} did not play hp_only" in capsys.readouterr().out
 
 
+def test_pooled_against_another_point_of_every_run(tmp_path, capsys):
+    a = _run(tmp_path / "a", [1, 1, 0, 1], {0: [0, 1, 0, 0], 1: [0, 0, 0, 1]}, [1, 1, 1, 1])
+    b = _run(tmp_path / "b", [1, 0, 1], {0: [1, 0, 0], 1: [0, 0, 0]}, [1, 1, 0])
+    out = pool_runs.main([str(a), str(b), "--vs", "hp_only/default", "--n-boot", "200"])
+    assert out["vs"] == "hp_only/default" and out["n_tasks"] == 7
+    assert out["diff_mean"] == pytest.approx((5 - 6) / 7) and out["vs_success"] == pytest.approx(6 / 7)
+    with pytest.raises(SystemExit, match="no evaluation point grpo/r0.30"):
+        pool_runs.main([str(a), "--vs", "grpo/r0.30"])
+    with pytest.raises(SystemExit, match="expected METHOD/POINT"):
+        pool_runs.main([str(a), "--vs", "grpo"])
+
+
 def test_a_run_without_results_is_named(tmp_path):
     with pytest.raises(SystemExit, match="no evaluation results"):
         pool_runs.main([str(tmp_path / "missing")])
