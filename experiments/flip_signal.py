@@ -15,6 +15,10 @@ Training data only: nothing here reads a validation or test split. Written to
 ``<run_dir>/analysis/flip_signal.json``.
 
     python experiments/flip_signal.py runs/default --lp-bytes-share 0.38
+
+``--more-runs`` adds other runs' collected steps (other games: runs of another ``env.generate_seed``)
+to every fold's training set, one run at a time, and prints the KL probe's held-out AUROC against
+this run's flips per number of training tasks (this run's held-out folds stay the test).
 """
 from __future__ import annotations
 
@@ -54,14 +58,17 @@ def collected_steps(run_dir: Path) -> dict:
             "task": np.array([e.task_index for e, _ in steps], dtype=np.int64)}
 
 
-def out_of_fold(X: np.ndarray, y: np.ndarray, tasks: np.ndarray, folds: int, seed: int, l2: float) -> np.ndarray:
-    """[N] held-out logits of the probe, each fold's tasks scored by a probe fitted on the others."""
+def out_of_fold(X: np.ndarray, y: np.ndarray, tasks: np.ndarray, folds: int, seed: int, l2: float,
+                more: tuple = ()) -> np.ndarray:
+    """[N] held-out logits of the probe, each fold's tasks scored by a probe fitted on the others
+    (and on ``more``: (X [M, H], y [M]) pairs of other games' steps, added to every fold's fit)."""
     fold = ri.task_folds(tasks, folds, seed)
     out = np.zeros(len(y))
     for f in range(folds):
         tr, te = fold != f, fold == f
-        m, s = X[tr].mean(0), X[tr].std(0) + 1e-6
-        w, b = fit_logistic((X[tr] - m) / s, y[tr], l2)
+        Xf, yf = np.vstack([X[tr], *(m[0] for m in more)]), np.concatenate([y[tr], *(m[1] for m in more)])
+        m, s = Xf.mean(0), Xf.std(0) + 1e-6
+        w, b = fit_logistic((Xf - m) / s, yf, l2)
         out[te] = ((X[te] - m) / s) @ w + b
     return out
 
@@ -78,6 +85,9 @@ def main(argv=None) -> dict:
     ap.add_argument("--seeds", type=int, default=3, help="fold draws averaged")
     ap.add_argument("--l2", type=float, default=1e-2)
     ap.add_argument("--share", type=float, default=0.4, help="HP share of steps the coverage is read at")
+    ap.add_argument("--more-runs", type=Path, nargs="*", default=[],
+                    help="other runs (other games) whose collected steps join the KL probe's training folds, one "
+                         "run more at a time: the probe's learning curve in training tasks")
     args = ap.parse_args(argv)
     d = collected_steps(args.run_dir)
     flip, tasks = d["flip"], d["task"]
@@ -98,6 +108,18 @@ def main(argv=None) -> dict:
         out["rankings"][name] = {**ri.auroc_with_ci(per_seed[0], flip, tasks),
                                  "auroc_mean": float(np.mean([auroc(s, flip) for s in per_seed])),
                                  f"flips_on_top_{args.share:g}": float(np.mean([covered(s) for s in per_seed]))}
+    if args.more_runs:
+        more = [collected_steps(r) for r in args.more_runs]
+        curve = []
+        for k in range(len(more) + 1):
+            fit_on = tuple((m["X"], m["label"]) for m in more[:k])
+            per_seed = [out_of_fold(d["X"], d["label"], tasks, args.folds, seed, args.l2, fit_on)
+                        for seed in range(args.seeds)]
+            curve.append({"train_tasks": round(len(counts) * (1 - 1 / args.folds)) + sum(
+                              len(set(m["task"].tolist())) for m in more[:k]),
+                          "runs_added": [str(r) for r in args.more_runs[:k]],
+                          "auroc_mean": float(np.mean([auroc(s, flip) for s in per_seed]))})
+        out["probe_kl_labels_by_training_tasks"] = curve
     out["floor_at_the_probes_bytes"] = {
         "lp_bytes_share": args.lp_bytes_share,
         "flip_recall_by_escalation_share": {
