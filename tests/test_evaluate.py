@@ -75,10 +75,12 @@ def test_thresholds_come_from_the_validation_split(evaluated):
     calib_eps = TrajectoryStore.read(layout.eval_dir(cfg.run_dir) / "_calib" / "router")
     test_tasks = {e.task for e in _eps(cfg, "hp_only", "default", 0)}
     assert len(calib_eps) == 5 and not {e.task for e in calib_eps} & test_tasks  # another split's goals
-    for target, thr in cal["thresholds"].items():  # the calibration share is what the threshold gives there
+    part = cal["lp_part"]
+    for target, thr in cal["thresholds"].items():  # the calibration share is the HP ratio the threshold gives there
         steps = [(st.router_prob, e.task_index) for e in calib_eps for st in e.steps]
-        share = np.mean([np.mean([p >= thr for p, t in steps if t == task]) for task in {t for _, t in steps}])
-        assert share == pytest.approx(cal["calib_share"][target])
+        k_n = [(sum(p >= thr for p, t in steps if t == task), sum(t == task for _, t in steps))
+               for task in {t for _, t in steps}]
+        assert np.mean([k / (n + part * k) for k, n in k_n]) == pytest.approx(cal["calib_share"][target])
         meta = _meta(cfg, "router", f"r{float(target):.2f}")
         assert meta["params"]["threshold"] == thr and meta["params"]["kind"] == "router"
 
@@ -253,11 +255,33 @@ def test_cascade_thresholds_hit_the_paid_hp_ratio_by_hand():
     # a cascade pays LP at every step and HP on the k escalated ones: a task's HP ratio is k / (n + k).
     # task a: 4 steps; escalating its top one gives 1/5 = 0.2; task b: 1 step, escalated gives 1/2
     scores, ids = [0.1, 0.2, 0.3, 0.8, 0.9], ["a", "a", "a", "a", "b"]
-    t = thresholds_for_targets(scores, ids, [0.35], lp_first=True)[0.35]
-    assert t == 0.8 and share_at(scores, ids, t, lp_first=True) == pytest.approx((0.2 + 0.5) / 2)
+    t = thresholds_for_targets(scores, ids, [0.35], lp_part=1.0)[0.35]
+    assert t == 0.8 and share_at(scores, ids, t, lp_part=1.0) == pytest.approx((0.2 + 0.5) / 2)
     # the plain (router) definition at the same threshold counts k / n: (1/4 + 1) / 2
     assert share_at(scores, ids, t) == pytest.approx(0.625)
-    assert thresholds_for_targets(scores, ids, [0.5], lp_first=True)[0.5] == 0.1  # all escalated -> 0.5
+    assert thresholds_for_targets(scores, ids, [0.5], lp_part=1.0)[0.5] == 0.1  # all escalated -> 0.5
+    # a probe that reads LP up to layer 8 of 32 pays a quarter of an LP call on the steps it sends to HP:
+    # task a with 1 of 4 steps on HP is at 1 / (4 + 0.25) = 0.235, task b's only step at 1 / 1.25 = 0.8
+    assert share_at(scores, ids, 0.8, lp_part=0.25) == pytest.approx((1 / 4.25 + 0.8) / 2)
+    with pytest.raises(ValueError, match="lp_part"):
+        thresholds_for_targets(scores, ids, [0.3], lp_part=1.5)
+
+
+def test_the_lp_part_of_hp_steps_is_read_from_the_play():
+    from dmr_rl.pipeline.calibrate import hp_step_lp_part
+    from dmr_rl.rollout.records import EpisodeRecord, StepRecord
+
+    def ep(steps):
+        return EpisodeRecord("e", 0, "t", "x", "task", steps=[StepRecord(i, "", "a", tier, extra=x)
+                                                             for i, (tier, x) in enumerate(steps)])
+    probe_hp, probe_lp = (1, {"paid": ["hp"], "lp_part": 0.25, "lp_hidden": [0.0]}), (0, {"paid": ["lp"], "lp_hidden": [0.0]})
+    assert hp_step_lp_part([ep([probe_lp, probe_hp, probe_lp])], "r") == pytest.approx(0.25)
+    assert hp_step_lp_part([ep([(1, {"paid": ["hp"]}), (0, {"paid": ["lp"]})])], "r") == 0.0  # reads no LP state
+    assert hp_step_lp_part([ep([(0, {"paid": ["lp"]})])], "r") == 0.0
+    with pytest.raises(ValueError, match="r: HP acted on no step"):  # a probe whose play never chose HP
+        hp_step_lp_part([ep([probe_lp, probe_lp])], "r")
+    with pytest.raises(ValueError, match="different LP shares"):
+        hp_step_lp_part([ep([probe_hp, (1, {"paid": ["hp"]})])], "r")
 
 
 def test_a_calibrated_cascade_stands_where_a_router_point_stands(setup, tmp_path):

@@ -3,9 +3,12 @@
 RouteLLM calibrates its routers' thresholds beforehand so that each hits a chosen share of
 strong-model calls; an agent router is calibrated the same way, per step: each learned router
 plays the validation split once (at its checkpoint threshold), recording P(HP) at every step, and
-the threshold for a target ratio r is the task-weighted (1 - r) quantile of those scores (each
-step weighs 1 / steps of its task, so the share is the mean over tasks of the per-task share, the
-same HP-ratio definition the report uses). The realised ratio on the test split is measured, not
+the threshold for a target ratio r is the score whose HP ratio over the play's steps is nearest r,
+in the report's definition: per task HP calls / all tier calls, then the mean over tasks. A step the
+threshold sends to HP may also pay part of an LP call (``lp_part``: a probe reading LP's state up to
+decoder layer k pays k / L of one, a cascade all of it), so a task with k of its n steps over the
+threshold has HP ratio k / (n + lp_part k); ``lp_part`` is read from the play's own HP steps
+(:func:`dmr_rl.report.metrics.step_calls`, the report's count). The realised ratio on the test split is measured, not
 assumed, and the matched baselines run at that realised ratio. A baseline with a knob
 (``eval.calibrated_baselines``: the LP-confidence cascade, score 1 - LP max prob) is calibrated the
 same way and then stands where a router point stands.
@@ -67,36 +70,58 @@ def task_index(task_ids) -> tuple:
 
 
 def _mean_task_share(scores: np.ndarray, inverse: np.ndarray, counts: np.ndarray, threshold: float,
-                     lp_first: bool) -> float:
-    """Mean over tasks of k / n (k of a task's n steps score >= threshold), or k / (n + k) when the
-    router pays LP first (see :func:`thresholds_for_targets`)."""
+                     lp_part: float) -> float:
+    """Mean over tasks of k / (n + lp_part k), k of a task's n steps scoring >= threshold."""
     k = np.bincount(inverse, weights=(scores >= threshold).astype(float), minlength=len(counts))
-    return float((k / (counts + k) if lp_first else k / counts).mean())
+    return float((k / (counts + lp_part * k)).mean())
 
 
-def thresholds_for_targets(scores, task_ids, targets, lp_first: bool = False) -> dict:
+def thresholds_for_targets(scores, task_ids, targets, lp_part: float = 0.0) -> dict:
     """{target: threshold} from per-step router scores and the task each step belongs to.
 
-    scores: shape (n_steps,) P(HP); task_ids: shape (n_steps,) any hashable per step. Each step weighs
-    1 / (steps of its task), so a target is a mean over tasks of per-task HP shares.
-    ``lp_first``: the router pays LP at every step and HP on top where the score passes (a cascade):
-    a task's HP ratio is then k / (n + k) for k of its n steps escalated, and the threshold is the
-    score whose mean over tasks of that ratio is nearest each target.
+    scores: shape (n_steps,) P(HP); task_ids: shape (n_steps,) any hashable per step; ``lp_part`` in
+    [0, 1]: the share of an LP call a step sent to HP pays beside HP's (0: none; a cascade, which pays
+    LP at every step and HP on top where the score passes: 1). A task's HP ratio with k of its n steps
+    over the threshold is k / (n + lp_part k); the threshold is the score whose mean over tasks of that
+    ratio is nearest each target (ties move together; target 0: +inf, never HP).
     """
+    if not 0.0 <= lp_part <= 1.0:
+        raise ValueError(f"lp_part must be in [0, 1] (the share of an LP call an HP step also pays), got {lp_part}")
     scores = np.asarray(scores, dtype=float)
     inverse, counts = task_index(task_ids)
-    if not lp_first:
+    if not lp_part:
         weights = 1.0 / counts[inverse]
         return {float(r): weighted_threshold(scores, weights, float(r)) for r in targets}
+    for r in targets:
+        if not 0.0 <= float(r) <= 1.0:
+            raise ValueError(f"target HP ratio must be in [0, 1], got {r}")
     values = np.unique(scores)[::-1]
-    paid = np.array([_mean_task_share(scores, inverse, counts, v, True) for v in values])  # [candidate]
+    paid = np.array([_mean_task_share(scores, inverse, counts, v, lp_part) for v in values])  # [candidate]
     return {float(r): float("inf") if r <= 0 else float(values[int(np.argmin(np.abs(paid - r)))]) for r in targets}
 
 
-def share_at(scores, task_ids, threshold: float, lp_first: bool = False) -> float:
-    """Mean over tasks of the share of steps with score >= threshold (the realised calibration share;
-    ``lp_first``: of the HP ratio k / (n + k), see :func:`thresholds_for_targets`)."""
-    return _mean_task_share(np.asarray(scores, dtype=float), *task_index(task_ids), threshold, lp_first)
+def share_at(scores, task_ids, threshold: float, lp_part: float = 0.0) -> float:
+    """The HP ratio the threshold gives on these steps: mean over tasks of k / (n + lp_part k), see
+    :func:`thresholds_for_targets` (with ``lp_part`` 0, the share of steps with score >= threshold)."""
+    return _mean_task_share(np.asarray(scores, dtype=float), *task_index(task_ids), threshold, lp_part)
+
+
+def hp_step_lp_part(episodes, method: str) -> float:
+    """The share of an LP call each step HP acted on paid beside HP's in a play (tier calls as the report
+    counts them, :func:`dmr_rl.report.metrics.step_calls`): 0 for a router that reads no LP state, k / L
+    for a probe on LP's layer k. A ValueError when it cannot be read: steps read LP's state but HP acted
+    on none, or HP steps paid different shares."""
+    from dmr_rl.report.metrics import HP, step_calls
+
+    parts = {round(c - h, 6) for e in episodes for s in e.steps if s.tier == HP for h, c in [step_calls(s)]}
+    if len(parts) > 1:
+        raise ValueError(f"{method}: its calibration play's HP steps paid different LP shares {sorted(parts)}")
+    if parts:
+        return float(parts.pop())
+    if any("lp_hidden" in (s.extra or {}) for e in episodes for s in e.steps):
+        raise ValueError(f"{method}: HP acted on no step of its calibration play, so the share of LP's pass its "
+                         "HP steps pay cannot be read; calibrate a checkpoint that routes some steps to HP")
+    return 0.0
 
 
 def calibrated_method(name: str) -> str:
@@ -105,17 +130,18 @@ def calibrated_method(name: str) -> str:
 
 
 def calibration_plays(router_dirs: dict, baselines) -> dict:
-    """{method: (what calibration records as its 'checkpoint', rollout router spec, pays LP first)}
-    for learned routers ({method: checkpoint dir}) and calibrated baselines (``<name>_calibrated``,
-    played at the baseline's default knob; only the cascade, whose score is 1 - LP max prob)."""
+    """{method: (what calibration records as its 'checkpoint', rollout router spec, lp_part)} for learned
+    routers ({method: checkpoint dir}; lp_part None: read from the play, :func:`hp_step_lp_part`) and
+    calibrated baselines (``<name>_calibrated``, played at the baseline's default knob; only the cascade,
+    whose score is 1 - LP max prob and which pays LP at every step: lp_part 1)."""
     from dmr_rl.config import CALIBRATED_BASELINES
 
-    plays = {m: (str(d), {"name": "transformer", "kwargs": {"path": str(d), "num_threads": 1}}, False)
+    plays = {m: (str(d), {"name": "transformer", "kwargs": {"path": str(d), "num_threads": 1}}, None)
              for m, d in router_dirs.items()}
     for name in baselines:
         if name not in CALIBRATED_BASELINES:
             raise ValueError(f"baseline {name!r} has no knob to calibrate (only {list(CALIBRATED_BASELINES)})")
-        plays[calibrated_method(name)] = (f"baseline:{name}", {"name": name, "kwargs": {}}, True)
+        plays[calibrated_method(name)] = (f"baseline:{name}", {"name": name, "kwargs": {}}, 1.0)
     return plays
 
 
@@ -147,9 +173,10 @@ def calibrate(cfg, router_dirs: dict, clients: dict, local: bool = False, progre
     path = layout.eval_dir(cfg.run_dir) / "calibration.json"
     done = _read(path)
 
-    def kept(method: str, ckpt) -> dict:  # an earlier calibration of this very checkpoint (with both tiers if asked)
-        d = done.get(method, {})
-        return d if d.get("checkpoint") == ckpt and (d.get("both_tiers") or not both_tiers) else {}
+    def kept(method: str, ckpt) -> dict:  # an earlier calibration of this very checkpoint (with both tiers if asked),
+        d = done.get(method, {})          # in tier calls (one from before "lp_part" was recorded counted steps)
+        return d if (d.get("checkpoint") == ckpt and (d.get("both_tiers") or not both_tiers)
+                     and "lp_part" in d) else {}
 
     todo = {m: play for m, play in calibration_plays(router_dirs, baselines).items()
             if not set(targets) <= set(kept(m, play[0]).get("targets", []))}
@@ -163,7 +190,7 @@ def calibrate(cfg, router_dirs: dict, clients: dict, local: bool = False, progre
         from dmr_rl.pipeline.evaluate import eval_tasks, num_tasks_of
 
         tasks = eval_tasks(num_tasks_of(group), cfg.eval.calib_episodes)
-        for method, (ckpt, spec, lp_first) in todo.items():
+        for method, (ckpt, spec, lp_part) in todo.items():
             group.set_router(spec)
             eps = group.run_episodes(tasks, "router", seed=int(cfg.eval.seeds[0]), return_episodes=True,
                                      rng_key=(int(cfg.seed), method, "calibration"))["episode_records"]
@@ -173,13 +200,14 @@ def calibrate(cfg, router_dirs: dict, clients: dict, local: bool = False, progre
             TrajectoryStore(out, "driver").append(eps)
             scores = [s.router_prob for e in eps for s in e.steps]
             ids = [e.task_index for e in eps for s in e.steps]
+            part = hp_step_lp_part(eps, method) if lp_part is None else lp_part
             # the targets of an earlier calibration of this checkpoint stay (its points were played with them)
             old = {float(r): t for r, t in kept(method, ckpt).get("thresholds", {}).items()}
             both = sorted(set(targets) | set(old))
-            thr = {**thresholds_for_targets(scores, ids, both, lp_first), **old}
-            done[method] = {"checkpoint": ckpt, "split": split, "targets": both,
+            thr = {**thresholds_for_targets(scores, ids, both, part), **old}
+            done[method] = {"checkpoint": ckpt, "split": split, "targets": both, "lp_part": part,
                             "thresholds": {f"{r:g}": t for r, t in thr.items()},
-                            "calib_share": {f"{r:g}": share_at(scores, ids, t, lp_first) for r, t in thr.items()},
+                            "calib_share": {f"{r:g}": share_at(scores, ids, t, part) for r, t in thr.items()},
                             "n_tasks": len(set(ids)), "n_steps": len(scores), "both_tiers": bool(both_tiers)}
             if progress:
                 print(f"calibrated {method} on {split} ({len(set(ids))} tasks, {len(scores)} steps): "
