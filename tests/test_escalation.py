@@ -135,3 +135,29 @@ def test_escalate_shares_outside_0_1_are_a_config_error():
 
     with pytest.raises(ConfigError, match="escalate_shares"):
         load_config(None, ["eval.escalate_shares=[0.1, 1.2]"])
+
+
+def test_escalation_targets_the_steps_share_of_the_routers_calibrated_threshold(tmp_path):
+    """The router's threshold is calibrated in tier calls; escalation prices per step, so its target is
+    the share of the play's steps over that threshold, and the share 0 (the router alone) keeps it."""
+    import json
+
+    from dmr_rl.config import load_config
+    from dmr_rl.pipeline.escalation import calibrate_escalation
+    from dmr_rl.report import layout
+    from dmr_rl.rollout.records import EpisodeRecord, StepRecord, TrajectoryStore
+
+    p, lp, flip, task = _play()
+    eps = [EpisodeRecord(f"e{t}", int(t), str(t), "x", "", steps=[
+        StepRecord(i, "", "a", int(p[k] >= 0.3), router_prob=float(p[k]),
+                   extra={"lp_max_prob": float(lp[k]), "tiers_agree": not bool(flip[k])})
+        for i, k in enumerate(np.flatnonzero(task == t))]) for t in np.unique(task)]
+    TrajectoryStore(layout.eval_dir(tmp_path) / "_calib" / "grpo", "driver").append(eps)
+    threshold = float(np.sort(p)[::-1][69])  # 70 of the 200 steps at or over it: 35% of steps
+    cfg = load_config(None, [f"run_dir={tmp_path}", "eval.escalate_shares=[0.1]", "eval.target_hp_ratios=[0.3]"])
+    base = {"grpo": {"both_tiers": True, "checkpoint": "x", "split": "valid_seen", "thresholds": {"0.3": threshold}}}
+    c = calibrate_escalation(cfg, base, ["grpo"], progress=False, lp_bytes_share=0.0)["grpo_escalate"]["choices"]["0.3"]
+    share = float(np.mean([np.mean(p[task == t] >= threshold) for t in np.unique(task)]))
+    assert c["router_steps_share"] == pytest.approx(share) and share != pytest.approx(0.3)
+    assert c["share"] == 0.1 and c["probe_share"] == pytest.approx(share - 0.1)  # priced from the router's share
+    assert json.loads((layout.eval_dir(tmp_path) / "calibration.json").read_text())["grpo_escalate"]["choices"]["0.3"] == c

@@ -28,7 +28,7 @@ from typing import Optional
 
 import numpy as np
 
-from dmr_rl.pipeline.calibrate import task_index, weighted_threshold
+from dmr_rl.pipeline.calibrate import share_at, task_index, weighted_threshold
 
 
 def escalation_method(name: str) -> str:
@@ -119,7 +119,8 @@ def calibrate_escalation(cfg, calibration: dict, router_names, progress: bool = 
                          lp_bytes_share: Optional[float] = None) -> dict:
     """Add ``<router>_escalate`` to ``calibration`` (and to calibration.json) for every router in
     ``router_names`` whose calibration play scored both tiers at every step: per target HP ratio
-    (``eval.target_hp_ratios``) the choice of :func:`choose_escalation` among
+    (``eval.target_hp_ratios``; the share of the play's steps the router's calibrated threshold gives
+    HP, since escalations are priced per step) the choice of :func:`choose_escalation` among
     ``eval.escalate_shares``, priced at the probe's bytes with ``lp_bytes_share`` (the tiers' LP
     bytes / HP bytes; None: a ValueError, escalations cannot be priced). A ValueError names a router
     whose play lacks LP's score somewhere."""
@@ -149,8 +150,13 @@ def calibrate_escalation(cfg, calibration: dict, router_names, progress: bool = 
         if np.isnan(arrays["lp_max"]).any():
             raise ValueError(f"router {name!r}: {int(np.isnan(arrays['lp_max']).sum())} steps of its calibration "
                              "play have no LP score (lp_max_prob); delete eval/calibration.json to play it again")
-        choices = {f"{r:g}": choose_escalation(arrays["p_hp"], arrays["lp_max"], arrays["flip"], arrays["task"],
-                                               r, shares, price) for r in targets}
+        # the router's threshold is calibrated in tier calls; escalations are priced per step, so each target
+        # is the share of the play's steps the router's own threshold gives HP (the share 0 is the router alone)
+        steps_share = {r: share_at(arrays["p_hp"], arrays["task"], float(base["thresholds"][f"{r:g}"]))
+                       for r in targets}
+        choices = {f"{r:g}": {**choose_escalation(arrays["p_hp"], arrays["lp_max"], arrays["flip"], arrays["task"],
+                                                  steps_share[r], shares, price), "router_steps_share": steps_share[r]}
+                   for r in targets}
         calibration[method] = {"checkpoint": base["checkpoint"], "split": base["split"], "shares": shares,
                                "lp_bytes_share": price,
                                "targets": targets, "choices": choices, "flips": int(arrays["flip"].sum()),
