@@ -160,4 +160,5 @@ def test_escalation_targets_the_steps_share_of_the_routers_calibrated_threshold(
     share = float(np.mean([np.mean(p[task == t] >= threshold) for t in np.unique(task)]))
     assert c["router_steps_share"] == pytest.approx(share) and share != pytest.approx(0.3)
     assert c["share"] == 0.1 and c["probe_share"] == pytest.approx(share - 0.1)  # priced from the router's share
-    assert json.loads((layout.eval_dir(tmp_path) / "calibration.json").read_text())["grpo_escalate"]["choices"]["0.3"] == c
+    saved = json.loads((layout.eval_dir(tmp_path) / "calibration.json").read_text())
+    assert saved["grpo_escalate"]["choices"]["0.3"] == c

@@ -274,7 +274,8 @@ def test_the_lp_part_of_hp_steps_is_read_from_the_play():
     def ep(steps):
         return EpisodeRecord("e", 0, "t", "x", "task", steps=[StepRecord(i, "", "a", tier, extra=x)
                                                              for i, (tier, x) in enumerate(steps)])
-    probe_hp, probe_lp = (1, {"paid": ["hp"], "lp_part": 0.25, "lp_hidden": [0.0]}), (0, {"paid": ["lp"], "lp_hidden": [0.0]})
+    probe_hp = (1, {"paid": ["hp"], "lp_part": 0.25, "lp_hidden": [0.0]})
+    probe_lp = (0, {"paid": ["lp"], "lp_hidden": [0.0]})
     assert hp_step_lp_part([ep([probe_lp, probe_hp, probe_lp])], "r") == pytest.approx(0.25)
     assert hp_step_lp_part([ep([(1, {"paid": ["hp"]}), (0, {"paid": ["lp"]})])], "r") == 0.0  # reads no LP state
     assert hp_step_lp_part([ep([(0, {"paid": ["lp"]})])], "r") == 0.0

@@ -60,7 +60,8 @@ def test_more_runs_join_the_training_folds(tmp_path):
     state carries the label the other way round pull the probe's ranking of this run's flips down."""
     root = _run(tmp_path / "a")
     others = [str(_run(tmp_path / f"b{i}", n_tasks=40, seed=i + 1, sign=-1.0)) for i in range(2)]
-    out = flip_signal.main([str(root), "--lp-bytes-share", "0.5", "--folds", "4", "--seeds", "2", "--more-runs", *others])
+    out = flip_signal.main([str(root), "--lp-bytes-share", "0.5", "--folds", "4", "--seeds", "2",
+                            "--more-runs", *others])
     curve = out["probe_kl_labels_by_training_tasks"]
     assert [c["train_tasks"] for c in curve] == [15, 55, 95] and curve[2]["runs_added"] == others
     assert curve[0]["auroc_mean"] == out["rankings"]["probe_kl_labels"]["auroc_mean"]

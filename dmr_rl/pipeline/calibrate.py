@@ -8,8 +8,8 @@ in the report's definition: per task HP calls / all tier calls, then the mean ov
 threshold sends to HP may also pay part of an LP call (``lp_part``: a probe reading LP's state up to
 decoder layer k pays k / L of one, a cascade all of it), so a task with k of its n steps over the
 threshold has HP ratio k / (n + lp_part k); ``lp_part`` is read from the play's own HP steps
-(:func:`dmr_rl.report.metrics.step_calls`, the report's count). The realised ratio on the test split is measured, not
-assumed, and the matched baselines run at that realised ratio. A baseline with a knob
+(:func:`dmr_rl.report.metrics.step_calls`, the report's count). The realised ratio on the test split
+is measured, not assumed, and the matched baselines run at that realised ratio. A baseline with a knob
 (``eval.calibrated_baselines``: the LP-confidence cascade, score 1 - LP max prob) is calibrated the
 same way and then stands where a router point stands.
 
@@ -17,7 +17,8 @@ Written to ``<run_dir>/eval/calibration.json`` (targets, thresholds, how many st
 they came from, the split) with the calibration episodes in ``<run_dir>/eval/_calib/<method>/``;
 a calibration already there for the same checkpoint and targets is reused, and one for the same
 checkpoint at other targets keeps them (new targets are added: the points an earlier evaluation
-played at the old thresholds keep their record).
+played at the old thresholds keep their record). One written before ``lp_part`` was recorded counted
+steps, not calls, and is played again.
 """
 from __future__ import annotations
 
