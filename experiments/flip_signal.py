@@ -113,8 +113,8 @@ def main(argv=None) -> dict:
         curve = []
         for k in range(len(more) + 1):
             fit_on = tuple((m["X"], m["label"]) for m in more[:k])
-            per_seed = [out_of_fold(d["X"], d["label"], tasks, args.folds, seed, args.l2, fit_on)
-                        for seed in range(args.seeds)]
+            per_seed = scores["probe_kl_labels"] if not k else [  # no run added: the KL probe above
+                out_of_fold(d["X"], d["label"], tasks, args.folds, seed, args.l2, fit_on) for seed in range(args.seeds)]
             curve.append({"train_tasks": round(len(counts) * (1 - 1 / args.folds)) + sum(
                               len(set(m["task"].tolist())) for m in more[:k]),
                           "runs_added": [str(r) for r in args.more_runs[:k]],

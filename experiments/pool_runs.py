@@ -62,13 +62,14 @@ def main(argv=None) -> dict:
                 for e in eps:
                     e.task_index = int(e.task_index) + 100_000 * k  # tasks of different runs stay apart
                 pooled[side].setdefault(seed, []).extend(eps)
-    c = M.paired_comparison(M.point_table(pooled["router"]), M.point_table(pooled["baseline"]), args.n_boot, 0)
+    router = M.point_table(pooled["router"])
+    c = M.paired_comparison(router, M.point_table(pooled["baseline"]), args.n_boot, 0)
     out = {"vs": args.vs or "random", **{k: c[k] for k in ("n_tasks", "success", "vs_success", "diff_mean",
                                                            "diff_ci", "mcnemar_p", "diff_mde")}}
     if without_hp:
         print(f"no pooled share of HP-only: {', '.join(without_hp)} did not play hp_only")
     else:
-        kept = M.share_of(M.point_table(pooled["router"]), M.point_table(pooled["hp_only"]), args.n_boot, 0)
+        kept = M.share_of(router, M.point_table(pooled["hp_only"]), args.n_boot, 0)
         out["share_of_hp_only"], out["share_of_hp_only_ci"] = kept["share"], kept["share_ci"]
     print("pooled:", json.dumps(out))
     return out

@@ -89,10 +89,9 @@ def thresholds_for_targets(scores, task_ids, targets, lp_part: float = 0.0) -> d
     if not 0.0 <= lp_part <= 1.0:
         raise ValueError(f"lp_part must be in [0, 1] (the share of an LP call an HP step also pays), got {lp_part}")
     scores = np.asarray(scores, dtype=float)
+    if scores.ndim != 1 or scores.size == 0 or len(task_ids) != scores.size:
+        raise ValueError("scores and task_ids must be non-empty vectors of one length")
     inverse, counts = task_index(task_ids)
-    if not lp_part:
-        weights = 1.0 / counts[inverse]
-        return {float(r): weighted_threshold(scores, weights, float(r)) for r in targets}
     for r in targets:
         if not 0.0 <= float(r) <= 1.0:
             raise ValueError(f"target HP ratio must be in [0, 1], got {r}")
@@ -114,7 +113,7 @@ def hp_step_lp_part(episodes, method: str) -> float:
     on none, or HP steps paid different shares."""
     from dmr_rl.report.metrics import HP, step_calls
 
-    parts = {round(c - h, 6) for e in episodes for s in e.steps if s.tier == HP for h, c in [step_calls(s)]}
+    parts = {round(c - h, 6) for h, c in (step_calls(s) for e in episodes for s in e.steps if s.tier == HP)}
     if len(parts) > 1:
         raise ValueError(f"{method}: its calibration play's HP steps paid different LP shares {sorted(parts)}")
     if parts:
